@@ -1,0 +1,130 @@
+"""Trajectories: what one multi-turn rollout produced, token-exact (architecture.md).
+
+``response_ids`` is everything after the prompt: the model's sampled tokens (mask 1) and
+the tool-response / template tokens the loop inserted (mask 0). ``logprobs`` has one entry
+per response token (0.0 where mask is 0). Turns keep the text, tool calls and typed sandbox
+results for penalties (RoC), metrics and inspection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from tirl.sandbox.types import ExecResult
+
+TrajectoryFinish = Literal[
+    "answer",  # a turn without a tool call ended it (the normal end)
+    "max_turns",  # the turn limit was reached
+    "max_tokens",  # the shared token budget ran out (truncated: reward 0)
+    "engine_stop",  # the engine stopped for its own reason (e.g. context length)
+    "infra_error",  # the engine or sandbox failed; never the policy's fault
+]
+
+
+@dataclass
+class ToolCall:
+    """One parsed (or unparseable) tool call in an assistant turn."""
+
+    raw: str  # the text between <tool_call> and </tool_call>
+    name: str | None = None
+    arguments: dict[str, Any] | None = None
+    parse_error: str | None = None  # set when the call could not be parsed
+    result: ExecResult | None = None  # None when not executed (parse error)
+
+    @property
+    def failed(self) -> bool:
+        """Counts as a failed call for p_err (Eq. 5): a parse error, or not status ok.
+
+        ``infra_error`` results are the service's fault: callers that score the policy must
+        check ``infra_failed`` first and not blame it.
+        """
+        return self.parse_error is not None or self.result is None or not self.result.ok
+
+    @property
+    def infra_failed(self) -> bool:
+        return self.result is not None and self.result.status == "infra_error"
+
+
+@dataclass
+class Turn:
+    text: str  # the assistant's text of this turn
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    gen_ms: float = 0.0
+    tool_ms: float = 0.0
+    n_generated: int = 0
+    n_tool_tokens: int = 0
+
+
+@dataclass
+class Trajectory:
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    finish_reason: TrajectoryFinish | None = None
+    text: str = ""  # the whole response as text (for grading and reading)
+    problem_id: str | None = None
+    gold: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    reward: float | None = None
+    grade_status: str | None = None
+
+    # ---- counts used by RoC penalties and metrics ----
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [c for t in self.turns for c in t.tool_calls]
+
+    @property
+    def num_tool_calls(self) -> int:
+        return sum(len(t.tool_calls) for t in self.turns)
+
+    @property
+    def num_tool_errors(self) -> int:
+        return sum(1 for c in self.tool_calls if c.failed)
+
+    @property
+    def has_infra_error(self) -> bool:
+        return self.finish_reason == "infra_error" or any(c.infra_failed for c in self.tool_calls)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason in ("max_tokens", "max_turns", "engine_stop")
+
+    @property
+    def num_policy_tokens(self) -> int:
+        return sum(self.response_mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
+        d = dict(d)
+        turns = []
+        for t in d.pop("turns", []):
+            calls = []
+            for c in t.get("tool_calls", []):
+                c = dict(c)
+                if c.get("result") is not None:
+                    c["result"] = ExecResult.from_dict(c["result"])
+                calls.append(ToolCall(**c))
+            turns.append(Turn(**{**t, "tool_calls": calls}))
+        return cls(**d, turns=turns)
+
+
+def save_trajectories(path: str | Path, trajs: Iterable[Trajectory], append: bool = True) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w") as f:
+        for t in trajs:
+            f.write(json.dumps(t.to_dict()) + "\n")
+        f.flush()
+
+
+def load_trajectories(path: str | Path) -> list[Trajectory]:
+    with Path(path).open() as f:
+        return [Trajectory.from_dict(json.loads(line)) for line in f if line.strip()]
