@@ -1,4 +1,9 @@
-"""Configuration of rollout dispatch across inference engines (section ``[dispatch]``)."""
+"""Configuration of rollout dispatch across inference engines (section ``[dispatch]``).
+
+Also the typed configuration of the dispatch simulator (:class:`SimConfig`, used by
+``tirl dispatch simulate`` and ``benchmarks/dispatch_bench.py``); it is not part of a run's
+``Config`` because a simulation is not a run.
+"""
 
 from typing import Literal
 
@@ -6,9 +11,12 @@ from pydantic import Field
 
 from tirl.schema import Section
 
+Policy = Literal["static", "round_robin", "least_requests", "kv"]
+POLICIES: tuple[str, ...] = ("static", "round_robin", "least_requests", "kv")
+
 
 class DispatchConfig(Section):
-    policy: Literal["static", "round_robin", "least_requests", "kv"] = Field(
+    policy: Policy = Field(
         "kv", description="How trajectories are assigned to engines (kv = by free KV cache)."
     )
     engines: list[str] = Field(
@@ -19,3 +27,78 @@ class DispatchConfig(Section):
     )
     group_affinity: bool = Field(False, description="Keep a GRPO group on one engine.")
     metrics_interval_s: float = Field(1.0, gt=0, description="How often engine metrics are read.")
+    max_active_per_engine: int = Field(
+        0, ge=0, description="Cap on trajectories in flight per engine (all policies); 0 = none."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="How many other engines a failed generate call is retried on."
+    )
+    fail_after: int = Field(
+        3, ge=1, description="Consecutive failed metric reads after which an engine is drained."
+    )
+
+
+class SimEngineConfig(Section):
+    """One simulated inference engine (defaults: a 14B model on one 192 GB accelerator)."""
+
+    kv_capacity_tokens: int = Field(
+        480_000,
+        ge=1,
+        description="KV-cache size in tokens. Default: Qwen3-14B in bf16 (160 KiB/token) on a "
+        "192 GB accelerator shared with a colocated trainer (~75 GB left for KV).",
+    )
+    max_num_seqs: int = Field(256, ge=1, description="Most sequences decoded in one batch.")
+    prefill_tokens_per_s: float = Field(12_000.0, gt=0, description="Prefill throughput.")
+    step_base_s: float = Field(
+        0.010, ge=0, description="Decode step time at batch 1, excluding attention (weights read)."
+    )
+    step_per_seq_s: float = Field(6e-5, ge=0, description="Extra step time per sequence in batch.")
+    step_per_kv_token_s: float = Field(
+        3e-8, ge=0, description="Extra step time per resident KV token (attention reads)."
+    )
+
+
+class WorkloadConfig(Section):
+    """One RL step's rollouts: a problem has a prompt and a difficulty shared by its group."""
+
+    n_problems: int = Field(512, ge=1)
+    rollouts_per_problem: int = Field(32, ge=1)
+    max_response_tokens: int = Field(8192, ge=16, description="Token budget (generated + tool).")
+    response_median_tokens: float = Field(3000.0, gt=0, description="Median response length.")
+    response_sigma: float = Field(0.6, ge=0, description="Log-normal sigma within a group.")
+    difficulty_sigma: float = Field(
+        0.5, ge=0, description="Log-normal sigma of a problem's length multiplier (whole group)."
+    )
+    prompt_median_tokens: float = Field(450.0, gt=0)
+    prompt_sigma: float = Field(0.3, ge=0)
+    tool_calls_mean: float = Field(2.75, ge=0, description="Mean tool calls per rollout (Poisson).")
+    max_turns: int = Field(10, ge=1)
+    tool_tokens_median: float = Field(60.0, gt=0, description="Median tool-response tokens.")
+    tool_tokens_sigma: float = Field(0.8, ge=0)
+    tool_latency_mean_s: float = Field(0.3, gt=0, description="Mean tool-call latency.")
+    tool_latency_sigma: float = Field(1.0, ge=0, description="Log-normal sigma of tool latency.")
+    tool_timeout_s: float = Field(10.0, gt=0, description="Tool latencies are capped here.")
+
+
+class SimConfig(Section):
+    """A whole simulation: K identical engines, one workload, one dispatch policy."""
+
+    n_engines: int = Field(64, ge=1)
+    engine: SimEngineConfig = Field(default_factory=SimEngineConfig)
+    workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
+    policy: Policy = Field("kv")
+    group_affinity: bool = Field(False, description="kv: keep a group on one engine if it fits.")
+    kv_reserve_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="kv: reserve this fraction of prompt + max response per rollout "
+        "(1.0 = the paper's rule; below 1 overcommits and may preempt).",
+    )
+    max_active_per_engine: int = Field(
+        0, ge=0, description="least_requests: cap per engine; 0 = the engine's max_num_seqs."
+    )
+    chunk_steps: int = Field(
+        64, ge=1, description="Most decode steps simulated as one event (arrivals join between)."
+    )
+    seed: int = Field(0, ge=0)
