@@ -28,3 +28,8 @@ class AgentConfig(Section):
         False, description="One sandbox session per trajectory (globals persist across calls)."
     )
     concurrency: int = Field(256, ge=1, description="Trajectories in flight at once.")
+    system_prompt: str | None = Field(
+        None,
+        description="rstar2 format: None = the paper-style system prompt with the tool schema; "
+        "'short' = a compact one for tiny models with short contexts; any other text is used as is.",
+    )

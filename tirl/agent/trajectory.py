@@ -33,6 +33,9 @@ class ToolCall:
     arguments: dict[str, Any] | None = None
     parse_error: str | None = None  # set when the call could not be parsed
     result: ExecResult | None = None  # None when not executed (parse error)
+    # parse_error | missing_field | unknown_tool | not_executed (turn limit) | None
+    error_kind: str | None = None
+    tool_ms: float = 0.0  # wall time of this call as the loop saw it (queue + execution)
 
     @property
     def failed(self) -> bool:
@@ -47,6 +50,15 @@ class ToolCall:
     def infra_failed(self) -> bool:
         return self.result is not None and self.result.status == "infra_error"
 
+    @property
+    def failure_kind(self) -> str | None:
+        """None for a successful call; else the parse error kind or the result's status."""
+        if self.error_kind is not None:
+            return self.error_kind
+        if self.result is None:
+            return "not_executed"
+        return None if self.result.ok else self.result.status
+
 
 @dataclass
 class Turn:
@@ -56,6 +68,7 @@ class Turn:
     tool_ms: float = 0.0
     n_generated: int = 0
     n_tool_tokens: int = 0
+    finish: str | None = None  # the engine's finish reason for this turn (stop / length / abort)
 
 
 @dataclass
@@ -85,6 +98,16 @@ class Trajectory:
     @property
     def num_tool_errors(self) -> int:
         return sum(1 for c in self.tool_calls if c.failed)
+
+    @property
+    def tool_errors_by_kind(self) -> dict[str, int]:
+        """Failed calls counted by kind (parse_error, missing_field, unknown_tool, error, timeout, ...)."""
+        out: dict[str, int] = {}
+        for c in self.tool_calls:
+            k = c.failure_kind
+            if k is not None:
+                out[k] = out.get(k, 0) + 1
+        return out
 
     @property
     def has_infra_error(self) -> bool:
