@@ -15,3 +15,12 @@ class EvalConfig(Section):
     concurrency: int = Field(64, ge=1)
     bootstrap_samples: int = Field(1000, ge=0, description="Resamples for the 95% intervals.")
     limit: int = Field(0, ge=0, description="Evaluate only the first N problems; 0 = all.")
+    save_text: bool = Field(True, description="Keep each sample's response text in samples/<benchmark>.jsonl.")
+    save_trajectories: bool = Field(
+        False, description="Also write full trajectories (token ids, turns, tool results) to trajectories/."
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer (HF directory or cached hub id) used to render prompts when the "
+        "model is behind a server; default: model.path.",
+    )

@@ -1,0 +1,307 @@
+"""The evaluation run: benchmarks → samples → graded records → report, resumable.
+
+:func:`evaluate` is what ``tirl eval`` runs. For each benchmark it loads the problems
+(``tirl.data.benchmarks``), samples k trajectories per problem through the same
+:class:`~tirl.agent.loop.AgentLoop` as training (:func:`tirl.eval.runner.run_benchmark`),
+grades them with :class:`tirl.reward.Grader`, and writes into the output directory::
+
+    config.toml            the resolved configuration
+    eval_settings.json     the settings that samples depend on (checked on resume)
+    samples/<bench>.jsonl  one graded sample per line, appended as it finishes
+    trajectories/<bench>.jsonl   full trajectories (only with eval.save_trajectories)
+    report.json, report.md, plots/accuracy.png, plots/response_length.png
+
+A rerun with the same output directory reuses every finished sample; if a setting that
+changes samples (model, temperature, top-p, turn or token limits, prompt format) differs
+from the saved one it stops with :class:`SettingsMismatch` instead of mixing them
+(``fresh=True`` discards the old samples). k and the problem limit may change freely.
+
+:func:`build_components` makes the engine, tokenizer and tool executor from a
+:class:`~tirl.config.Config`: an OpenAI-compatible server (``tirl serve``, vLLM, SGLang,
+llama.cpp) when ``model.base_url`` is set, else an in-process model (``LocalEngine``).
+Tests inject their own ``loop`` and ``grader`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tirl.config import Config, config_to_toml
+from tirl.data.benchmarks import benchmark_name, load_problems
+from tirl.eval.report import BenchmarkSummary, protocol_warnings, summarize, write_report
+from tirl.eval.runner import BenchmarkRun, run_benchmark
+from tirl.eval.samples import SampleRecord, SampleStore
+
+# settings that change what a sample is: a resume with any of these different is refused
+FINGERPRINT_KEYS = ("model", "temperature", "top_p", "top_k", "max_turns", "max_tokens",
+                    "format", "stateful_tool", "tool_response_max_chars")
+
+
+class SettingsMismatch(ValueError):
+    """The output directory holds samples made with different settings."""
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    summaries: list[BenchmarkSummary]
+    runs: dict[str, BenchmarkRun] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def eval_settings(cfg: Config, model_label: str | None = None) -> dict[str, Any]:
+    """The settings a report states and a resume checks, from the config."""
+    e, a, m = cfg.eval, cfg.agent, cfg.model
+    return {
+        "model": model_label or m.served_name or m.path,
+        "base_url": m.base_url,
+        "k": e.k,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "top_k": a.top_k,
+        "max_turns": e.max_turns,
+        "max_tokens": e.max_tokens,
+        "format": a.format,
+        "stateful_tool": a.stateful_tool,
+        "tool_response_max_chars": a.tool_response_max_chars,
+        "concurrency": e.concurrency,
+        "seed": cfg.run.seed,
+        "bootstrap_samples": e.bootstrap_samples,
+        "limit": e.limit,
+        "benchmarks": list(e.benchmarks),
+        "data_dir": cfg.data.data_dir,
+    }
+
+
+def agent_config_for_eval(cfg: Config):
+    """The agent section with the evaluation's sampling settings (§5.1) put in."""
+    e = cfg.eval
+    return cfg.agent.model_copy(update={
+        "max_turns": e.max_turns, "max_tokens": e.max_tokens, "temperature": e.temperature,
+        "top_p": e.top_p, "concurrency": max(cfg.agent.concurrency, e.concurrency),
+    })
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any], fresh: bool) -> None:
+    """Refuse to mix samples made under different settings; write the settings file."""
+    path = out_dir / "eval_settings.json"
+    samples = out_dir / "samples"
+    if fresh and samples.exists():
+        shutil.rmtree(samples)
+        (out_dir / "trajectories").exists() and shutil.rmtree(out_dir / "trajectories")
+    if path.exists() and samples.exists() and any(samples.glob("*.jsonl")):
+        old = json.loads(path.read_text())
+        diff = [f"{k}: saved {old.get(k)!r}, now {settings.get(k)!r}"
+                for k in FINGERPRINT_KEYS if old.get(k) != settings.get(k)]
+        if diff:
+            raise SettingsMismatch(
+                f"{out_dir} holds samples made with other settings ({'; '.join(diff)}). "
+                "Use another output directory (--output / run.name), or --fresh to discard them."
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: settings.get(k) for k in FINGERPRINT_KEYS}, indent=1) + "\n")
+
+
+def warn_loudly(message: str) -> None:
+    """A red panel on stderr (and a plain line when stderr is not a terminal)."""
+    try:
+        from rich.console import Console
+        from rich.panel import Panel
+
+        Console(stderr=True).print(Panel(message, title="WARNING", style="bold red"))
+    except Exception:  # noqa: BLE001 - a warning must never be lost to a display problem
+        print(f"WARNING: {message}", file=sys.stderr)
+
+
+def load_benchmark(cfg: Config, name_or_path: str) -> list[dict]:
+    return load_problems(name_or_path, data_dir=cfg.data.data_dir, problem_field=cfg.data.problem_field,
+                         answer_field=cfg.data.answer_field, limit=cfg.eval.limit)
+
+
+async def evaluate(
+    cfg: Config,
+    out_dir: str | Path | None = None,
+    *,
+    loop: Any = None,
+    grader: Any = None,
+    fresh: bool = False,
+    progress: bool = True,
+    model_label: str | None = None,
+) -> EvalResult:
+    """Run ``cfg.eval.benchmarks`` and write the report (see the module docstring).
+
+    Without ``loop``/``grader`` they are built from ``cfg`` (and closed at the end).
+    """
+    out = Path(out_dir) if out_dir is not None else Path(cfg.run.output_dir) / cfg.run.name
+    settings = eval_settings(cfg, model_label)
+    warnings = protocol_warnings(settings)
+    for w in warnings:
+        warn_loudly(w)
+    # load every benchmark before any sampling: a typo fails in a second, not after an hour
+    problems = {benchmark_name(b): load_benchmark(cfg, b) for b in cfg.eval.benchmarks}
+    check_settings(out, settings, fresh)
+    (out / "config.toml").write_text(config_to_toml(cfg))
+
+    async with contextlib.AsyncExitStack() as stack:
+        if loop is None:
+            loop = await stack.enter_async_context(_built_loop(cfg))
+        if grader is None:
+            grader = await stack.enter_async_context(_built_grader(cfg))
+        runs: dict[str, BenchmarkRun] = {}
+        for name, probs in problems.items():
+            runs[name] = await _run_one(cfg, out, name, probs, loop, grader, progress)
+
+    summaries = [summarize(name, r.records, cfg.eval.k, cfg.eval.bootstrap_samples, cfg.run.seed)
+                 for name, r in runs.items()]
+    settings["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    paths = write_report(out, summaries, settings, {n: r.records for n, r in runs.items()}, warnings)
+    return EvalResult(out, summaries, runs, warnings, paths)
+
+
+async def _run_one(cfg: Config, out: Path, name: str, probs: Sequence[dict], loop: Any, grader: Any,
+                   progress: bool) -> BenchmarkRun:
+    from tirl.runs import progress_bar
+
+    k = cfg.eval.k
+    total = len(probs) * k
+    store = SampleStore(out / "samples" / f"{name}.jsonl")
+    traj_file = None
+    if cfg.eval.save_trajectories:
+        (out / "trajectories").mkdir(parents=True, exist_ok=True)
+        traj_file = (out / "trajectories" / f"{name}.jsonl").open("a", encoding="utf-8", buffering=1)
+    seen = {"n": 0, "correct": 0}
+
+    def on_traj(traj) -> None:
+        if traj_file is not None:
+            traj_file.write(json.dumps(traj.to_dict()) + "\n")
+
+    with progress_bar(total, f"eval {name}", enabled=progress) as bar:
+        def on_sample(rec: SampleRecord, reused: bool) -> None:
+            seen["n"] += 1
+            seen["correct"] += rec.correct
+            bar.advance(1)
+            bar.status(f"acc {100 * seen['correct'] / seen['n']:.1f}% over {seen['n']} samples")
+
+        try:
+            run = await run_benchmark(
+                name, probs, loop, grader, store, k, concurrency=cfg.eval.concurrency,
+                max_turns=cfg.eval.max_turns, max_tokens=cfg.eval.max_tokens,
+                temperature=cfg.eval.temperature, keep_text=cfg.eval.save_text,
+                on_sample=on_sample, on_trajectory=on_traj,
+            )
+        finally:
+            if traj_file is not None:
+                traj_file.close()
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# building the real engine, tools and grader
+
+
+def build_components(cfg: Config) -> tuple[Any, Any]:
+    """(engine, tokenizer) for ``cfg.model``: an OpenAI-compatible server or a local model."""
+    m = cfg.model
+    if m.base_url:
+        from tirl.engines.openai import OpenAIEngine
+
+        name = m.served_name or m.path
+        engine = OpenAIEngine(m.base_url, name)
+        tokenizer = _tokenizer_for_server(cfg, engine)
+        return engine, tokenizer
+    from tirl.engines.local import LocalEngine
+    from tirl.engines.models import load_model
+
+    model, tokenizer = load_model(m)
+    device = None if cfg.run.device == "auto" else cfg.run.device
+    kwargs = {"device": device} if device else {}
+    return LocalEngine(model, tokenizer, **kwargs), tokenizer
+
+
+def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
+    """The served model's tokenizer: the engine's own if it has one, else from a local path."""
+    tok = getattr(engine, "tokenizer", None)
+    if tok is not None:
+        return tok
+    src = cfg.eval.tokenizer or cfg.model.path
+    if not src or src == "scratch":
+        raise ValueError(
+            "evaluating through a server needs the model's tokenizer to render prompts: give "
+            "--tokenizer PATH (a Hugging Face model directory or hub id in the local cache)"
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src)
+
+
+@contextlib.asynccontextmanager
+async def _built_loop(cfg: Config):
+    from tirl.agent.loop import AgentLoop
+    from tirl.sandbox import make_executor
+
+    engine, tokenizer = build_components(cfg)
+    tools = make_executor(cfg.sandbox)
+    if asyncio.iscoroutine(tools):
+        tools = await tools
+    try:
+        yield AgentLoop(engine, tokenizer, tools, agent_config_for_eval(cfg))
+    finally:
+        for obj in (tools, engine):
+            close = getattr(obj, "close", None) or getattr(obj, "aclose", None)
+            if close is not None:
+                res = close()
+                if asyncio.iscoroutine(res):
+                    await res
+
+
+@contextlib.asynccontextmanager
+async def _built_grader(cfg: Config):
+    from tirl.reward import Grader
+
+    grader = Grader(workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
+    try:
+        if hasattr(grader, "__aenter__"):
+            async with grader as g:
+                yield g
+        else:
+            yield grader
+    finally:
+        close = getattr(grader, "close", None)
+        if close is not None and not hasattr(grader, "__aexit__"):
+            close()
+
+
+def rebuild_report(out_dir: str | Path, k: int | None = None, n_boot: int | None = None,
+                   seed: int | None = None) -> EvalResult:
+    """Recompute report.* from the samples of a run directory (no sampling)."""
+    from tirl.eval.report import read_report
+
+    out = Path(out_dir)
+    try:
+        old = read_report(out)
+        settings = old.get("settings", {})
+    except FileNotFoundError:
+        settings = json.loads((out / "eval_settings.json").read_text()) if (out / "eval_settings.json").exists() else {}
+    k = k or settings.get("k")
+    files = sorted((out / "samples").glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{out}/samples/ holds no samples; is {out} a `tirl eval` output directory?")
+    records = {f.stem: list(SampleStore(f).load().values()) for f in files}
+    if k is None:
+        k = max(r.sample for rs in records.values() for r in rs) + 1
+    n_boot = settings.get("bootstrap_samples", 1000) if n_boot is None else n_boot
+    seed = settings.get("seed", 0) if seed is None else seed
+    settings.update({"k": k, "bootstrap_samples": n_boot, "seed": seed})
+    summaries = [summarize(name, rs, k, n_boot, seed) for name, rs in records.items()]
+    warnings = protocol_warnings(settings)
+    paths = write_report(out, summaries, settings, records, warnings)
+    return EvalResult(out, summaries, {}, warnings, paths)

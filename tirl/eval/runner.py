@@ -1,0 +1,181 @@
+"""Sampling and grading one benchmark: k samples per problem through the agent loop.
+
+:func:`run_benchmark` schedules every missing ``(problem, sample)`` pair as its own
+trajectory on the same :class:`tirl.agent.loop.AgentLoop` that training uses (at most
+``concurrency`` in flight), grades each one as it finishes, and appends its
+:class:`~tirl.eval.samples.SampleRecord` to the store at once. Samples already in the
+store are reused, so a rerun after an interruption only does the rest.
+
+Grading follows training (reference.md §2.2.1): a truncated trajectory (turn limit,
+token budget, engine stop) scores 0 whatever it wrote; a trajectory the engine or sandbox
+failed is recorded as ``infra_error`` (scored 0 in the report, retried on the next run).
+
+What it does not do: load problems, build engines or write reports (``tirl.eval.harness``,
+``tirl.eval.report``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from tirl.agent.trajectory import Trajectory
+from tirl.eval.samples import SampleRecord, SampleStore, reusable
+
+
+class RolloutLoop(Protocol):
+    """What the runner needs of ``tirl.agent.loop.AgentLoop``."""
+
+    async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
+                  gold: str | None = None, max_turns: int | None = None,
+                  max_tokens: int | None = None, temperature: float | None = None) -> list[Trajectory]: ...
+
+
+class AnswerGrader(Protocol):
+    """What the runner needs of ``tirl.reward.Grader``."""
+
+    async def grade(self, response_text: str, gold: str) -> Any: ...
+
+
+class EvalAborted(RuntimeError):
+    """Every sample so far failed with an exception: the engine or sandbox is not working."""
+
+
+@dataclass
+class BenchmarkRun:
+    """What one :func:`run_benchmark` call did."""
+
+    records: list[SampleRecord]  # k per problem, in problem order (missing ones absent)
+    reused: int
+    new: int
+    failed: int  # samples that raised (recorded as infra_error)
+
+
+def record_from_trajectory(
+    benchmark: str, problem: dict, sample: int, traj: Trajectory, grade: Any, wall_s: float,
+    keep_text: bool = True,
+) -> SampleRecord:
+    """Grade-and-trajectory → a record (truncation and infra failures override the grade)."""
+    if traj.finish_reason == "infra_error" or traj.has_infra_error and grade.status != "correct":
+        status = "infra_error"
+    elif traj.truncated:
+        status = "truncated"
+    else:
+        status = grade.status
+    calls = traj.tool_calls
+    infra_calls = sum(1 for c in calls if c.infra_failed)
+    return SampleRecord(
+        benchmark=benchmark,
+        problem_id=str(problem["id"]),
+        sample=sample,
+        gold=str(problem["answer"]),
+        status=status,
+        correct=status == "correct",
+        answer=getattr(grade, "extracted", None),
+        finish_reason=traj.finish_reason,
+        response_tokens=len(traj.response_ids),
+        generated_tokens=traj.num_policy_tokens if traj.response_mask else len(traj.response_ids),
+        turns=len(traj.turns),
+        tool_calls=len(calls),
+        tool_errors=sum(1 for c in calls if c.failed and not c.infra_failed),
+        infra_tool_errors=infra_calls,
+        wall_s=round(wall_s, 3),
+        text=traj.text if keep_text else None,
+    )
+
+
+async def run_benchmark(
+    benchmark: str,
+    problems: Sequence[dict],
+    loop: RolloutLoop,
+    grader: AnswerGrader,
+    store: SampleStore,
+    k: int,
+    *,
+    concurrency: int = 64,
+    max_turns: int | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    keep_text: bool = True,
+    on_sample: Callable[[SampleRecord, bool], None] | None = None,
+    on_trajectory: Callable[[Trajectory], None] | None = None,
+    abort_after_failures: int = 5,
+) -> BenchmarkRun:
+    """Produce k graded samples per problem, reusing finished ones from ``store``.
+
+    ``on_sample(record, reused)`` is called for every sample (reused ones first), for
+    progress bars. If the first ``abort_after_failures`` samples all raise, the run stops
+    with :class:`EvalAborted` carrying the first error (a dead server, a wrong model name).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}")
+    saved = store.load()
+    done: dict[tuple[str, int], SampleRecord] = {}
+    pending: list[tuple[dict, int]] = []
+    for p in problems:
+        for i in range(k):
+            rec = saved.get((str(p["id"]), i))
+            if rec is not None and reusable(rec, str(p["answer"])):
+                done[rec.key] = rec
+            else:
+                pending.append((p, i))
+    reused = len(done)
+    if on_sample is not None:
+        for rec in done.values():
+            on_sample(rec, True)
+
+    sem = asyncio.Semaphore(max(1, concurrency))
+    state = {"ok": 0, "failed": 0, "first_error": None}
+
+    async def one(p: dict, i: int) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]),
+                                       max_turns=max_turns, max_tokens=max_tokens, temperature=temperature)
+                traj = trajs[0]
+                traj.meta.setdefault("sample", i)
+                grade = await grader.grade(traj.text, str(p["answer"]))
+                rec = record_from_trajectory(benchmark, p, i, traj, grade, time.perf_counter() - t0, keep_text)
+                if on_trajectory is not None:
+                    on_trajectory(traj)
+                state["ok"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 — recorded, retried on the next run
+                state["failed"] += 1
+                if state["first_error"] is None:
+                    state["first_error"] = err
+                rec = SampleRecord(benchmark=benchmark, problem_id=str(p["id"]), sample=i,
+                                   gold=str(p["answer"]), status="infra_error", correct=False,
+                                   wall_s=round(time.perf_counter() - t0, 3),
+                                   error=f"{type(err).__name__}: {err}")
+            store.append(rec)
+            done[rec.key] = rec
+            if on_sample is not None:
+                on_sample(rec, False)
+            if state["ok"] == 0 and state["failed"] >= abort_after_failures:
+                err = state["first_error"]
+                raise EvalAborted(
+                    f"{benchmark}: the first {state['failed']} samples all failed; first error: "
+                    f"{type(err).__name__}: {err}. Check the engine (--base-url / --model) and "
+                    "the sandbox; finished samples are saved and a rerun resumes."
+                ) from err
+
+    tasks = [asyncio.create_task(one(p, i)) for p, i in pending]
+    try:
+        if tasks:
+            # the first exception (EvalAborted) cancels the rest
+            for fut in asyncio.as_completed(tasks):
+                await fut
+    finally:
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        store.close()
+
+    ordered = [done[(str(p["id"]), i)] for p in problems for i in range(k) if (str(p["id"]), i) in done]
+    return BenchmarkRun(records=ordered, reused=reused, new=len(pending), failed=state["failed"])
