@@ -14,6 +14,11 @@ class Grade:
     extracted: str | None = None
     gold: str | None = None
     ms: float = 0.0
+    method: str = ""
+    """What decided it: ``fast`` (exact, in the caller's process), ``symbolic`` (math-verify),
+    ``reasoning_gym:<dataset>`` (the generator's own scorer), ``extract`` (no answer)."""
+    detail: str = ""
+    """Why, when it is not obvious: the timeout or crash, a scorer's partial score."""
 
     @property
     def correct(self) -> bool:

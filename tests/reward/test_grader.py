@@ -1,0 +1,143 @@
+"""Grader: batch grading in worker processes, timeouts, crashes, scorers, the event loop.
+
+One worker pool for the whole module (pools take a second or two to start on a busy
+machine). Limits are generous and no test asserts on timing except "the loop kept running".
+"""
+
+import asyncio
+
+import pytest
+
+from tests.reward import judges
+from tirl.reward import Grader, Scorer, scorer_for
+from tirl.reward.scorers import as_scorer
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def grader():
+    g = Grader(workers=2, timeout_s=TIMEOUT_S).start()
+    yield g
+    g.close()
+
+
+def boxed(ans: str) -> str:
+    return f"<reason>work</reason><answer>The answer is \\boxed{{{ans}}}</answer>"
+
+
+async def test_batch_mixes_fast_symbolic_and_no_answer_in_order(grader):
+    items = [
+        (boxed("1,000"), "1000"),
+        (boxed("999"), "1000"),
+        (boxed(r"2\sqrt{2}"), r"\sqrt{8}"),
+        ("I give up", "3"),
+        (boxed(r"\frac{\pi}{3}"), r"\frac{\pi}{6}"),
+        (boxed(r"\{2,1\}"), r"\{1,2\}"),
+    ]
+    res = await grader.grade_batch(items)
+    assert [g.status for g in res] == ["correct", "incorrect", "correct", "no_answer",
+                                       "incorrect", "correct"]
+    assert [g.method for g in res] == ["fast", "fast", "symbolic", "extract", "symbolic", "fast"]
+    assert res[2].extracted == r"2\sqrt{2}" and res[2].gold == r"\sqrt{8}"
+
+
+async def test_single_grade(grader):
+    g = await grader.grade(boxed("x = 3"), "3")
+    assert g.correct and g.reward == 1.0
+
+
+async def test_hung_check_is_stopped_and_reported_as_timeout(grader):
+    res = await grader.grade_batch([(boxed("1"), "1"), (boxed("2"), "2")],
+                                   scorers=[Scorer("custom", fn=judges.sleeps_forever), None])
+    assert res[0].status == "timeout" and "soft" in res[0].detail
+    assert res[1].status == "correct"
+
+
+async def test_check_that_ignores_signals_is_killed(grader):
+    res = await grader.grade(boxed("1"), "1", Scorer("custom", fn=judges.ignores_signals))
+    assert res.status == "timeout" and "killed" in res.detail and not res.correct
+    # the pool replaced the killed worker and keeps grading
+    assert (await grader.grade(boxed(r"\sqrt{4}"), "2")).status == "correct"
+
+
+async def test_crashing_check_is_reported_as_timeout(grader):
+    res = await grader.grade(boxed("1"), "1", Scorer("custom", fn=judges.crashes))
+    assert res.status == "timeout" and "crashed" in res.detail
+    assert (await grader.grade(boxed(r"\sqrt{9}"), "3")).status == "correct"
+    assert grader.counts["crash"] >= 1
+
+
+async def test_scorer_that_raises_is_incorrect_not_correct(grader):
+    res = await grader.grade(boxed("1"), "1", Scorer("custom", fn=judges.raises))
+    assert res.status == "incorrect" and "judge failed" in res.detail
+
+
+async def test_event_loop_keeps_running_while_checks_hang(grader):
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    fast = [(boxed(str(i)), str(i)) for i in range(2000)]
+    res = await grader.grade_batch(fast + [(boxed("1"), "1")],
+                                   scorers=[None] * 2000 + [Scorer("custom", fn=judges.sleeps_forever)])
+    t.cancel()
+    assert res[-1].status == "timeout" and all(g.correct for g in res[:-1])
+    # the hung item took at least 0.8 * TIMEOUT_S; a blocked loop would not have ticked
+    assert ticks >= 5
+
+
+async def test_reasoning_gym_scorer_judges_its_own_problems(grader):
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("prime_factorization", size=2, seed=7)
+    entry = ds[0]
+    problem = {"id": "p0", "problem": entry["question"], "answer": entry["answer"],
+               "source": "reasoning_gym:prime_factorization", "metadata": entry["metadata"]}
+    sc = scorer_for(problem)
+    assert sc.name == "reasoning_gym:prime_factorization"
+    right = f"<answer>{entry['answer']}</answer>"  # reasoning-gym's own format: no box
+    wrong = boxed("2 × 3")
+    res = await grader.grade_batch([(right, entry["answer"]), (wrong, entry["answer"])],
+                                   scorers=[sc, sc])
+    assert [g.status for g in res] == ["correct", "incorrect"]
+    assert res[0].method == "reasoning_gym:prime_factorization" and "score=1" in res[0].detail
+
+
+def test_scorer_specs():
+    assert scorer_for({"source": "math500"}).name == "math"
+    assert scorer_for({"source": "reasoning-gym/basic_arithmetic", "answer": "4"}).entry == {
+        "question": "", "answer": "4", "metadata": {}}
+    assert as_scorer({"name": "reasoning_gym:leg_counting"}).dataset == "leg_counting"
+    with pytest.raises(ValueError, match="unknown scorer"):
+        as_scorer("sympy")
+
+
+async def test_unknown_dataset_is_reported_not_correct(grader):
+    res = await grader.grade(boxed("1"), "1", "reasoning_gym:no_such_dataset")
+    assert res.status == "incorrect" and "no_such_dataset" in res.detail
+
+
+async def test_scorers_length_must_match(grader):
+    with pytest.raises(ValueError, match="one scorer"):
+        await grader.grade_batch([(boxed("1"), "1")], scorers=[None, None])
+
+
+def test_sync_use_and_close():
+    with Grader(workers=1, timeout_s=TIMEOUT_S) as g:
+        res = g.grade_batch_sync([(boxed("0.5"), r"\frac12"), (boxed(r"\sqrt{2}"), "1.41")])
+        assert [r.status for r in res] == ["correct", "incorrect"]
+    with pytest.raises(RuntimeError, match="closed"):
+        g.start()
+
+
+def test_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="timeout_s"):
+        Grader(timeout_s=0)
+    with pytest.raises(ValueError, match="workers"):
+        Grader(workers=-1)

@@ -1,0 +1,226 @@
+"""Batch grading in worker processes: ``Grader``.
+
+Each item is graded in two stages. In the caller's process: extract the answer
+(``tirl.reward.extract``) and try the exact fast path (``tirl.reward.normalize``) — integers,
+fractions and terminating decimals, the bulk of an RL batch, never pay for a process hop.
+Everything else (symbolic math-verify checks, reasoning-gym and custom scorers) goes to a
+pebble process pool with a per-item limit of ``timeout_s`` counted from when a worker picks
+the item up:
+
+- inside the worker, a ``setitimer`` signal stops Python-level work at 0.8 × ``timeout_s``
+  (the worker survives, no respawn cost);
+- at ``timeout_s`` pebble kills the worker (a long C call, a scorer that ignores signals) and
+  starts a new one; a worker that crashes is replaced the same way.
+
+Both give ``Grade(status="timeout")`` with the reason in ``detail``: never counted
+correct, never blocking the batch. From asyncio, ``await grader.grade_batch(...)`` waits on
+futures and yields to the event loop between chunks of fast-path work, so it never blocks
+the loop. Workers are forked from a forkserver that has sympy and math-verify imported, so a
+replaced worker is ready in milliseconds and the parent's threads (torch, asyncio) are
+never forked.
+
+What it does not do: retry timed-out items, or grade in other machines (the trainer runs one
+``Grader`` per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from tirl.reward.config import RewardConfig
+from tirl.reward.extract import extract_answer
+from tirl.reward.normalize import fast_equal
+from tirl.reward.scorers import Scorer, answer_for_source, as_scorer, source_score
+from tirl.reward.symbolic import CheckTimeout, symbolic_equal, time_limit, warm_up
+from tirl.reward.types import Grade
+
+SOFT_FRACTION = 0.8
+_PRELOAD = ["sympy", "math_verify", "tirl.reward.grader"]
+_CHUNK = 128
+
+
+def default_workers() -> int:
+    """Half the CPUs (at least 1, at most 8): grading shares the machine with rollouts."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _init_worker() -> None:
+    warm_up()
+
+
+def make_pool(workers: int):
+    """A pebble ``ProcessPool`` of ``workers`` warmed-up grading workers (forkserver)."""
+    from pebble import ProcessPool
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ProcessPool(max_workers=workers, initializer=_init_worker, context=ctx)
+
+
+def worker_check(kind: str, pred: str | None, gold: str, entry: Any, timeout_s: float,
+                 fn: Any = None) -> tuple[str, str]:
+    """Runs in a worker: ``(status, detail)`` for one item. ``kind`` is ``math``,
+    ``reasoning_gym:<dataset>`` or ``custom``."""
+    soft = timeout_s * SOFT_FRACTION
+    try:
+        if kind == "math":
+            ok = symbolic_equal(pred or "", gold, soft)
+            return ("correct" if ok else "incorrect"), ""
+        with time_limit(soft):
+            if fn is not None:
+                score = float(fn(pred, gold, entry))
+            else:
+                score = source_score(kind.split(":", 1)[1], pred or "",
+                                     entry if entry is not None else {"answer": gold})
+        return ("correct" if score >= 1.0 - 1e-9 else "incorrect"), f"score={score:.4g}"
+    except CheckTimeout as err:
+        return "timeout", f"soft limit: {err}"
+    except Exception as err:  # a scorer that raises has not judged the answer correct
+        return "incorrect", f"scorer error: {type(err).__name__}: {str(err)[:200]}"
+
+
+class Grader:
+    """Grades responses against reference answers, in worker processes with a per-item limit.
+
+    ``Grader(workers=0, timeout_s=2.0)``; use as ``with``/``async with``, or call ``close()``.
+    ``await grade(text, gold)``, ``await grade_batch([(text, gold), ...], scorers=None)``;
+    ``grade_batch_sync`` for scripts without an event loop. ``counts`` tallies how items
+    were decided (``fast``, ``symbolic``, ``timeout``, ``crash``, ...).
+    """
+
+    def __init__(self, workers: int = 0, timeout_s: float = 2.0):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = from the CPU count), got {workers!r}")
+        self.workers = workers or default_workers()
+        self.timeout_s = float(timeout_s)
+        self.counts: Counter[str] = Counter()
+        self._pool = None
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: RewardConfig) -> Grader:
+        return cls(workers=cfg.workers, timeout_s=cfg.timeout_s)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> Grader:
+        """Start the worker pool now (otherwise it starts on the first symbolic check)."""
+        if self._closed:
+            raise RuntimeError("this Grader is closed; make a new one")
+        if self._pool is None:
+            self._pool = make_pool(self.workers)
+        return self
+
+    def close(self) -> None:
+        """Stop the workers (pending checks are cancelled)."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+            pool.join(timeout=10)
+
+    def __enter__(self) -> Grader:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Grader:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- grading -----------------------------------------------------------------------
+    async def grade(self, response_text: str, gold: str,
+                    scorer: str | Scorer | dict | None = None) -> Grade:
+        """Grade one response (see ``grade_batch``)."""
+        return (await self.grade_batch([(response_text, gold)], [scorer]))[0]
+
+    async def grade_batch(self, items: Sequence[tuple[str, str]],
+                          scorers: Sequence[str | Scorer | dict | None] | None = None
+                          ) -> list[Grade]:
+        """Grades of ``items`` (``(response_text, gold)`` pairs), in order. ``scorers``, one
+        per item, picks each item's judge (``None``/``"math"``,
+        ``"reasoning_gym:<dataset>"``, a ``Scorer``); default: math equivalence."""
+        if scorers is not None and len(scorers) != len(items):
+            raise ValueError(f"scorers has {len(scorers)} entries for {len(items)} items; "
+                             "pass one scorer (or None) per item")
+        out: list[Grade | None] = [None] * len(items)
+        waits = []
+        for i, item in enumerate(items):
+            if i and i % _CHUNK == 0:
+                await asyncio.sleep(0)  # let the event loop breathe between chunks
+            text, gold = item
+            scorer = as_scorer(scorers[i] if scorers is not None else None)
+            t0 = time.perf_counter()
+            done, job = self._prepare(text, str(gold), scorer, t0)
+            if done is not None:
+                out[i] = done
+            else:
+                if self._pool is None:
+                    await asyncio.to_thread(self.start)
+                waits.append((i, self._finish(job, t0)))
+        if waits:
+            results = await asyncio.gather(*(w for _, w in waits))
+            for (i, _), g in zip(waits, results):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    def grade_batch_sync(self, items: Sequence[tuple[str, str]],
+                         scorers: Sequence[str | Scorer | dict | None] | None = None
+                         ) -> list[Grade]:
+        """``grade_batch`` for code without a running event loop."""
+        return asyncio.run(self.grade_batch(items, scorers))
+
+    def _prepare(self, text: str, gold: str, scorer: Scorer, t0: float
+                 ) -> tuple[Grade | None, tuple]:
+        if scorer.name == "math" and scorer.fn is None:
+            pred = extract_answer(text)
+            if pred is None:
+                self.counts["no_answer"] += 1
+                return Grade("no_answer", None, gold, _ms(t0), method="extract"), ()
+            fast = fast_equal(pred, gold)
+            if fast is not None:
+                self.counts["fast"] += 1
+                return Grade("correct" if fast else "incorrect", pred, gold, _ms(t0),
+                             method="fast"), ()
+            return None, ("math", pred, gold, None, None, "symbolic")
+        pred = answer_for_source(text)
+        if pred is None:
+            self.counts["no_answer"] += 1
+            return Grade("no_answer", None, gold, _ms(t0), method="extract"), ()
+        kind = "custom" if scorer.fn is not None else scorer.name
+        method = kind if scorer.fn is None else f"custom:{getattr(scorer.fn, '__name__', '?')}"
+        return None, (kind, pred, gold, scorer.entry, scorer.fn, method)
+
+    async def _finish(self, job: tuple, t0: float) -> Grade:
+        from pebble import ProcessExpired
+
+        kind, pred, gold, entry, fn, method = job
+        if self._pool is None:
+            raise RuntimeError("this Grader is closed; make a new one")
+        fut = self._pool.schedule(worker_check, args=(kind, pred, gold, entry, self.timeout_s, fn),
+                                  timeout=self.timeout_s)
+        try:
+            status, detail = await asyncio.wrap_future(fut)
+        except FutureTimeout:
+            status, detail = "timeout", f"killed after {self.timeout_s:g}s"
+        except ProcessExpired as err:
+            status, detail = "timeout", f"worker crashed (exit code {err.exitcode})"
+            self.counts["crash"] += 1
+        self.counts["timeout" if status == "timeout" else method.split(":")[0]] += 1
+        return Grade(status, pred, gold, _ms(t0), method=method, detail=detail)  # type: ignore[arg-type]
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,243 @@
+"""Exact answer comparison without sympy: the fast path of the grader.
+
+``fast_equal(pred, gold)`` answers ``True``/``False`` when both answers are in a form it can
+decide exactly, and ``None`` ("undecided, ask the symbolic checker") otherwise. It decides:
+
+- plain numbers, compared as exact rationals: integers (``1,000``, ``1{,}000``, ``1\\,000``,
+  leading zeros, ``5.0``), terminating decimals (``.5``), fractions (``\\frac{3}{4}``,
+  ``\\dfrac34``, ``-3/4``), scientific notation (``1.5\\times 10^{3}``, ``1.5e3``). Because
+  the comparison is exact, ``0.333`` never equals ``1/3``;
+- percentages against plain numbers (``50\\%`` equals ``50`` and ``0.5``);
+- answers wrapped in ``$…$``, ``\\text{}``, ``\\mathrm{}``, with a trailing unit
+  (``5\\text{ cm}``), degrees (``30^\\circ``), a leading ``x =``, or a trailing period;
+- multiple-choice letters (``B``, ``(B)``, ``\\text{(B)}``) when the gold is a letter;
+- sets (order-free), tuples and intervals (ordered, brackets must match) of plain numbers;
+- identical strings after this normalization.
+
+It never says ``True`` for two different values; anything it is unsure of is ``None``.
+What it does not do: algebra (radicals, π, expressions, equations) — that is
+``tirl.reward.symbolic``'s job, in a worker process.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_DELIMS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
+_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA-Z])|"
+                      r"\\right(?![a-zA-Z])|\\big(?![a-zA-Z])|\\Big(?![a-zA-Z])")
+_WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{(.*)\}$",
+                      re.DOTALL)
+_DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z]))\s*(?:\\text\{?\s*[CF]?\s*\}?)?$")
+_UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{\s*[a-zA-Z][a-zA-Z .^/\d]*\}"
+                   r"(?:\s*\^\s*\{?\d\}?)?$", re.DOTALL)
+_ASSIGN = re.compile(r"^\s*[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|:)\s*(?=\S)")
+_CHOICE = re.compile(r"^\(?([A-J])\)?\.?$")
+_WS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
+
+_SIGN = r"[-+]?"
+_UINT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+_UDEC = rf"(?:{_UINT}\.\d*|\.\d+|{_UINT})"
+_INT_RE = re.compile(rf"^({_SIGN})({_UINT})$")
+_DEC_RE = re.compile(rf"^({_SIGN})({_UDEC})$")
+_SCI_RE = re.compile(rf"^({_SIGN}{_UDEC})(?:\\times|\\cdot|\*)10\^(?:\{{([-+]?\d+)\}}|([-+]?\d))$")
+_E_RE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)$")
+_SLASH_RE = re.compile(rf"^({_SIGN}{_UDEC})/({_SIGN}{_UDEC})$")
+_FRAC_RE = re.compile(r"^([-+]?)\\frac(?:\{([^{}]*)\}|(\d))(?:\{([^{}]*)\}|(\d))$")
+_PCT_RE = re.compile(r"^(.*?)\\?%$")
+
+
+def _strip_delims(s: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        s = s.strip()
+        for a, b in _DELIMS:
+            if len(s) > len(a) + len(b) and s.startswith(a) and s.endswith(b):
+                s = s[len(a):-len(b)]
+                changed = True
+        m = re.match(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", s, re.DOTALL)
+        if m and _balanced(m.group(1)):
+            s = m.group(1)
+            changed = True
+    return s
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += (c == "{") - (c == "}")
+        if depth < 0:
+            return False
+        i += 1
+    return depth == 0
+
+
+def clean(ans: str) -> str:
+    """A canonical spelling of an answer: no delimiters, spacing commands, wrappers, units,
+    degrees, leading ``x =`` or trailing period; ``\\dfrac``→``\\frac``; whitespace removed
+    except between letters. Used for fast comparison only (never shown to sympy)."""
+    s = _strip_delims(ans)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("−", "-")
+    s = s.replace("{,}", ",").replace("\\%", "%")
+    s = _SPACING.sub(" ", s).strip()
+    for _ in range(3):
+        before = s
+        s = s.rstrip(" .")
+        m = _WRAPPER.match(s)
+        if m and _balanced(m.group(1)):
+            s = m.group(1).strip()
+        s = _DEGREES.sub("", s)
+        m = _UNIT.match(s)
+        if m and _balanced(m.group(1)):
+            s = m.group(1).strip()
+        if "=" in s and s.count("=") == 1 and "," not in s:
+            s = _ASSIGN.sub("", s)
+        s = _strip_delims(s)
+        if s == before:
+            break
+    return _WS.sub("", s)
+
+
+def parse_number(s: str) -> Fraction | None:
+    """The exact value of a plain number in cleaned form, or None if ``s`` is not one."""
+    if not s or len(s) > 200:
+        return None
+    m = _INT_RE.match(s)
+    if m:
+        v = Fraction(int(m.group(2).replace(",", "")))
+        return -v if m.group(1) == "-" else v
+    m = _DEC_RE.match(s)
+    if m:
+        body = m.group(2).replace(",", "")
+        if body in (".",):
+            return None
+        v = Fraction(body if not body.endswith(".") else body[:-1])
+        return -v if m.group(1) == "-" else v
+    m = _FRAC_RE.match(s)
+    if m:
+        num = parse_number(m.group(2) if m.group(2) is not None else m.group(3))
+        den = parse_number(m.group(4) if m.group(4) is not None else m.group(5))
+        if num is None or den is None or den == 0:
+            return None
+        v = num / den
+        return -v if m.group(1) == "-" else v
+    m = _SLASH_RE.match(s)
+    if m:
+        num, den = parse_number(m.group(1)), parse_number(m.group(2))
+        if num is None or den is None or den == 0:
+            return None
+        return num / den
+    m = _SCI_RE.match(s)
+    if m:
+        mant = parse_number(m.group(1))
+        exp = int(m.group(2) if m.group(2) is not None else m.group(3))
+        if mant is None or abs(exp) > 400:
+            return None
+        return mant * Fraction(10) ** exp
+    m = _E_RE.match(s)
+    if m:
+        exp = int(m.group(2))
+        if abs(exp) > 400:
+            return None
+        return Fraction(m.group(1)) * Fraction(10) ** exp
+    return None
+
+
+def _percent(s: str) -> Fraction | None:
+    m = _PCT_RE.match(s)
+    return parse_number(m.group(1)) if m else None
+
+
+def _choice(s: str) -> str | None:
+    m = _CHOICE.match(s)
+    return m.group(1) if m else None
+
+
+_OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
+
+
+def _split_top(s: str) -> list[str]:
+    """Split on commas outside any bracket."""
+    parts, depth, cur = [], 0, []
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    parts.append("".join(cur))
+    return parts
+
+
+def _collection(s: str) -> tuple[str, str, list[Fraction]] | None:
+    """(open, close, values) for a set/tuple/interval/bare list of plain numbers."""
+    opener = closer = ""
+    body = s
+    if s.startswith("\\{") and s.endswith("\\}"):
+        opener, closer, body = "\\{", "\\}", s[2:-2]
+    elif s[:1] in "([" and s[-1:] in ")]":
+        opener, closer, body = s[0], s[-1], s[1:-1]
+    if not body or any(c in body for c in "()[]{}"):
+        return None
+    parts = _split_top(body)
+    if len(parts) < 2 and opener != "\\{":
+        return None
+    vals = [parse_number(p) for p in parts]
+    if any(v is None for v in vals):
+        return None
+    return opener, closer, vals  # type: ignore[return-value]
+
+
+def fast_equal(pred: str, gold: str) -> bool | None:
+    """True/False when decidable exactly without sympy, else None (see module doc)."""
+    p, g = clean(pred), clean(gold)
+    if not p or not g:
+        return None
+    if p == g:
+        return True
+    gc = _choice(g)
+    if gc is not None:
+        pc = _choice(p)
+        if pc is not None:
+            return pc == gc
+        return None
+    pn, gn = parse_number(p), parse_number(g)
+    if pn is not None and gn is not None:
+        return pn == gn
+    if gn is not None:
+        pp = _percent(p)
+        if pp is not None:
+            return gn == pp or gn == pp / 100
+    if pn is not None:
+        gp = _percent(g)
+        if gp is not None:
+            return pn == gp or pn == gp / 100
+    if "," in p and "," in g:
+        pc_, gc_ = _collection(p), _collection(g)
+        if pc_ is not None and gc_ is not None:
+            return _same_collection(pc_, gc_)
+    return None
+
+
+def _same_collection(a: tuple[str, str, list[Fraction]], b: tuple[str, str, list[Fraction]]) -> bool | None:
+    (ao, ac, av), (bo, bc, bv) = a, b
+    a_set = ao in ("", "\\{")
+    b_set = bo in ("", "\\{")
+    if a_set and b_set:
+        return set(av) == set(bv)
+    if a_set != b_set:
+        return None if (ao == "" or bo == "") else False  # bare list vs tuple: ask sympy
+    if (ao, ac) != (bo, bc):
+        return False
+    return av == bv

@@ -1,0 +1,153 @@
+"""Symbolic answer comparison with math-verify (sympy), under a wall-clock limit.
+
+``symbolic_equal(pred, gold)`` parses both answers with math-verify (LaTeX first, then plain
+expressions) and asks ``math_verify.verify`` whether they are the same mathematical object:
+fractions vs decimals, radicals, π, powers, intervals and unions, sets (order-free) vs tuples
+(ordered, strict: a set never equals a tuple), ``x = 3`` vs ``3``, matrices, complex numbers.
+Two guards keep it honest: a plain decimal never equals a non-terminating value unless it
+matches to the digits math-verify rounds to, and a non-terminating decimal never equals a
+plain fraction (that case is decided exactly by ``tirl.reward.normalize`` before we get here).
+
+Timeouts: math-verify's own limit uses ``signal.alarm`` with whole seconds and only in the
+main thread; we switch it off and use ``time_limit`` (``setitimer``, sub-second) instead.
+A signal cannot interrupt a long C call (a huge integer power inside gmpy), so the grader
+runs this in worker processes it can kill (``tirl.reward.grader``); in-process callers get
+the signal limit only. What this module does not do: extraction, fast paths, processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+
+class CheckTimeout(BaseException):
+    """An equivalence check ran past its time limit. A ``BaseException``, so that
+    math-verify's ``except Exception`` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``CheckTimeout`` in this (main) thread after ``seconds``; a no-op elsewhere or
+    when ``seconds`` is None."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):  # noqa: ARG001
+        raise CheckTimeout(f"equivalence check ran past {seconds:.2f}s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+_EXTRACTION = None
+
+
+def _configs():
+    global _EXTRACTION
+    if _EXTRACTION is None:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+        import math_verify.grader
+        import math_verify.parser
+
+        # we disable math-verify's own (signal.alarm) limits; silence its one-time warning
+        math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+        math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+        _EXTRACTION = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    return _EXTRACTION
+
+
+def parse_answer(ans: str) -> list:
+    """math-verify's parse of a bare answer (we wrap it in ``$…$`` so its LaTeX extractor sees
+    it; a plain-text answer falls back to the expression extractor)."""
+    from math_verify import parse
+
+    s = ans.strip()
+    if not (s.startswith("$") or s.startswith("\\(") or s.startswith("\\[")):
+        s = f"${s}$"
+    out = parse(s, extraction_config=_configs(), parsing_timeout=None)  # type: ignore[arg-type]
+    if not out:
+        out = parse(ans, extraction_config=_configs(), parsing_timeout=None)  # type: ignore[arg-type]
+    return out
+
+
+def symbolic_equal(pred: str, gold: str, timeout_s: float | None = None) -> bool:
+    """Whether math-verify judges ``pred`` equivalent to ``gold``; raises ``CheckTimeout``
+    past ``timeout_s`` (main thread only)."""
+    from math_verify import verify
+
+    if _set_vs_tuple(pred, gold):
+        return False
+    with time_limit(timeout_s):
+        g = parse_answer(gold)
+        p = parse_answer(pred)
+        if not g or not p:
+            return False
+        g, p = _align_imaginary_unit(g, p)
+        return bool(verify(g, p, timeout_seconds=None))
+
+
+def _i_symbols(parsed: list) -> tuple[bool, bool]:
+    """(has a symbol ``i`` math-verify read as complex, has any symbol ``i``)."""
+    import sympy
+
+    cplx = any_i = False
+    for x in parsed:
+        if isinstance(x, sympy.Basic):
+            for f in x.free_symbols:
+                if getattr(f, "name", None) == "i":
+                    any_i = True
+                    cplx |= f.is_real is False
+    return cplx, any_i
+
+
+def _align_imaginary_unit(g: list, p: list) -> tuple[list, list]:
+    """math-verify reads ``1+i`` as a complex ``i`` but ``0.5i`` as a real symbol ``i``, so
+    the two never meet; when either side has a complex ``i``, both sides' ``i`` become the
+    imaginary unit."""
+    import sympy
+
+    (gc, ga), (pc, pa) = _i_symbols(g), _i_symbols(p)
+    if not (gc or pc) or not (ga and pa):
+        return g, p
+
+    def sub(xs: list) -> list:
+        out = []
+        for x in xs:
+            if isinstance(x, sympy.Basic):
+                x = x.subs({f: sympy.I for f in x.free_symbols if getattr(f, "name", None) == "i"})
+            out.append(x)
+        return out
+
+    return sub(g), sub(p)
+
+
+def _kind(ans: str) -> str:
+    from tirl.reward.normalize import _split_top, clean
+
+    s = clean(ans)
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return "set"
+    if s[:1] in "([" and s[-1:] in ")]" and len(_split_top(s[1:-1])) > 1:
+        return "ordered"
+    return "other"
+
+
+def _set_vs_tuple(pred: str, gold: str) -> bool:
+    """A set never equals a tuple or interval (math-verify would compare their elements)."""
+    kinds = {_kind(pred), _kind(gold)}
+    return kinds == {"set", "ordered"}
+
+
+def warm_up() -> None:
+    """Import sympy and math-verify and run one check (a worker's first check is then fast)."""
+    symbolic_equal("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}")
