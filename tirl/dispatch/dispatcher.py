@@ -1,0 +1,457 @@
+"""The rollout dispatcher: assigns trajectories to engines, one sticky lease per trajectory.
+
+``Dispatcher(engines, policy="kv")`` fronts several engines (anything with
+``async generate(...)``, see :mod:`tirl.engines.base`). The agent loop takes one lease per
+trajectory::
+
+    async with dispatcher.lease(key, reserve_tokens=len(prompt) + max_tokens, group=pid) as eng:
+        c = await eng.generate(prompt_ids, max_new_tokens, temperature, stop)  # every turn
+
+* Admission follows a policy from :mod:`tirl.dispatch.policy`. Under ``kv`` the lease books
+  ``reserve_tokens`` of the engine's KV capacity until it ends; when no engine has room the
+  caller waits — on an :class:`asyncio.Event` that every release, drain and metrics
+  reading sets, never by polling — in FIFO order.
+* Stickiness: every turn of a lease runs on the same engine (its prefix cache holds the
+  conversation). With ``group_affinity`` a GRPO group's trajectories go to the engine of
+  the first one when it has room (the shared prompt is then prefilled once).
+* Reservations are released on every exit path: normal end, exception, cancellation
+  (also while still waiting for admission).
+* Live correction: with metric URLs (by default the ``base_url`` of engines that have
+  one) a background task reads each engine's load every ``metrics_interval_s``
+  (:mod:`tirl.dispatch.metrics`): it discovers an unconfigured capacity, lowers the free
+  estimate when the engine is fuller than our bookings, and holds back an engine that
+  queues requests.
+* Failure: a generate call that fails with a connection error or timeout drains its
+  engine (no new leases) and moves the lease to another engine, where the same call is
+  retried (up to ``max_retries`` times; the prompt carries the whole conversation, only
+  the prefix cache is lost). An engine whose metrics stop answering ``fail_after`` times in
+  a row is drained too, and comes back when they answer again.
+
+What it does not do: split one trajectory across engines, preempt running leases, or
+retry errors that are not the engine's (a bad request raises to the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Sequence
+
+from tirl.dispatch.config import POLICIES, DispatchConfig
+from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
+from tirl.dispatch.policy import EngineLoad, choose_engine
+from tirl.engines.base import Completion
+
+log = logging.getLogger(__name__)
+
+
+class NoEngineAvailable(RuntimeError):
+    """Every engine is drained (and none can come back), so nothing can be admitted."""
+
+
+class EngineUnavailable(ConnectionError):
+    """Raise this from an engine's ``generate`` to say the engine itself failed (drain + retry)."""
+
+
+def is_engine_failure(exc: BaseException) -> bool:
+    """True for errors that mean the engine stopped answering, not that the request was bad."""
+    if isinstance(exc, (ConnectionError, TimeoutError, EngineUnavailable)):
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)):
+        return True
+    return isinstance(exc, aiohttp.ClientResponseError) and exc.status in (502, 503, 504)
+
+
+@dataclass
+class EngineStatus:
+    """A snapshot of one engine as the dispatcher sees it."""
+
+    index: int
+    name: str
+    healthy: bool
+    active: int
+    reserved_tokens: int
+    capacity_tokens: int | None
+    live_used_tokens: int | None
+    live_waiting: int | None
+    leases_total: int
+    failures: int
+
+
+@dataclass
+class DispatchStats:
+    leases: int = 0
+    waited: int = 0  # leases that had to wait for admission
+    wait_s: float = 0.0  # total time spent waiting for admission
+    retries: int = 0  # generate calls retried on another engine
+    drained: int = 0  # times an engine was drained
+
+
+class _Lease:
+    __slots__ = ("key", "reserve", "group", "engine", "closed")
+
+    def __init__(self, key: str, reserve: int, group: Any):
+        self.key, self.reserve, self.group = key, reserve, group
+        self.engine = -1
+        self.closed = False
+
+
+class LeasedEngine:
+    """The engine a lease is bound to; ``generate`` retries elsewhere if that engine dies."""
+
+    def __init__(self, dispatcher: Dispatcher, lease: _Lease):
+        self._d = dispatcher
+        self._lease = lease
+
+    @property
+    def engine_index(self) -> int:
+        return self._lease.engine
+
+    @property
+    def engine(self) -> Any:
+        return self._d.engines[self._lease.engine]
+
+    async def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str | int] | None = None,
+        *,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> Completion:
+        if self._lease.closed:
+            raise RuntimeError(f"lease {self._lease.key!r} has ended; take a new lease to generate")
+        attempt = 0
+        while True:
+            k = self._lease.engine
+            try:
+                return await self._d.engines[k].generate(
+                    prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k
+                )
+            except Exception as exc:
+                if not is_engine_failure(exc) or attempt >= self._d.max_retries:
+                    raise
+                attempt += 1
+                self._d._drain(k, f"generate failed: {exc!r}")
+                self._d.stats.retries += 1
+                await self._d._move(self._lease)
+
+
+class Dispatcher:
+    """Assign trajectories to engines by a policy; see the module docstring."""
+
+    def __init__(
+        self,
+        engines: Sequence[Any],
+        policy: str = "kv",
+        *,
+        capacity_tokens: int | Sequence[int | None] | None = None,
+        group_affinity: bool = False,
+        metrics_urls: Sequence[str | None] | None = None,
+        metrics_interval_s: float = 1.0,
+        max_active_per_engine: int = 0,
+        max_retries: int = 2,
+        fail_after: int = 3,
+        names: Sequence[str] | None = None,
+    ):
+        if not engines:
+            raise ValueError("Dispatcher needs at least one engine; got none")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown dispatch policy {policy!r}; use one of {', '.join(POLICIES)}")
+        self.engines = list(engines)
+        k = len(self.engines)
+        self.policy = policy
+        self.group_affinity = group_affinity
+        self.max_retries = max_retries
+        self.fail_after = fail_after
+        self.metrics_interval_s = metrics_interval_s
+        if capacity_tokens is None or isinstance(capacity_tokens, int):
+            caps: list[int | None] = [capacity_tokens or None] * k
+        else:
+            caps = [c or None for c in capacity_tokens]
+            if len(caps) != k:
+                raise ValueError(f"capacity_tokens has {len(caps)} entries for {k} engines")
+        self._configured_caps = caps
+        if metrics_urls is None:
+            metrics_urls = [getattr(e, "base_url", None) for e in self.engines]
+        elif len(metrics_urls) != k:
+            raise ValueError(f"metrics_urls has {len(metrics_urls)} entries for {k} engines")
+        self.metrics_urls = list(metrics_urls)
+        self.names = list(names) if names else [
+            str(getattr(e, "base_url", None) or f"engine{i}") for i, e in enumerate(self.engines)
+        ]
+        max_act = max_active_per_engine or None
+        self.loads = [EngineLoad(capacity_tokens=c, max_active=max_act) for c in caps]
+        self.metrics: list[EngineMetrics | None] = [None] * k
+        self._metric_failures = [0] * k
+        self._drained_by_metrics = [False] * k
+        self._failures = [0] * k
+        self._leases_total = [0] * k
+        self._waiters: deque[object] = deque()
+        self._changed = asyncio.Event()
+        self._ordinal = itertools.count()
+        self._next_ordinal = 0
+        self._group_index: dict[Any, int] = {}
+        self._group_engine: dict[Any, int] = {}
+        self._poller: asyncio.Task | None = None
+        self._session: Any = None
+        self._started = False
+        self.stats = DispatchStats()
+
+    @classmethod
+    def from_config(cls, cfg: DispatchConfig, engines: Sequence[Any], **kw: Any) -> Dispatcher:
+        """A dispatcher over ``engines`` with the settings of a ``[dispatch]`` section."""
+        return cls(
+            engines,
+            cfg.policy,
+            capacity_tokens=cfg.kv_capacity_tokens or None,
+            group_affinity=cfg.group_affinity,
+            metrics_interval_s=cfg.metrics_interval_s,
+            max_active_per_engine=cfg.max_active_per_engine,
+            max_retries=cfg.max_retries,
+            fail_after=cfg.fail_after,
+            **kw,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read metrics once (capacities) and start the background reader, if any URL is set."""
+        if self._started:
+            return
+        self._started = True
+        if any(self.metrics_urls):
+            import aiohttp
+
+            self._session = aiohttp.ClientSession()
+            await self.refresh_metrics()
+            self._poller = asyncio.create_task(self._poll_metrics(), name="tirl-dispatch-metrics")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._poller = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._started = False
+
+    async def __aenter__(self) -> Dispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- public API -----------------------------------------------------------------
+    @asynccontextmanager
+    async def lease(self, key: str, reserve_tokens: int, group: Any = None) -> AsyncIterator[LeasedEngine]:
+        """Hold one engine for a trajectory; its KV booking is released however the block exits."""
+        if reserve_tokens < 0:
+            raise ValueError(f"reserve_tokens must be ≥ 0, got {reserve_tokens}")
+        await self.start()
+        lease = _Lease(key, int(reserve_tokens), group)
+        await self._admit(lease)
+        try:
+            yield LeasedEngine(self, lease)
+        finally:
+            self._release(lease)
+            lease.closed = True
+
+    async def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        stop: Sequence[str | int] | None = None,
+        *,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        key: str | None = None,
+        group: Any = None,
+    ) -> Completion:
+        """One call on a one-shot lease of ``len(prompt_ids) + max_new_tokens`` tokens."""
+        key = key or f"oneshot-{next(self._ordinal)}"
+        async with self.lease(key, len(prompt_ids) + max_new_tokens, group=group) as eng:
+            return await eng.generate(
+                prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k
+            )
+
+    def snapshot(self) -> list[EngineStatus]:
+        return [
+            EngineStatus(
+                index=i,
+                name=self.names[i],
+                healthy=ld.healthy,
+                active=ld.active,
+                reserved_tokens=ld.reserved_tokens,
+                capacity_tokens=ld.capacity_tokens,
+                live_used_tokens=ld.live_used_tokens,
+                live_waiting=ld.live_waiting,
+                leases_total=self._leases_total[i],
+                failures=self._failures[i],
+            )
+            for i, ld in enumerate(self.loads)
+        ]
+
+    # -- admission ------------------------------------------------------------------
+    def _wake(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    def _pick(self, lease: _Lease) -> int | None:
+        g = lease.group if lease.group is not None else lease.key
+        if g not in self._group_index:
+            self._group_index[g] = len(self._group_index)
+        preferred = self._group_engine.get(lease.group) if self.group_affinity and lease.group is not None else None
+        return choose_engine(
+            self.policy,
+            self.loads,
+            lease.reserve,
+            ordinal=self._next_ordinal,
+            group_index=self._group_index[g],
+            preferred=preferred,
+        )
+
+    def _check_possible(self, lease: _Lease) -> None:
+        healthy = [ld for ld in self.loads if ld.healthy]
+        if not healthy and self._poller is None:
+            raise NoEngineAvailable(
+                f"all {len(self.loads)} engines are drained after failures "
+                f"({', '.join(self.names)}); check that the servers are up"
+            )
+        if self.policy == "kv" and healthy and all(ld.capacity_tokens is not None for ld in healthy):
+            biggest = max(ld.capacity_tokens for ld in healthy)  # type: ignore[type-var]
+            if lease.reserve > biggest:
+                raise ValueError(
+                    f"lease {lease.key!r} asks for {lease.reserve} KV tokens but the largest "
+                    f"engine holds {biggest}; lower the token budget (agent.max_tokens) or "
+                    "raise dispatch.kv_capacity_tokens"
+                )
+
+    async def _admit(self, lease: _Lease) -> None:
+        ticket = object()
+        self._waiters.append(ticket)
+        t0 = time.monotonic()
+        waited = False
+        try:
+            while True:
+                if self._waiters[0] is ticket:
+                    self._check_possible(lease)
+                    self._next_ordinal = self.stats.leases
+                    k = self._pick(lease)
+                    if k is not None:
+                        self._waiters.popleft()
+                        self._book(lease, k)
+                        self._wake()  # the next in line may fit too
+                        if waited:
+                            self.stats.waited += 1
+                            self.stats.wait_s += time.monotonic() - t0
+                        return
+                waited = True
+                await self._changed.wait()
+        except BaseException:
+            if ticket in self._waiters:
+                head = self._waiters[0] is ticket
+                self._waiters.remove(ticket)
+                if head:
+                    self._wake()
+            raise
+
+    def _book(self, lease: _Lease, k: int) -> None:
+        ld = self.loads[k]
+        ld.active += 1
+        ld.reserved_tokens += lease.reserve
+        lease.engine = k
+        self.stats.leases += 1
+        self._leases_total[k] += 1
+        if self.group_affinity and lease.group is not None:
+            self._group_engine.setdefault(lease.group, k)
+
+    def _release(self, lease: _Lease) -> None:
+        if lease.engine < 0:
+            return
+        ld = self.loads[lease.engine]
+        ld.active -= 1
+        ld.reserved_tokens -= lease.reserve
+        lease.engine = -1
+        self._wake()
+
+    async def _move(self, lease: _Lease) -> None:
+        """Re-admit a lease whose engine was drained (it waits like a new one)."""
+        self._release(lease)
+        if self.group_affinity and lease.group is not None:
+            self._group_engine.pop(lease.group, None)
+        await self._admit(lease)
+
+    # -- health and metrics ---------------------------------------------------------
+    def _drain(self, k: int, why: str) -> None:
+        self._failures[k] += 1
+        if self.loads[k].healthy:
+            self.loads[k].healthy = False
+            self.stats.drained += 1
+            log.warning("dispatch: draining engine %s: %s", self.names[k], why)
+            for g, e in list(self._group_engine.items()):
+                if e == k:
+                    del self._group_engine[g]
+        self._wake()
+
+    def _undrain(self, k: int) -> None:
+        if not self.loads[k].healthy:
+            self.loads[k].healthy = True
+            log.warning("dispatch: engine %s answers again; admitting to it", self.names[k])
+
+    def apply_metrics(self, k: int, m: EngineMetrics) -> None:
+        """Fold one metrics reading of engine ``k`` into its load (also used by tests)."""
+        self.metrics[k] = m
+        ld = self.loads[k]
+        if self._configured_caps[k] is None and m.kv_capacity_tokens:
+            ld.capacity_tokens = m.kv_capacity_tokens
+        ld.live_used_tokens = m.used_tokens(ld.capacity_tokens)
+        ld.live_waiting = m.waiting
+        self._wake()
+
+    async def refresh_metrics(self) -> None:
+        """Read every engine's metrics once, concurrently."""
+        idx = [i for i, u in enumerate(self.metrics_urls) if u]
+        results = await asyncio.gather(
+            *(fetch_engine_metrics(self._session, self.metrics_urls[i]) for i in idx),
+            return_exceptions=True,
+        )
+        for i, r in zip(idx, results):
+            if isinstance(r, BaseException):
+                if isinstance(r, asyncio.CancelledError):
+                    raise r
+                self._metric_failures[i] += 1
+                if self._metric_failures[i] >= self.fail_after and self.loads[i].healthy:
+                    self._drained_by_metrics[i] = True
+                    self._drain(i, f"metrics failed {self._metric_failures[i]} times: {r!r}")
+                continue
+            self._metric_failures[i] = 0
+            if not self.loads[i].healthy:
+                self._undrain(i)
+            self.apply_metrics(i, r)
+
+    async def _poll_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(self.metrics_interval_s)
+            try:
+                await self.refresh_metrics()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # never let the reader die silently
+                log.warning("dispatch: metrics refresh failed: %r", err)
