@@ -1,0 +1,91 @@
+"""Each ExecResult status, notebook semantics and short user tracebacks."""
+
+import pytest
+
+from tirl.sandbox.types import ExecRequest
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_ok_prints_last_expression(sb):
+    r = await sb.run("x = 20\nprint('hi')\nx * 2 + 2")
+    assert r.status == "ok" and r.exit_code == 0
+    assert r.stdout == "hi\n42\n"
+    assert r.stderr == "" and not r.truncated and r.session_id is None
+
+
+async def test_none_expression_prints_nothing(sb):
+    r = await sb.run("x = None\nx")
+    assert r.status == "ok" and r.stdout == ""
+
+
+async def test_stdin_is_readable(sb):
+    r = await sb.run("a, b = map(int, input().split())\nprint(a + b)", stdin="3 4\n")
+    assert r.status == "ok" and r.stdout == "7\n"
+
+
+async def test_error_shows_only_user_frames(sb):
+    r = await sb.run("def f(x):\n    return 1 / x\n\nf(0)")
+    assert r.status == "error" and r.exit_code == 1
+    assert "ZeroDivisionError: division by zero" in r.stderr
+    assert 'File "<cell>", line 4' in r.stderr and 'File "<cell>", line 2, in f' in r.stderr
+    assert "tirl" not in r.stderr and "runner" not in r.stderr
+
+
+async def test_syntax_error(sb):
+    r = await sb.run("def f(:\n  pass")
+    assert r.status == "error"
+    assert "SyntaxError" in r.stderr and "line 1" in r.stderr
+
+
+async def test_sys_exit_codes(sb):
+    r0, r3 = await sb.run_batch([ExecRequest("import sys; sys.exit(0)"),
+                                 ExecRequest("import sys; print('a'); sys.exit(3)")])
+    assert r0.status == "ok" and r0.exit_code == 0
+    assert r3.status == "error" and r3.exit_code == 3 and r3.stdout == "a\n"
+
+
+async def test_wall_timeout_keeps_partial_output(sb):
+    r = await sb.run("import time\nprint('started')\ntime.sleep(60)", timeout_s=1.0)
+    assert r.status == "timeout" and r.reason == "wall_time"
+    assert r.stdout == "started\n"
+    assert 900 <= r.exec_ms < 15000
+
+
+async def test_cpu_time_limit(sb):
+    # wall limit generous, CPU limit from the sandbox's cpu_time_s = timeout by default
+    r = await sb.run("while True:\n    pass", timeout_s=1.0)
+    assert r.status == "timeout"
+
+
+async def test_memory(sb):
+    r = await sb.run("x = bytearray(8 * 2**30)")
+    assert r.status == "memory" and "MemoryError" in r.stderr
+
+
+async def test_output_limit(sb):
+    r = await sb.run("while True:\n    print('x' * 1000)")
+    assert r.status == "output_limit" and r.truncated
+    assert len(r.stdout) == sb.cfg.max_output_bytes
+
+
+async def test_killed_by_signal(sb):
+    r = await sb.run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+    assert r.status == "killed" and r.exit_code == -11
+
+
+async def test_sympy_and_numpy_are_warm(sb):
+    r = await sb.run("import sympy as sp, numpy as np\nx = sp.Symbol('x')\n"
+                     "print(sp.factor(x**2 - 1))\nint(np.arange(5).sum())")
+    assert r.status == "ok" and r.stdout == "(x - 1)*(x + 1)\n10\n"
+
+
+async def test_batch_in_order(sb):
+    reqs = [ExecRequest(f"{i} * 3") for i in range(40)]
+    res = await sb.run_batch(reqs)
+    assert [r.stdout for r in res] == [f"{i * 3}\n" for i in range(40)]
+
+
+async def test_unicode_output(sb):
+    r = await sb.run("print('π ≈ 3.14159')\n'∑'")
+    assert r.status == "ok" and r.stdout == "π ≈ 3.14159\n'∑'\n"

@@ -1,0 +1,381 @@
+"""The fleet gateway: the sandbox API (``run``, ``run_batch``, ``close_session``, plus
+``grade``) implemented by putting jobs on Redis and waiting for workers' results.
+
+``RedisBackend(url)`` is what ``tirl sandbox serve --redis URL`` serves over HTTP; a
+trainer can also use it directly as its tool executor (no HTTP hop).
+
+Connections: however many requests wait, the gateway uses a handful of Redis
+connections — one **sender** task coalesces concurrent submissions into one pipeline,
+one **listener** task blocks on this gateway's result stream and resolves the waiting
+futures by request id (the first result wins; later duplicates of an at-least-once
+re-run are counted and dropped), and one **maintenance** task watches the epoch (Redis
+data loss → resubmit what is still unanswered), reaps dead workers and trims the result
+stream.
+
+Every request has a deadline: ``queue_timeout_s + (timeout + visibility_timeout_s) *
+max_deliveries + grace_s``. A request still unanswered then gets ``infra_error`` with
+``reason``: ``queue_timeout`` (no worker ever took it), ``worker_lost`` (a worker took it
+and vanished), or ``redis_unavailable``. Session calls go to the worker holding the
+session; if it died they get ``session_lost`` (``session_reset: true``).
+
+What it does not do: run code (workers do), or survive its own restart with requests in
+flight (callers retry ``infra_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from tirl.reward.types import Grade
+from tirl.sandbox.fleet import protocol as P
+from tirl.sandbox.fleet.reaper import reap_dead_workers
+from tirl.sandbox.types import ExecRequest, ExecResult
+
+log = logging.getLogger("tirl.sandbox.fleet")
+
+
+class FleetError(RuntimeError):
+    """A grading job the fleet could not run (``reason`` as for ``infra_error``)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        super().__init__(detail or f"sandbox fleet: {reason}")
+
+
+@dataclass(eq=False)
+class _Pending:
+    job: P.Job
+    payload: bytes
+    future: asyncio.Future
+    deadline: float  # loop time
+    stream: str | None = None  # where it was put
+    entry_id: bytes | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class FleetStats:
+    submitted: int = 0
+    answered: int = 0
+    duplicates_dropped: int = 0
+    resubmitted: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class RedisBackend:
+    """Gateway to a fleet of ``tirl sandbox worker`` processes over Redis."""
+
+    def __init__(self, url: str, *, prefix: str = "tirl:fleet", queue_timeout_s: float = 60.0,
+                 default_timeout_s: float = 10.0, grade_timeout_s: float = 10.0,
+                 visibility_timeout_s: float = 10.0, max_deliveries: int = 2,
+                 grace_s: float = 5.0, worker_ttl_s: float = 5.0, max_batch: int = 1024,
+                 cfg: Any = None):
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"fleet gateway: expected a redis:// URL, got {url!r}")
+        if cfg is not None:  # a SandboxConfig: take its default per-call limit
+            default_timeout_s = float(getattr(cfg, "timeout_s", default_timeout_s))
+        self.url = url
+        self.keys = P.Keys(prefix)
+        self.gid = uuid.uuid4().hex[:12]
+        self.reply = self.keys.res(self.gid)
+        self.queue_timeout_s = queue_timeout_s
+        self.default_timeout_s = default_timeout_s
+        self.grade_timeout_s = grade_timeout_s
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_deliveries = max_deliveries
+        self.grace_s = grace_s
+        self.worker_ttl_s = worker_ttl_s
+        self.max_batch = max_batch
+        self.stats = FleetStats()
+        self._pending: dict[str, _Pending] = {}
+        self._outbox: list[_Pending] = []
+        self._outbox_ready: asyncio.Event | None = None
+        self._r: aioredis.Redis | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._epoch: bytes | None = None
+        self._last_id = b"0-0"
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> RedisBackend:
+        if self._started:
+            return self
+        self._r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=10)
+        self._outbox_ready = asyncio.Event()
+        try:
+            await self._init_redis()
+        except RedisError as err:
+            log.warning("fleet gateway: redis %s unreachable at start (%s); requests wait "
+                        "for it until their deadline", self.url, err)
+        self._tasks = [asyncio.create_task(c) for c in
+                       (self._send_loop(), self._listen_loop(), self._maintenance_loop())]
+        self._started = True
+        return self
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for p in list(self._pending.values()):
+            self._resolve(p, P.infra_result("gateway_closed", p.job.session_id))
+        if self._r is not None:
+            try:
+                await self._r.delete(self.reply)
+            except RedisError:
+                pass
+            await self._r.aclose()
+        self._started = False
+
+    async def __aenter__(self) -> RedisBackend:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _init_redis(self) -> None:
+        r = self._r
+        try:
+            await r.xgroup_create(self.keys.jobs, P.GROUP, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+        await r.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+        self._epoch = await r.get(self.keys.epoch)
+
+    # ---------------------------------------------------------------- public API
+    async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
+                  session_id: str | None = None) -> ExecResult:
+        job = P.Job(rid=uuid.uuid4().hex, kind=P.EXEC, reply=self.reply,
+                    queue_timeout_ms=int(self.queue_timeout_s * 1000), code=code, stdin=stdin,
+                    timeout_s=timeout_s, session_id=session_id)
+        d = await self._submit(job, timeout_s if timeout_s is not None else self.default_timeout_s)
+        return ExecResult.from_dict(d)
+
+    async def run_batch(self, requests: list[ExecRequest]) -> list[ExecResult]:
+        return list(await asyncio.gather(*(
+            self.run(q.code, q.stdin, q.timeout_s, q.session_id) for q in requests)))
+
+    async def close_session(self, session_id: str) -> bool:
+        job = P.Job(rid=uuid.uuid4().hex, kind=P.CLOSE, reply=self.reply,
+                    queue_timeout_ms=int(self.queue_timeout_s * 1000), session_id=session_id)
+        d = await self._submit(job, 5.0)
+        return bool(d.get("closed", False))
+
+    async def grade(self, response_text: str, gold: str) -> Grade:
+        """Grade one answer on a worker (``tirl.reward.grade`` there). Raises
+        :class:`FleetError` when no worker could do it."""
+        job = P.Job(rid=uuid.uuid4().hex, kind=P.GRADE, reply=self.reply,
+                    queue_timeout_ms=int(self.queue_timeout_s * 1000), response=response_text,
+                    gold=gold, timeout_s=self.grade_timeout_s)
+        d = await self._submit(job, self.grade_timeout_s)
+        if "grade" not in d:
+            raise FleetError(d.get("reason") or "infra_error", d.get("stderr", ""))
+        return Grade(**d["grade"])
+
+    async def grade_batch(self, items: list[tuple[str, str]]) -> list[Grade]:
+        return list(await asyncio.gather(*(self.grade(t, g) for t, g in items)))
+
+    async def health(self) -> dict[str, Any]:
+        """Workers alive, their slots, queue depth; ``status`` is ``ok`` with at least one
+        live worker, ``degraded`` with none, ``down`` without Redis."""
+        try:
+            r = self._r
+            wids = [w.decode() for w in await r.smembers(self.keys.workers)]
+            infos = await r.mget([self.keys.alive(w) for w in wids]) if wids else []
+            alive = {w: json.loads(i) for w, i in zip(wids, infos) if i}
+            depth = await r.xlen(self.keys.jobs)
+        except RedisError as err:
+            return {"status": "down", "backend": "redis-fleet", "error": str(err),
+                    "waiting": len(self._pending)}
+        return {"status": "ok" if alive else "degraded", "backend": "redis-fleet",
+                "workers": len(alive), "slots": sum(i.get("slots", 0) for i in alive.values()),
+                "queue_depth": depth, "waiting": len(self._pending),
+                "answered": self.stats.answered, "duplicates_dropped": self.stats.duplicates_dropped,
+                "infra_errors": dict(self.stats.by_reason)}
+
+    def metrics_text(self) -> str:
+        """Prometheus text for the gateway's own counters."""
+        s = self.stats
+        lines = [
+            "# TYPE tirl_fleet_submitted_total counter", f"tirl_fleet_submitted_total {s.submitted}",
+            "# TYPE tirl_fleet_answered_total counter", f"tirl_fleet_answered_total {s.answered}",
+            "# TYPE tirl_fleet_duplicates_dropped_total counter",
+            f"tirl_fleet_duplicates_dropped_total {s.duplicates_dropped}",
+            "# TYPE tirl_fleet_resubmitted_total counter", f"tirl_fleet_resubmitted_total {s.resubmitted}",
+            "# TYPE tirl_fleet_waiting gauge", f"tirl_fleet_waiting {len(self._pending)}",
+            "# TYPE tirl_fleet_infra_errors_total counter",
+        ]
+        lines += [f'tirl_fleet_infra_errors_total{{reason="{k}"}} {v}' for k, v in s.by_reason.items()]
+        return "\n".join(lines) + "\n"
+
+    # ---------------------------------------------------------------- submit / resolve
+    async def _submit(self, job: P.Job, exec_timeout_s: float) -> dict[str, Any]:
+        if not self._started:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        budget = (self.queue_timeout_s + (exec_timeout_s + self.visibility_timeout_s)
+                  * self.max_deliveries + self.grace_s)
+        p = _Pending(job=job, payload=P.encode_job(job), future=loop.create_future(),
+                     deadline=loop.time() + budget)
+        p.timer = loop.call_at(p.deadline, self._on_deadline, job.rid)
+        self._pending[job.rid] = p
+        self.stats.submitted += 1
+        self._outbox.append(p)
+        self._outbox_ready.set()
+        return await p.future
+
+    def _resolve(self, p: _Pending, d: dict[str, Any]) -> None:
+        if self._pending.get(p.job.rid) is p:
+            del self._pending[p.job.rid]
+        if p.timer is not None:
+            p.timer.cancel()
+        if not p.future.done():
+            self.stats.answered += 1
+            if d.get("status") == "infra_error" and d.get("reason"):
+                self.stats.by_reason[d["reason"]] = self.stats.by_reason.get(d["reason"], 0) + 1
+            p.future.set_result(d)
+
+    def _on_deadline(self, rid: str) -> None:
+        p = self._pending.get(rid)
+        if p is not None:
+            asyncio.ensure_future(self._expire(p))
+
+    async def _expire(self, p: _Pending) -> None:
+        """Answer a request past its deadline with the reason it did not run."""
+        if p.entry_id is None:
+            reason = P.REDIS_UNAVAILABLE
+        else:
+            reason = P.QUEUE_TIMEOUT
+            try:
+                pend = await asyncio.wait_for(self._r.xpending_range(
+                    p.stream, P.GROUP, p.entry_id, p.entry_id, 1), 3)
+                if pend:
+                    reason = P.WORKER_LOST
+                await asyncio.wait_for(self._r.xdel(p.stream, p.entry_id), 3)
+            except (RedisError, asyncio.TimeoutError, OSError):
+                reason = P.REDIS_UNAVAILABLE
+        if p.job.session_id is not None and p.stream != self.keys.jobs and reason == P.WORKER_LOST:
+            reason = P.SESSION_LOST
+        if p.job.kind == P.CLOSE:
+            self._resolve(p, {"closed": False, "reason": reason})
+        else:
+            self._resolve(p, P.infra_result(reason, p.job.session_id))
+
+    # ---------------------------------------------------------------- sender
+    async def _send_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                batch = self._outbox[: self.max_batch]
+                del self._outbox[: self.max_batch]
+                batch = [p for p in batch if not p.future.done()]
+                try:
+                    await self._send(batch)
+                    backoff = 0.1
+                except RedisError as err:
+                    log.warning("fleet gateway: sending %d jobs failed (%s); retrying in %.1fs",
+                                len(batch), err, backoff)
+                    self._outbox[:0] = batch
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for p in batch:
+            if p.job.session_id is None:
+                pipe.xadd(self.keys.jobs, {"j": p.payload})
+            else:
+                mode = "close" if p.job.kind == P.CLOSE else "route"
+                pipe.eval(P.ROUTE_SESSION, 1, self.keys.sess(p.job.session_id), self.keys.prefix,
+                          p.payload, mode)
+        out = await pipe.execute()
+        for p, res in zip(batch, out):
+            if p.job.session_id is None:
+                p.stream, p.entry_id = self.keys.jobs, res
+                continue
+            where, eid = (x.decode() if isinstance(x, bytes) else x for x in res)
+            if where == "lost":
+                self._resolve(p, {"closed": False, "reason": P.SESSION_LOST} if p.job.kind == P.CLOSE
+                              else P.infra_result(P.SESSION_LOST, p.job.session_id,
+                                                  f"sandbox fleet: the worker holding session "
+                                                  f"{p.job.session_id!r} died; its state is lost"))
+            elif where == "none":
+                self._resolve(p, {"closed": False})
+            else:
+                p.stream = self.keys.jobs if where == "shared" else self.keys.wjobs(where)
+                p.entry_id = eid.encode()
+
+    # ---------------------------------------------------------------- listener
+    async def _listen_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                resp = await self._r.xread({self.reply: self._last_id}, count=2048, block=1000)
+                backoff = 0.1
+            except RedisError as err:
+                log.warning("fleet gateway: result listener: %s; retrying in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for _stream, entries in resp or []:
+                for eid, fields in entries:
+                    self._last_id = eid
+                    rid = fields.get(b"rid", b"").decode()
+                    p = self._pending.get(rid)
+                    if p is None:
+                        self.stats.duplicates_dropped += 1
+                        continue
+                    try:
+                        d = json.loads(fields[b"r"])
+                    except (KeyError, ValueError):
+                        d = P.infra_result("bad_result", p.job.session_id)
+                    self._resolve(p, d)
+
+    # ---------------------------------------------------------------- maintenance
+    async def _maintenance_loop(self) -> None:
+        last_reap = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                epoch = await self._r.get(self.keys.epoch)
+                if epoch != self._epoch:
+                    await self._on_data_loss()
+                if time.monotonic() - last_reap > self.worker_ttl_s:
+                    last_reap = time.monotonic()
+                    await reap_dead_workers(self._r, self.keys, post_result=self._post_script)
+                    if self._last_id != b"0-0":
+                        await self._r.xtrim(self.reply, minid=self._last_id, approximate=True)
+            except RedisError as err:
+                log.debug("fleet gateway: maintenance: %s", err)
+            except Exception:
+                log.exception("fleet gateway: maintenance")
+
+    async def _post_script(self, keys, args):
+        return await self._r.eval(P.POST_RESULT, len(keys), *keys, *args)
+
+    async def _on_data_loss(self) -> None:
+        """Redis came back empty: re-create the group and resubmit what is unanswered."""
+        await self._init_redis()
+        self._last_id = b"0-0"
+        sent = [p for p in self._pending.values() if p.entry_id is not None and p not in self._outbox]
+        log.warning("fleet gateway: redis lost its data (new epoch); resubmitting %d requests",
+                    len(sent))
+        for p in sent:
+            p.entry_id = p.stream = None
+        self.stats.resubmitted += len(sent)
+        self._outbox.extend(sent)
+        self._outbox_ready.set()

@@ -1,0 +1,628 @@
+"""`Sandbox`: the in-process supervisor (slots, queue, clocks, output capture, sessions).
+
+What it does: starts the zygote (:mod:`tirl.sandbox.zygote`) and keeps it alive (a dead
+zygote fails the calls in flight with ``infra_error``/``zygote_died`` and is restarted);
+admits requests into a fixed number of slots behind a bounded queue (``queue_full`` when the
+queue is full; queue time is reported apart from execution time, whose clock starts when a
+slot starts); reads each call's stdout/stderr as it streams, up to a hard cap; asks the
+zygote to kill a call's whole process tree at the wall-clock limit or at the output cap;
+keeps stateful sessions (one long-lived forked worker per ``session_id``, idle TTL, a cap on
+live sessions); classifies every outcome into exactly one typed ``ExecResult``.
+
+What it does not: HTTP (:mod:`tirl.sandbox.http`), the Redis fleet (:mod:`tirl.sandbox.fleet`),
+or anything inside the child (the zygote does that). Everything here runs on one asyncio
+event loop and never blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from tirl.sandbox import protocol
+from tirl.sandbox.config import SandboxConfig
+from tirl.sandbox.metrics import SandboxMetrics
+from tirl.sandbox.runner import MEMORY_EXIT
+from tirl.sandbox.types import ExecRequest, ExecResult
+
+CHILD_SETUP_FAILED = 70  # the zygote's child could not isolate itself (see zygote._child)
+KILL_GRACE_S = 10.0  # after asking for a kill, how long until the zygote counts as stuck
+READY_TIMEOUT_S = 120.0
+
+
+def default_slots() -> int:
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+class _Capture:
+    """Non-blocking reader of one call's stdout and stderr pipes, with a shared byte cap."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, out_r: int, err_r: int, cap: int,
+                 on_overflow):
+        self.loop, self.fds, self.cap = loop, {out_r: bytearray(), err_r: bytearray()}, cap
+        self.out_r, self.err_r = out_r, err_r
+        self.total = 0
+        self.truncated = False
+        self.on_overflow = on_overflow
+        self.open = {out_r, err_r}
+        self.eof = asyncio.Event()
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._readable, fd)
+
+    def _readable(self, fd: int) -> None:
+        self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        while fd in self.open:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._close_fd(fd)
+                return
+            room = self.cap - self.total
+            if len(chunk) > room:
+                if room > 0:
+                    self.fds[fd] += chunk[:room]
+                    self.total += room
+                if not self.truncated:
+                    self.truncated = True
+                    self.on_overflow()
+            else:
+                self.fds[fd] += chunk
+                self.total += len(chunk)
+
+    def _close_fd(self, fd: int) -> None:
+        if fd in self.open:
+            self.open.discard(fd)
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        if not self.open:
+            self.eof.set()
+
+    def drain(self) -> None:
+        for fd in list(self.open):
+            self._read(fd)
+
+    def take(self) -> tuple[str, str]:
+        """Decode and reset what was read so far (a session reuses the pipes per cell)."""
+        out, err = bytes(self.fds[self.out_r]), bytes(self.fds[self.err_r])
+        self.fds[self.out_r].clear()
+        self.fds[self.err_r].clear()
+        self.total = 0
+        self.truncated = False
+        return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        for fd in list(self.open):
+            self._close_fd(fd)
+
+
+@dataclass
+class _Session:
+    sid: str
+    cid: int
+    ctl: socket.socket
+    capture: _Capture
+    exit_fut: asyncio.Future
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+    overflowed: bool = False
+
+
+class _ZygoteDied(Exception):
+    pass
+
+
+class Sandbox:
+    """In-process pool of isolated Python executions (see module docstring).
+
+    ``Sandbox(cfg=None, **overrides)``; ``async with Sandbox() as sb: await sb.run("1+1")``.
+    """
+
+    def __init__(self, cfg: SandboxConfig | None = None, **overrides):
+        base = cfg or SandboxConfig()
+        self.cfg = base.model_copy(update=overrides) if overrides else base
+        if overrides:
+            self.cfg = SandboxConfig.model_validate(self.cfg.model_dump())
+        self.slots = self.cfg.slots or default_slots()
+        self.metrics = SandboxMetrics()
+        self._sem: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self._busy = 0
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._lost_sessions: OrderedDict[str, None] = OrderedDict()
+        self._session_locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._ready: asyncio.Event | None = None
+        self._zygote_info: dict = {}
+        self._closing = False
+        self._started = False
+        self._tasks: set[asyncio.Task] = set()
+        self._restart_task: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
+        self._generation = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._sem = asyncio.Semaphore(self.slots)
+        self._ready = asyncio.Event()
+        self._started = True
+        await self._start_zygote()
+        self._sweeper = asyncio.create_task(self._sweep_sessions())
+
+    async def close(self) -> None:
+        if not self._started or self._closing:
+            return
+        self._closing = True
+        for t in (self._sweeper, self._restart_task):
+            if t is not None:
+                t.cancel()
+        for sess in list(self._sessions.values()):
+            self._drop_session(sess, lost=False)
+        await self._stop_zygote()
+        self._fail_pending("sandbox_closed")
+
+    @property
+    def isolation(self) -> dict:
+        """What the zygote reported at start: network/mounts/seccomp/uid_drop and errors."""
+        return dict(self._zygote_info)
+
+    async def _start_zygote(self) -> None:
+        parent, child = protocol.socketpair()
+        cfg = {"preload": self.cfg.preload, "uid_base": self.cfg.uid_base}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.pathsep.join(
+                   p for p in sys.path if p)}
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tirl.sandbox.zygote", str(child.fileno()), json.dumps(cfg),
+            pass_fds=(child.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=None, start_new_session=True)
+        child.close()
+        parent.setblocking(False)
+        self._sock = parent
+        self._generation += 1
+        gen = self._generation
+        self._ready.clear()
+        self._loop.add_reader(parent.fileno(), self._on_zygote_readable, gen)
+        try:
+            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+        except TimeoutError:
+            self._on_zygote_dead(gen, "zygote did not become ready")
+            raise RuntimeError(f"sandbox zygote did not start within {READY_TIMEOUT_S:.0f}s") from None
+
+    async def _stop_zygote(self) -> None:
+        if self._sock is not None:
+            try:
+                self._loop.remove_reader(self._sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        self._proc = None
+
+    def _on_zygote_readable(self, gen: int) -> None:
+        sock = self._sock
+        if sock is None or gen != self._generation:
+            return
+        while True:
+            try:
+                msg, fds, _f, _a = socket.recv_fds(sock, protocol.MAX_INLINE + 16, protocol.MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                msg, fds = b"", []
+            if not msg:
+                self._on_zygote_dead(gen, "zygote_died")
+                return
+            obj, _ = protocol.decode(msg, fds)
+            op = obj.get("op")
+            if op == "ready":
+                self._zygote_info = obj.get("info", {})
+                self._ready.set()
+            elif op in ("exit", "error"):
+                fut = self._pending.pop(int(obj["id"]), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(obj)
+
+    def _on_zygote_dead(self, gen: int, reason: str) -> None:
+        if gen != self._generation or self._sock is None:
+            return
+        try:
+            self._loop.remove_reader(self._sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self._sock.close()
+        self._sock = None
+        self._ready.clear()
+        self._fail_pending("zygote_died")
+        for sess in list(self._sessions.values()):
+            self._drop_session(sess, lost=True)
+        if not self._closing:
+            self.metrics.zygote_restarts += 1
+            self._restart_task = asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+        if proc is not None:
+            await proc.wait()
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._start_zygote()
+                return
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result({"op": "dead", "reason": reason})
+
+    def _send(self, obj: dict, fds: list[int] = ()) -> None:
+        if self._sock is None:
+            raise _ZygoteDied()
+        protocol.send_nonblocking(self._sock, obj, fds)
+
+    # --- public API -----------------------------------------------------------------------
+    async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
+                  session_id: str | None = None) -> ExecResult:
+        return await self._admit(ExecRequest(code, stdin, timeout_s, session_id))
+
+    async def run_batch(self, requests: list[ExecRequest]) -> list[ExecResult]:
+        return list(await asyncio.gather(*(self._admit(r) for r in requests)))
+
+    async def close_session(self, session_id: str) -> bool:
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            return False
+        self._drop_session(sess, lost=False)
+        return True
+
+    def stats(self) -> dict:
+        return {"slots": self.slots, "busy": self._busy, "queued": self._waiting,
+                "sessions": len(self._sessions), "zygote_ready": bool(self._ready and self._ready.is_set()),
+                "zygote_restarts": self.metrics.zygote_restarts, "isolation": self.isolation}
+
+    def health(self) -> dict:
+        info = self.isolation
+        warnings = []
+        if info and not info.get("network"):
+            warnings.append("NO NETWORK ISOLATION: user code can reach the network "
+                            f"({info.get('network_error', 'unshare(CLONE_NEWNET) failed')})")
+        if info and not info.get("uid_drop"):
+            warnings.append("not running as root: user code runs with the server's uid")
+        if info and not info.get("seccomp"):
+            warnings.append("no seccomp filter on this machine")
+        if info and not info.get("mounts"):
+            warnings.append("no private /tmp: user code can write to world-writable dirs")
+        ok = bool(self._ready and self._ready.is_set())
+        return {"status": "ok" if ok else "starting", **self.stats(), "warnings": warnings}
+
+    def metrics_text(self) -> str:
+        return self.metrics.render({"slots": self.slots, "busy_slots": self._busy,
+                                    "queue_depth": self._waiting, "sessions": len(self._sessions)})
+
+    # --- admission ------------------------------------------------------------------------
+    async def _admit(self, req: ExecRequest) -> ExecResult:
+        t_arrive = time.monotonic()
+        if not self._started or self._closing:
+            return self._record(ExecResult("infra_error", reason="sandbox_closed",
+                                           session_id=req.session_id))
+        if self._waiting >= self.cfg.queue_size:
+            return self._record(ExecResult("infra_error", reason="queue_full",
+                                           session_id=req.session_id))
+        timeout = min(float(req.timeout_s or self.cfg.timeout_s), self.cfg.max_timeout_s)
+        self._waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self._waiting -= 1
+        queue_ms = (time.monotonic() - t_arrive) * 1000
+        self._busy += 1
+        try:
+            if not self._ready.is_set():
+                try:
+                    await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+                except TimeoutError:
+                    return self._record(ExecResult("infra_error", reason="zygote_unavailable",
+                                                   queue_ms=queue_ms, session_id=req.session_id))
+            if req.session_id is not None:
+                res = await self._run_session_cell(req, timeout)
+            else:
+                res = await self._run_once(req, timeout)
+        except _ZygoteDied:
+            res = ExecResult("infra_error", reason="zygote_died", session_id=req.session_id)
+        except Exception as err:  # never drop a request: report the service's failure
+            res = ExecResult("infra_error", reason=f"internal: {type(err).__name__}: {err}",
+                             session_id=req.session_id)
+        finally:
+            self._busy -= 1
+            self._sem.release()
+        res.queue_ms = queue_ms
+        return self._record(res)
+
+    def _record(self, res: ExecResult) -> ExecResult:
+        self.metrics.record(res.status, res.exec_ms, res.queue_ms, res.reason)
+        return res
+
+    def _limits(self, timeout: float, session: bool) -> dict:
+        cpu = self.cfg.cpu_time_s or timeout
+        mem = (self.cfg.session_memory_mb or self.cfg.memory_mb) if session else self.cfg.memory_mb
+        return {"cpu_s": min(cpu, timeout), "memory_mb": mem, "nproc": self.cfg.nproc,
+                "nofile": self.cfg.nofile, "fsize_mb": self.cfg.file_size_mb, "nice": 10,
+                "session_cpu_s": 3600}
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # --- one-shot calls ---------------------------------------------------------------------
+    async def _run_once(self, req: ExecRequest, timeout: float) -> ExecResult:
+        cid = self._new_id()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        flags = {"overflow": False}
+
+        def overflow() -> None:
+            flags["overflow"] = True
+            self._kill(cid)
+
+        cap = _Capture(self._loop, out_r, err_r, self.cfg.max_output_bytes, overflow)
+        fut = self._loop.create_future()
+        self._pending[cid] = fut
+        limits = self._limits(timeout, False)
+        t0 = time.monotonic()
+        try:
+            self._send({"op": "spawn", "id": cid, "mode": "run", "code": req.code,
+                        "stdin": req.stdin, "limits": limits}, [out_w, err_w])
+        except Exception:
+            self._pending.pop(cid, None)
+            cap.close()
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        timed_out = False
+        try:
+            done = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            timed_out = True
+            self._kill(cid)
+            try:
+                done = await asyncio.wait_for(fut, KILL_GRACE_S)
+            except TimeoutError:
+                self._pending.pop(cid, None)
+                done = {"op": "dead", "reason": "kill_timeout"}
+        exec_ms = (time.monotonic() - t0) * 1000
+        if done.get("op") == "exit":
+            try:
+                await asyncio.wait_for(cap.eof.wait(), 2.0)
+            except TimeoutError:
+                pass
+            cap.drain()
+        cap.close()
+        out, err = cap.take()
+        res = self._classify(done, timed_out, flags["overflow"], limits["cpu_s"])
+        res.stdout, res.stderr, res.exec_ms = out, err, exec_ms
+        res.truncated = flags["overflow"]
+        return res
+
+    def _kill(self, cid: int) -> None:
+        try:
+            self._send({"op": "kill", "id": cid})
+        except (_ZygoteDied, OSError):
+            pass
+
+    @staticmethod
+    def _classify(done: dict, timed_out: bool, overflow: bool, cpu_s: float) -> ExecResult:
+        op = done.get("op")
+        if op == "dead":
+            return ExecResult("infra_error", reason=done.get("reason", "zygote_died"))
+        if op == "error":
+            return ExecResult("infra_error", reason=done.get("reason", "spawn_failed"))
+        status = int(done.get("status", 0))
+        if overflow:
+            return ExecResult("output_limit", exit_code=None, reason="output_limit")
+        if timed_out:
+            return ExecResult("timeout", reason="wall_time")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and done.get("cpu_s", 0) >= cpu_s - 0.05):
+                return ExecResult("timeout", exit_code=-sig, reason="cpu_time")
+            return ExecResult("killed", exit_code=-sig, reason=f"signal {name}")
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+        if code == 0:
+            return ExecResult("ok", exit_code=0)
+        if code == MEMORY_EXIT:
+            return ExecResult("memory", exit_code=code, reason="memory_limit")
+        if code == CHILD_SETUP_FAILED:
+            return ExecResult("infra_error", exit_code=code, reason="child_setup_failed")
+        return ExecResult("error", exit_code=code)
+
+    # --- sessions ---------------------------------------------------------------------------
+    async def _run_session_cell(self, req: ExecRequest, timeout: float) -> ExecResult:
+        sid = req.session_id
+        lock = self._session_locks.get(sid)
+        if lock is None:
+            lock = self._session_locks[sid] = asyncio.Lock()
+        self._lock_users[sid] = self._lock_users.get(sid, 0) + 1
+        try:
+            async with lock:
+                return await self._session_cell_locked(sid, req, timeout)
+        finally:
+            self._lock_users[sid] -= 1
+            if self._lock_users[sid] == 0:
+                del self._lock_users[sid]
+                del self._session_locks[sid]
+
+    async def _session_cell_locked(self, sid: str, req: ExecRequest, timeout: float) -> ExecResult:
+        limits = self._limits(timeout, True)
+        sess = self._sessions.get(sid)
+        reset_before = False
+        t0 = time.monotonic()
+        if sess is None:
+            reset_before = sid in self._lost_sessions
+            self._lost_sessions.pop(sid, None)
+            if not self._make_room_for_session():
+                return ExecResult("infra_error", reason="too_many_sessions", session_id=sid)
+            sess = self._spawn_session(sid, req, limits)
+        else:
+            try:
+                protocol.send_nonblocking(sess.ctl, {"code": req.code, "stdin": req.stdin,
+                                                     "cpu_s": limits["cpu_s"]})
+            except OSError:
+                pass  # the worker is gone: _await_cell sees it and reports the reset
+        sess.busy = True
+        try:
+            res = await self._await_cell(sess, timeout, limits["cpu_s"])
+        finally:
+            sess.busy = False
+            sess.last_used = time.monotonic()
+        res.exec_ms = (time.monotonic() - t0) * 1000
+        res.session_id = sid
+        res.session_reset = res.session_reset or reset_before
+        return res
+
+    def _spawn_session(self, sid: str, req: ExecRequest, limits: dict) -> _Session:
+        cid = self._new_id()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ctl_parent, ctl_child = protocol.socketpair()
+        ctl_parent.setblocking(False)
+        holder: dict = {}
+
+        def overflow() -> None:
+            s = holder.get("s")
+            if s is not None:
+                s.overflowed = True
+            self._kill(cid)
+
+        cap = _Capture(self._loop, out_r, err_r, self.cfg.max_output_bytes, overflow)
+        fut = self._loop.create_future()
+        self._pending[cid] = fut
+        try:
+            self._send({"op": "spawn", "id": cid, "mode": "session", "code": req.code,
+                        "stdin": req.stdin, "limits": limits}, [out_w, err_w, ctl_child.fileno()])
+        except Exception:
+            self._pending.pop(cid, None)
+            cap.close()
+            ctl_parent.close()
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+            ctl_child.close()
+        sess = _Session(sid, cid, ctl_parent, cap, fut)
+        holder["s"] = sess
+        self._sessions[sid] = sess
+        return sess
+
+    async def _await_cell(self, sess: _Session, timeout: float, cpu_s: float) -> ExecResult:
+        recv = asyncio.ensure_future(self._loop.sock_recv(sess.ctl, 4096))
+        done, _ = await asyncio.wait({recv, sess.exit_fut}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if recv in done and recv.exception() is None and recv.result() and not sess.overflowed:
+            obj, _ = protocol.decode(recv.result(), [])
+            sess.capture.drain()
+            out, err = sess.capture.take()
+            kind, code = obj.get("kind"), int(obj.get("exit_code", 0))
+            status = {"ok": "ok", "error": "error", "memory": "memory"}.get(kind, "error")
+            return ExecResult(status, stdout=out, stderr=err, exit_code=code,
+                              reason="memory_limit" if status == "memory" else None)
+        # the worker is gone or must go: the session's state is lost
+        recv.cancel()
+        timed_out = not done
+        overflow = sess.overflowed
+        if not sess.exit_fut.done():
+            self._kill(sess.cid)
+            try:
+                await asyncio.wait_for(asyncio.shield(sess.exit_fut), KILL_GRACE_S)
+            except TimeoutError:
+                pass
+        exit_msg = sess.exit_fut.result() if sess.exit_fut.done() else {"op": "dead", "reason": "kill_timeout"}
+        try:
+            await asyncio.wait_for(sess.capture.eof.wait(), 2.0)
+        except TimeoutError:
+            pass
+        sess.capture.drain()
+        truncated = sess.capture.truncated or overflow
+        out, err = sess.capture.take()
+        res = self._classify(exit_msg, timed_out, overflow, cpu_s)
+        res.stdout, res.stderr, res.truncated = out, err, truncated
+        res.session_reset = True
+        self._drop_session(sess, lost=True)
+        return res
+
+    def _make_room_for_session(self) -> bool:
+        if len(self._sessions) < self.cfg.max_sessions:
+            return True
+        idle = [s for s in self._sessions.values() if not s.busy and s.sid not in self._lock_users]
+        if not idle:
+            return False
+        self._drop_session(min(idle, key=lambda s: s.last_used), lost=True)
+        return True
+
+    def _drop_session(self, sess: _Session, lost: bool) -> None:
+        if self._sessions.get(sess.sid) is sess:
+            del self._sessions[sess.sid]
+        if lost:
+            self._lost_sessions[sess.sid] = None
+            while len(self._lost_sessions) > 65536:
+                self._lost_sessions.popitem(last=False)
+        if not sess.exit_fut.done():
+            self._kill(sess.cid)
+        try:
+            sess.ctl.close()
+        except OSError:
+            pass
+        sess.capture.close()
+
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.cfg.session_ttl_s / 2))
+            now = time.monotonic()
+
+            def sid_idle(s: _Session) -> bool:
+                return s.sid not in self._lock_users
+
+            for sess in list(self._sessions.values()):
+                if not sess.busy and sid_idle(sess) and now - sess.last_used > self.cfg.session_ttl_s:
+                    self._drop_session(sess, lost=True)
