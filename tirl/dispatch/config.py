@@ -36,6 +36,13 @@ class DispatchConfig(Section):
     fail_after: int = Field(
         3, ge=1, description="Consecutive failed metric reads after which an engine is drained."
     )
+    kv_reserve_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="kv: book this fraction of prompt + max response per trajectory (1.0 = the "
+        "paper's rule, never preempts; lower overcommits, see docs/dispatch.md).",
+    )
 
 
 class SimEngineConfig(Section):
@@ -94,6 +101,11 @@ class SimConfig(Section):
         le=1,
         description="kv: reserve this fraction of prompt + max response per rollout "
         "(1.0 = the paper's rule; below 1 overcommits and may preempt).",
+    )
+    kv_live_usage: bool = Field(
+        True,
+        description="kv: also gate on the engine's live KV usage (what the real dispatcher "
+        "reads from /metrics), so an overcommitted engine stops taking rollouts when full.",
     )
     max_active_per_engine: int = Field(
         0, ge=0, description="least_requests: cap per engine; 0 = the engine's max_num_seqs."

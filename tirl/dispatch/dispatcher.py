@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -163,6 +164,7 @@ class Dispatcher:
         max_active_per_engine: int = 0,
         max_retries: int = 2,
         fail_after: int = 3,
+        reserve_fraction: float = 1.0,
         names: Sequence[str] | None = None,
     ):
         if not engines:
@@ -173,6 +175,9 @@ class Dispatcher:
         k = len(self.engines)
         self.policy = policy
         self.group_affinity = group_affinity
+        if not 0 < reserve_fraction <= 1:
+            raise ValueError(f"reserve_fraction must be in (0, 1], got {reserve_fraction}")
+        self.reserve_fraction = reserve_fraction
         self.max_retries = max_retries
         self.fail_after = fail_after
         self.metrics_interval_s = metrics_interval_s
@@ -221,6 +226,7 @@ class Dispatcher:
             max_active_per_engine=cfg.max_active_per_engine,
             max_retries=cfg.max_retries,
             fail_after=cfg.fail_after,
+            reserve_fraction=cfg.kv_reserve_fraction,
             **kw,
         )
 
@@ -264,7 +270,7 @@ class Dispatcher:
         if reserve_tokens < 0:
             raise ValueError(f"reserve_tokens must be ≥ 0, got {reserve_tokens}")
         await self.start()
-        lease = _Lease(key, int(reserve_tokens), group)
+        lease = _Lease(key, math.ceil(reserve_tokens * self.reserve_fraction), group)
         await self._admit(lease)
         try:
             yield LeasedEngine(self, lease)

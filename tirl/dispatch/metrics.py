@@ -179,7 +179,11 @@ def metrics_from_llamacpp_slots(data: Any) -> EngineMetrics:
             busy = slot.get("state", 0) != 0
         running += bool(busy)
         if busy:
-            used += int(slot.get("n_past", 0) or slot.get("n_prompt_tokens", 0) or 0)
+            if slot.get("n_past"):
+                used += int(slot["n_past"])
+            else:
+                decoded = (slot.get("next_token") or {}).get("n_decoded", 0)
+                used += int(slot.get("n_prompt_tokens", 0) or 0) + int(decoded or 0)
     return EngineMetrics(
         source="llamacpp_slots",
         kv_capacity_tokens=capacity or None,

@@ -61,6 +61,7 @@ class SimResult:
     busy_fraction: float  # mean over engines of (time with a non-empty batch) / makespan
     busy_fraction_min: float
     kv_usage_mean: float  # time-averaged KV occupancy (running sequences) over the makespan
+    kv_peak_fraction: float  # most KV (running + cached) any engine ever held / capacity
     mean_batch: float  # decoded tokens / decode steps, over busy time
     generated_tokens: int  # tokens the rollouts needed
     decoded_tokens: int  # tokens actually decoded (more than generated if work was lost)
@@ -85,7 +86,7 @@ class _Engine:
     __slots__ = (
         "cap", "max_seqs", "watermark", "steps", "kv_running", "kv_parked", "running", "heap",
         "order", "parked", "waiting", "busy", "arrivals", "chunk", "busy_time", "kv_time",
-        "decoded", "n_steps", "idx",
+        "decoded", "n_steps", "idx", "queued_tokens", "kv_peak",
     )
 
     def __init__(self, spec: SimEngineConfig, idx: int):
@@ -108,6 +109,8 @@ class _Engine:
         self.kv_time = 0.0
         self.decoded = 0
         self.n_steps = 0
+        self.queued_tokens = 0  # KV the waiting queue will need beyond what is cached
+        self.kv_peak = 0  # most KV tokens (running + cached) ever resident
 
 
 class _Sim:
@@ -131,6 +134,7 @@ class _Sim:
         self.join_step = [0] * n
         self.join_ctx = [0] * n
         self.admit_no = [0] * n
+        self.qtok = [0] * n
         self.engine_of = [-1] * n
         self.t_dispatch = [0.0] * n
         self.t_done = [math.nan] * n
@@ -149,6 +153,7 @@ class _Sim:
         self.group = wl.group.tolist()
         self.group_engine: dict[int, int] = {}
         self.queue: deque[int] = deque(range(n))
+        self.live = cfg.policy == "kv" and cfg.kv_live_usage
 
     # -- events ---------------------------------------------------------------------
     def push(self, t: float, kind: int, a: int) -> None:
@@ -168,7 +173,7 @@ class _Sim:
             else:  # tool result back: the next turn queues on the same engine
                 e = self.engines[self.engine_of[a]]
                 heapq.heappop(e.arrivals)
-                e.waiting.append(a)
+                self.enqueue(e, a)
                 if not e.busy:
                     self.start_chunk(e, t)
 
@@ -176,8 +181,12 @@ class _Sim:
     def pump(self, t: float) -> None:
         q, loads = self.queue, self.loads
         affinity = self.cfg.group_affinity
+        live = self.live
         while q:
             i = q[0]
+            if live:  # what a metrics reading would say right now (the real one lags a bit)
+                for ld, e in zip(loads, self.engines):
+                    ld.live_used_tokens = e.kv_running + e.kv_parked + e.queued_tokens
             g = self.group[i]
             k = choose_engine(
                 self.policy, loads, self.reserve[i], ordinal=i, group_index=g,
@@ -194,7 +203,7 @@ class _Sim:
             self.engine_of[i] = k
             self.t_dispatch[i] = t
             e = self.engines[k]
-            e.waiting.append(i)
+            self.enqueue(e, i)
             if t > 0 and not e.busy:
                 self.start_chunk(e, t)
 
@@ -206,6 +215,12 @@ class _Sim:
             self.pump(t)
 
     # -- engine ---------------------------------------------------------------------
+    def enqueue(self, e: _Engine, i: int) -> None:
+        q = self.ctx[i] - e.parked.get(i, 0)
+        self.qtok[i] = q
+        e.queued_tokens += q
+        e.waiting.append(i)
+
     def evict_parked(self, e: _Engine, need_free: int) -> None:
         """Drop cached between-turn KV, least recently parked first, until need_free fits."""
         while e.parked and e.kv_running + e.kv_parked + need_free > e.cap:
@@ -229,6 +244,8 @@ class _Sim:
         self.stats["preemptions"] += 1
         self.stats["preempted"] += c
         e.waiting.appendleft(i)
+        self.qtok[i] = c
+        e.queued_tokens += c
 
     def start_chunk(self, e: _Engine, t: float) -> None:
         st = self.stats
@@ -247,6 +264,7 @@ class _Sim:
                 break
             self.evict_parked(e, room)
             e.waiting.popleft()
+            e.queued_tokens -= self.qtok[i]
             new = c - cached
             prefill += new
             recomputed = min(self.computed[i], c) - cached
@@ -307,6 +325,8 @@ class _Sim:
         e.n_steps += n
         e.kv_running += b * n
         e.decoded += b * n
+        if e.kv_running + e.kv_parked > e.kv_peak:
+            e.kv_peak = e.kv_running + e.kv_parked
         heap = e.heap
         while heap and heap[0][0] <= e.steps:
             _, i, a = heapq.heappop(heap)
@@ -362,6 +382,7 @@ def simulate(cfg: SimConfig, workload: Workload | None = None) -> SimResult:
         busy_fraction=float(busy.mean() / makespan),
         busy_fraction_min=float(busy.min() / makespan),
         kv_usage_mean=float(sum(e.kv_time for e in sim.engines) / (makespan * cfg.n_engines * cfg.engine.kv_capacity_tokens)),
+        kv_peak_fraction=max(e.kv_peak for e in sim.engines) / cfg.engine.kv_capacity_tokens,
         mean_batch=float(decoded / max(steps, 1)),
         generated_tokens=int(wl.gen.sum()),
         decoded_tokens=int(decoded),
