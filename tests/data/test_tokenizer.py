@@ -28,3 +28,13 @@ def test_tokenizer_rejects_tiny_vocab():
     import pytest
     with pytest.raises(ValueError, match="vocab_size=100"):
         build_tokenizer(["x"], vocab_size=100)
+
+
+def test_number_chunks_are_single_tokens_everywhere():
+    tok = build_tokenizer([TEXT] * 20, vocab_size=2048)  # digit_group 3 by default here
+    for text in ["print(790*227)", "What is 790 times 227?", "<tool_response>179330\n</tool_response>"]:
+        toks = tok.convert_ids_to_tokens(tok.encode(text))
+        assert tok.decode(tok.encode(text)) == text
+        nums = [t for t in toks if t.isdigit()]
+        assert nums in (["790", "227"], ["179", "330"]), toks
+    assert tok.convert_ids_to_tokens(tok.encode("1234567")) == ["123", "456", "7"]

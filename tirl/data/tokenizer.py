@@ -9,8 +9,12 @@
   ``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``</tool_response>``, ``<tools>``,
   ``</tools>``) as single *non-special* added tokens: one token each, and always kept by
   ``decode`` so the agent loop can parse them;
-* digits split one per token, so a tiny model can copy and compute with numbers digit by
-  digit, and fixed template words merge into few tokens.
+* numbers split into chunks of at most ``digit_group`` digits, each chunk one token
+  (``digit_group=3``: every string "0".."999" is in the vocabulary, so "123456" is two
+  tokens and a tiny model copies a number by copying a token or two); with
+  ``digit_group=1`` one digit per token;
+* no split at spaces, so the fixed template text merges into a few long tokens and
+  rollouts stay short.
 
 What it does not do: it is no general-purpose tokenizer (trained on a few thousand
 strings, it tokenizes other text byte by byte), and it has no chat template of its own —
@@ -19,6 +23,7 @@ strings, it tokenizes other text byte by byte), and it has no chat template of i
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -29,24 +34,36 @@ FORMAT_TAGS = [
 ]
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+def number_chunks(digit_group: int) -> list[str]:
+    """Every digit string of length 2..digit_group (single digits are in the byte alphabet)."""
+    return [str(i).zfill(k) for k in range(2, digit_group + 1) for i in range(10**k)]
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, digit_group: int | None = None):
     """Train a byte-level BPE of ``vocab_size`` tokens on ``texts``; see the module docstring.
 
-    ``vocab_size`` must be at least 256 + the special tokens + tags (byte alphabet); the
-    returned tokenizer's ``len()`` may be slightly below ``vocab_size`` when the text has
-    few merges to learn.
+    ``vocab_size`` must be at least 256 + the special tokens + tags (the byte alphabet),
+    plus the number chunks of ``digit_group`` (1110 for 3). ``digit_group=None`` picks 3
+    when ``vocab_size ≥ 1536`` and 1 otherwise. The returned tokenizer's ``len()`` may be
+    below ``vocab_size`` when the text has few merges to learn.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    minimum = 256 + len(SPECIAL_TOKENS) + len(FORMAT_TAGS)
+    if digit_group is None:
+        digit_group = 3 if vocab_size >= 1536 else 1
+    if digit_group not in (1, 2, 3):
+        raise ValueError(f"digit_group={digit_group}: use 1, 2 or 3 digits per number token")
+    numbers = number_chunks(digit_group)
+    minimum = 256 + len(SPECIAL_TOKENS) + len(FORMAT_TAGS) + len(numbers)
     if vocab_size < minimum:
         raise ValueError(
-            f"vocab_size={vocab_size} is too small for a byte-level tokenizer; use at least {minimum}"
+            f"vocab_size={vocab_size} is too small for a byte-level tokenizer with "
+            f"digit_group={digit_group}; use at least {minimum} (or digit_group=1)"
         )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(rf"\d{{1,{digit_group}}}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -54,14 +71,23 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(numbers),
         special_tokens=SPECIAL_TOKENS + FORMAT_TAGS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    # After training, make sure the tags are registered as non-special added tokens.
+    texts = list(texts)
+    if digit_group > 1:
+        # Numbers are tokenized by the added chunk tokens alone: BPE never merges digits, so
+        # one number has one tokenization wherever it appears.
+        texts = [piece for t in texts for piece in re.split(r"\d+", t) if piece]
+    tok.train_from_iterator(texts, trainer=trainer)
+    # After training, make sure the tags are registered as non-special added tokens, and
+    # add the number chunks the same way (the pre-tokenizer already isolates them).
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
+    vocab = tok.get_vocab()
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in numbers if t not in vocab])
+    assert not any(t in vocab for t in numbers)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
