@@ -188,8 +188,8 @@ async def _run_one(cfg: Config, out: Path, name: str, probs: Sequence[dict], loo
         def on_sample(rec: SampleRecord, reused: bool) -> None:
             seen["n"] += 1
             seen["correct"] += rec.correct
-            bar.advance(1)
             bar.status(f"acc {100 * seen['correct'] / seen['n']:.1f}% over {seen['n']} samples")
+            bar.advance(1)
 
         try:
             run = await run_benchmark(

@@ -102,7 +102,8 @@ def summarize(
         if j > n_min:
             continue
         vals = [pass_at_k(len(groups[p]), scores[p]["correct"], j) for p in pids]
-        pass_at[j] = bootstrap_mean(vals, n_boot, seed + 2 + j)
+        # pass@1 is avg@k: same seed, so the same interval
+        pass_at[j] = bootstrap_mean(vals, n_boot, seed if j == 1 else seed + 2 + j)
     lengths = [r.response_tokens for r in rs_all]
     calls = sum(r.tool_calls for r in rs_all)
     errors = sum(r.tool_errors for r in rs_all)
@@ -179,8 +180,9 @@ def markdown_report(summaries: Sequence[BenchmarkSummary], settings: dict[str, A
         lines += ["", "Differs from the paper's protocol (§5.1): " + "; ".join(dev) + "."]
     for w in warnings:
         lines += ["", f"> **WARNING:** {w}"]
+    k = settings.get("k", "k")
     lines += ["", "## Summary", "",
-              "| benchmark | problems | avg@k | maj@k | pass@k | mean len | tool calls/sample | tool-error rate |",
+              f"| benchmark | problems | avg@{k} | maj@{k} | pass@{k} | mean len | tool calls/sample | tool-error rate |",
               "|---|---:|---|---|---|---:|---:|---:|"]
     for s in summaries:
         pk = s.pass_at.get(s.k)
@@ -229,9 +231,10 @@ def plot_accuracy(summaries: Sequence[BenchmarkSummary], path: Path) -> Path | N
     import numpy as np
 
     names = [s.benchmark for s in summaries]
-    series = [("avg@k", [s.avg_at_k for s in summaries]),
-              ("maj@k", [s.maj_at_k for s in summaries]),
-              ("pass@k", [s.pass_at.get(s.k, Estimate(math.nan)) for s in summaries])]
+    k = summaries[0].k
+    series = [(f"avg@{k}", [s.avg_at_k for s in summaries]),
+              (f"maj@{k}", [s.maj_at_k for s in summaries]),
+              (f"pass@{k}", [s.pass_at.get(s.k, Estimate(math.nan)) for s in summaries])]
     x = np.arange(len(names))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names) + 2), 3.6))
@@ -271,6 +274,7 @@ def plot_lengths(records_by_bench: dict[str, Sequence[SampleRecord]], path: Path
                 color=["tab:green", "tab:red"])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("response length (tokens)", fontsize=8)
+        ax.set_ylabel("samples", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
