@@ -138,7 +138,7 @@ def _eval(args: argparse.Namespace) -> int:
         out = Path(cfg.run.output_dir) / f"eval-{_slug(cfg.model.served_name or cfg.model.path)}"
     try:
         res = asyncio.run(evaluate(cfg, out, fresh=args.fresh, progress=not args.no_progress))
-    except (BenchmarkError, SettingsMismatch) as err:
+    except (BenchmarkError, SettingsMismatch, ValueError, FileNotFoundError) as err:
         print(f"tirl eval: {err}", file=sys.stderr)
         return 2
     except EvalAborted as err:

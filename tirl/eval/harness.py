@@ -232,15 +232,23 @@ def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
     tok = getattr(engine, "tokenizer", None)
     if tok is not None:
         return tok
-    src = cfg.eval.tokenizer or cfg.model.path
-    if not src or src == "scratch":
+    path = cfg.model.path if cfg.model.path != "scratch" else None
+    src = cfg.eval.tokenizer or path or cfg.model.served_name
+    if not src:
         raise ValueError(
             "evaluating through a server needs the model's tokenizer to render prompts: give "
             "--tokenizer PATH (a Hugging Face model directory or hub id in the local cache)"
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(src)
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except Exception as err:  # noqa: BLE001 - say what to do instead of a hub traceback
+        raise ValueError(
+            f"could not load the tokenizer {src!r} ({type(err).__name__}: {str(err)[:200]}); the "
+            "prompts must be rendered with the served model's tokenizer: give --tokenizer PATH "
+            "(a local model directory)"
+        ) from None
 
 
 @contextlib.asynccontextmanager
