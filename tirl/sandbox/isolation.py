@@ -34,7 +34,7 @@ _NS_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE
              | CLONE_NEWPID | CLONE_NEWNET)
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REC, MS_PRIVATE = 1 << 14, 1 << 18
+MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 4096, 8192, 1 << 14, 1 << 18
 
 PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
@@ -85,7 +85,59 @@ def set_no_new_privs() -> None:
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock", "/dev/mqueue")
 
 
-def isolate_zygote(tmp_size_mb: int = 1024) -> dict[str, str | bool]:
+def _blocked_ancestor(path: str) -> str | None:
+    """The first directory on the way to ``path`` that others may not traverse (no o+x)."""
+    cur = "/"
+    for part in [p for p in os.path.abspath(path).split("/") if p]:
+        cur = os.path.join(cur, part)
+        try:
+            st = os.stat(cur)
+        except OSError:
+            return None
+        if os.path.isdir(cur) and not st.st_mode & 0o001:
+            return cur
+    return None
+
+
+def plan_exposures(paths: list[str]) -> dict[str, list[str]]:
+    """Group the wanted directories by their first non-traversable ancestor (pure but for
+    ``os.stat``): {ancestor: [top-most wanted dirs below it]}. Paths others can already
+    reach are left out."""
+    groups: dict[str, list[str]] = {}
+    for p in sorted({os.path.realpath(x) for x in paths if x and os.path.isdir(x)}):
+        anc = _blocked_ancestor(p)
+        if anc is None or anc == p:
+            continue
+        subs = groups.setdefault(anc, [])
+        if not any(p == s or p.startswith(s + "/") for s in subs):
+            subs.append(p)
+    return groups
+
+
+def expose_to_others(paths: list[str], stage_root: str = "/tmp") -> list[str]:
+    """Make ``paths`` (e.g. a Python installation under a 0700 /root) reachable by the
+    call uids, inside the caller's private mount namespace only: each blocking ancestor gets
+    an empty 0755 tmpfs, with just the wanted directories bind-mounted back into it. The
+    rest of that ancestor (say, /root's other files) becomes invisible. Returns the
+    ancestors covered."""
+    done = []
+    for n, (anc, subs) in enumerate(plan_exposures(paths).items()):
+        stages = []
+        for i, sub in enumerate(subs):
+            st = os.path.join(stage_root, f".tirl-stage-{n}-{i}")
+            os.makedirs(st, exist_ok=True)
+            mount(sub, st, None, MS_BIND | MS_REC, None)
+            stages.append(st)
+        mount("tmpfs", anc, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+        for st, sub in zip(stages, subs):
+            os.makedirs(sub, mode=0o755, exist_ok=True)
+            mount(st, sub, None, MS_MOVE, None)
+            os.rmdir(st)
+        done.append(anc)
+    return done
+
+
+def isolate_zygote(tmp_size_mb: int = 1024, expose: list[str] | None = None) -> dict[str, str | bool]:
     """Put the calling process (the zygote, before it forks anything) into a fresh network
     namespace and a private mount namespace with empty root-only tmpfs over the
     world-writable directories. Returns what worked: {"network": bool, "mounts": bool, ...}."""
@@ -104,6 +156,8 @@ def isolate_zygote(tmp_size_mb: int = 1024) -> dict[str, str | bool]:
                 mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV,
                       f"mode=0711,size={tmp_size_mb}m")
         out["mounts"] = True
+        if expose:
+            out["exposed"] = ",".join(expose_to_others(expose))
     except OSError as err:
         out["mounts"] = False
         out["mounts_error"] = str(err)

@@ -61,7 +61,8 @@ class Zygote:
         isolation.set_pdeathsig(signal.SIGKILL)  # die with the supervisor
         if os.getppid() == 1:
             os._exit(1)
-        info: dict = dict(isolation.isolate_zygote(int(self.cfg.get("tmp_size_mb", 1024))))
+        info: dict = dict(isolation.isolate_zygote(int(self.cfg.get("tmp_size_mb", 1024)),
+                                                   expose=_python_paths()))
         try:
             isolation.set_child_subreaper()
             info["subreaper"] = True
@@ -193,6 +194,16 @@ class Zygote:
     def shutdown(self) -> None:
         for pid, (_cid, uid, _w) in list(self.children.items()):
             isolation.kill_uid(uid)
+
+
+def _python_paths() -> list[str]:
+    """Directories the call uids must be able to read: the interpreter and its import path."""
+    import tirl
+
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable)),
+             os.path.dirname(os.path.dirname(os.path.abspath(tirl.__file__)))]
+    return [p for p in paths + list(sys.path) if p and os.path.isabs(p) and os.path.isdir(p)]
 
 
 def _warm() -> None:
