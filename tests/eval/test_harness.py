@@ -190,3 +190,24 @@ async def test_unknown_benchmark_fails_before_any_sampling(tmp_path, data_dir, f
     with pytest.raises(BenchmarkError, match="aime42"):
         await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
     assert loop.calls == []
+
+
+async def test_breakdown_by_level_and_subject(tmp_path, data_dir, fake_grader):
+    from tirl.data.benchmarks import load_problems
+
+    probs = load_problems("math500", data_dir=data_dir, limit=20, hub=False)
+    meta = {p["id"]: p for p in probs}
+    loop = FakeLoop(lambda pid, j: meta[pid]["answer"] if meta[pid]["level"] <= 2 else "nope")
+    cfg = load_config(None, [f'data.data_dir="{data_dir}"', 'eval.benchmarks=["math500"]', "eval.k=2",
+                             "eval.limit=20", "eval.bootstrap_samples=50"])
+    res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
+    by_level = res.summaries[0].breakdowns["level"]
+    levels = sorted({p["level"] for p in probs})
+    assert list(by_level) == [str(v) for v in levels]
+    for v, row in by_level.items():
+        assert row["avg"] == (1.0 if int(v) <= 2 else 0.0)
+        assert row["problems"] == sum(p["level"] == int(v) for p in probs)
+    assert "subject" in res.summaries[0].breakdowns
+    assert "By level:" in (tmp_path / "run" / "report.md").read_text()
+    # aime24 problems carry no grouping field: no breakdown
+    assert "By " not in (tmp_path / "run" / "report.md").read_text().split("## math500")[0]

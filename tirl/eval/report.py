@@ -51,6 +51,8 @@ class BenchmarkSummary:
     statuses: dict[str, int] = field(default_factory=dict)
     infra_errors: int = 0
     per_problem: dict[str, dict[str, float]] = field(default_factory=dict)
+    # e.g. {"level": {"1": {"problems": 43, "avg": 0.9, "maj": 0.95}, ...}} (MATH-500, CHAMP)
+    breakdowns: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,7 +130,32 @@ def summarize(
         statuses=dict(Counter(r.status for r in rs_all).most_common()),
         infra_errors=sum(r.status == "infra_error" for r in rs_all),
         per_problem=scores,
+        breakdowns=breakdowns(groups, scores),
     )
+
+
+def breakdowns(groups: dict[str, list[SampleRecord]], scores: dict[str, dict[str, float]]
+               ) -> dict[str, dict[str, dict[str, float]]]:
+    """avg@k and maj@k per value of each grouping field the problems carry (level, subject…)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    fields_seen = {f for rs in groups.values() for f in (rs[0].meta or {})}
+    for f in sorted(fields_seen):
+        by: dict[str, list[str]] = defaultdict(list)
+        for pid, rs in groups.items():
+            v = (rs[0].meta or {}).get(f)
+            if v is not None:
+                by[str(v)].append(pid)
+        if len(by) < 2:
+            continue
+        out[f] = {v: {"problems": len(pids),
+                      "avg": sum(scores[p]["avg"] for p in pids) / len(pids),
+                      "maj": sum(scores[p]["maj"] for p in pids) / len(pids)}
+                  for v, pids in sorted(by.items(), key=lambda kv: _natural(kv[0]))}
+    return out
+
+
+def _natural(v: str) -> tuple:
+    return (0, int(v), "") if v.isdigit() else (1, 0, v)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -216,6 +243,11 @@ def markdown_report(summaries: Sequence[BenchmarkSummary], settings: dict[str, A
             f"| finish reasons | {', '.join(f'{k}: {v}' for k, v in s.finish_reasons.items())} |",
             f"| grades | {', '.join(f'{k}: {v}' for k, v in s.statuses.items())} |",
         ]
+        for fname, table in s.breakdowns.items():
+            lines += ["", f"By {fname}:", "", f"| {fname} | problems | avg@{s.k} | maj@{s.k} |",
+                      "|---|---:|---:|---:|"]
+            lines += [f"| {v} | {row['problems']} | {100 * row['avg']:.1f} | {100 * row['maj']:.1f} |"
+                      for v, row in table.items()]
     lines += ["", "Plots: `plots/accuracy.png`, `plots/response_length.png`. "
               "Per-sample results: `samples/<benchmark>.jsonl`.", ""]
     return "\n".join(lines)

@@ -83,7 +83,17 @@ def record_from_trajectory(
         infra_tool_errors=infra_calls,
         wall_s=round(wall_s, 3),
         text=traj.text if keep_text else None,
+        meta=problem_meta(problem),
     )
+
+
+BREAKDOWN_FIELDS = ("level", "subject", "category", "difficulty", "type")
+
+
+def problem_meta(problem: dict) -> dict:
+    """The problem's grouping fields (MATH-500 level/subject, CHAMP category) for breakdowns."""
+    return {f: problem[f] for f in BREAKDOWN_FIELDS
+            if isinstance(problem.get(f), (str, int)) and not isinstance(problem.get(f), bool)}
 
 
 async def run_benchmark(
@@ -150,6 +160,7 @@ async def run_benchmark(
                     state["first_error"] = err
                 rec = SampleRecord(benchmark=benchmark, problem_id=str(p["id"]), sample=i,
                                    gold=str(p["answer"]), status="infra_error", correct=False,
+                                   meta=problem_meta(p),
                                    wall_s=round(time.perf_counter() - t0, 3),
                                    error=f"{type(err).__name__}: {err}")
             store.append(rec)
