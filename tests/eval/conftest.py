@@ -80,3 +80,12 @@ class FakeGrader:
 @pytest.fixture
 def fake_grader() -> FakeGrader:
     return FakeGrader()
+
+
+class InProcessGrader:
+    """The real verifier (tirl.reward.grade) without worker processes."""
+
+    async def grade(self, text, gold):
+        from tirl.reward import grade
+
+        return grade(text, gold)

@@ -11,7 +11,7 @@ import pytest
 from tirl.cli import main
 from tirl.config import load_config
 from tirl.eval.harness import agent_config_for_eval, evaluate
-from tests.eval.conftest import FakeLoop
+from tests.eval.conftest import FakeLoop, InProcessGrader
 from tirl.sandbox.types import ExecResult
 
 
@@ -79,7 +79,7 @@ async def test_real_agent_loop_scripted_engine_real_grader(tmp_path, data_dir):
                                "eval.limit=3", "eval.bootstrap_samples=300"])
     golds = {r["id"]: r["answer"] for r in rows}
     await evaluate(cfg_b, tmp_path / "b", loop=FakeLoop(lambda pid, j: golds[pid]),
-                   grader=_FastGrader(), progress=False)
+                   grader=InProcessGrader(), progress=False)
     from tirl.eval.compare import compare_runs
 
     cmp, _, _ = compare_runs(tmp_path / "a", tmp_path / "b", 500, 0)
@@ -95,13 +95,6 @@ async def test_real_agent_loop_scripted_engine_real_grader(tmp_path, data_dir):
     assert main(["eval", "report", str(tmp_path / "a"), "--k", "2"]) == 0
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert rep["settings"]["k"] == 2 and rep["benchmarks"][0]["samples"] == 6
-
-
-class _FastGrader:
-    async def grade(self, text, gold):
-        from tirl.reward import grade
-
-        return grade(text, gold)
 
 
 def test_cli_errors_name_the_problem(tmp_path, data_dir, capsys):

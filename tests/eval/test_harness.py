@@ -200,7 +200,9 @@ async def test_breakdown_by_level_and_subject(tmp_path, data_dir, fake_grader):
     loop = FakeLoop(lambda pid, j: meta[pid]["answer"] if meta[pid]["level"] <= 2 else "nope")
     cfg = load_config(None, [f'data.data_dir="{data_dir}"', 'eval.benchmarks=["math500"]', "eval.k=2",
                              "eval.limit=20", "eval.bootstrap_samples=50"])
-    res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
+    from tests.eval.conftest import InProcessGrader
+
+    res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=InProcessGrader(), progress=False)
     by_level = res.summaries[0].breakdowns["level"]
     levels = sorted({p["level"] for p in probs})
     assert list(by_level) == [str(v) for v in levels]
