@@ -181,6 +181,14 @@ async def test_infra_failures_are_recorded_retried_and_a_dead_engine_aborts(tmp_
                        progress=False)
     assert len(dead.calls) < 12
 
+    # the real AgentLoop catches engine errors and returns infra_error trajectories instead
+    def caught(pid, j):
+        return "infra_error"
+    dead2 = FakeLoop(lambda pid, j: None, finish_for=caught)
+    with pytest.raises(EvalAborted, match="the first 5 samples all failed"):
+        await evaluate(make_cfg(data_dir), tmp_path / "dead2", loop=dead2, grader=fake_grader,
+                       progress=False)
+
 
 async def test_unknown_benchmark_fails_before_any_sampling(tmp_path, data_dir, fake_grader):
     from tirl.data.benchmarks import BenchmarkError

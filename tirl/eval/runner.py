@@ -58,7 +58,7 @@ def record_from_trajectory(
     keep_text: bool = True,
 ) -> SampleRecord:
     """Grade-and-trajectory → a record (truncation and infra failures override the grade)."""
-    if traj.finish_reason == "infra_error" or traj.has_infra_error and grade.status != "correct":
+    if traj.finish_reason == "infra_error" or (traj.has_infra_error and grade.status != "correct"):
         status = "infra_error"
     elif traj.truncated:
         status = "truncated"
@@ -82,6 +82,7 @@ def record_from_trajectory(
         tool_errors=sum(1 for c in calls if c.failed and not c.infra_failed),
         infra_tool_errors=infra_calls,
         wall_s=round(wall_s, 3),
+        error=traj.meta.get("error") if status == "infra_error" else None,
         text=traj.text if keep_text else None,
         meta=problem_meta(problem),
     )
@@ -151,7 +152,13 @@ async def run_benchmark(
                 rec = record_from_trajectory(benchmark, p, i, traj, grade, time.perf_counter() - t0, keep_text)
                 if on_trajectory is not None:
                     on_trajectory(traj)
-                state["ok"] += 1
+                if rec.status == "infra_error":  # the loop caught an engine/sandbox failure
+                    state["failed"] += 1
+                    if state["first_error"] is None:
+                        state["first_error"] = RuntimeError(rec.error or "infrastructure failure "
+                                                            f"(finish reason {traj.finish_reason})")
+                else:
+                    state["ok"] += 1
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 — recorded, retried on the next run
