@@ -36,7 +36,10 @@ def test_fast_path_decides_numbers_and_defers_algebra():
     assert fast_equal("1,000", "1000") is True
     assert fast_equal("999", "1000") is False
     assert fast_equal("0.333", r"\frac13") is False
-    assert fast_equal(r"\sqrt{4}", "2") is None  # algebra: for the symbolic checker
+    assert fast_equal(r"\sqrt{4}", "2") is True  # radicals and pi: exact canonical forms
+    assert fast_equal(r"\frac{\pi}{3}", r"\frac{\pi}{6}") is False
+    assert fast_equal("x+1", "1+x") is None  # algebra: for the symbolic checker
+    assert fast_equal(r"\sqrt{2}", "1.41421356") is None  # decimal vs irrational: math-verify's rule
     assert fast_equal("(1,2)", "1, 2") is None  # tuple vs bare list: ambiguous, ask sympy
 
 
@@ -63,7 +66,9 @@ def test_grade_statuses():
     g = grade("I think it is 4", "4")
     assert g.status == "no_answer" and g.extracted is None and g.reward == 0.0
     g = grade(r"\boxed{2\sqrt{2}}", r"\sqrt{8}")
-    assert g.correct and g.method == "symbolic" and g.reward == 1.0
+    assert g.correct and g.method == "fast" and g.reward == 1.0
+    g = grade(r"\boxed{(x+1)^2}", r"x^2+2x+1")
+    assert g.correct and g.method == "symbolic"
 
 
 def test_in_process_timeout_counts_as_not_equal():

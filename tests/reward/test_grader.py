@@ -30,16 +30,18 @@ async def test_batch_mixes_fast_symbolic_and_no_answer_in_order(grader):
     items = [
         (boxed("1,000"), "1000"),
         (boxed("999"), "1000"),
-        (boxed(r"2\sqrt{2}"), r"\sqrt{8}"),
+        (boxed(r"(x+1)^2"), r"x^2+2x+1"),
         ("I give up", "3"),
-        (boxed(r"\frac{\pi}{3}"), r"\frac{\pi}{6}"),
+        (boxed(r"x^2+1"), r"(x+1)^2"),
         (boxed(r"\{2,1\}"), r"\{1,2\}"),
+        (boxed(r"\frac{\pi}{3}"), r"\frac{\pi}{6}"),
     ]
     res = await grader.grade_batch(items)
     assert [g.status for g in res] == ["correct", "incorrect", "correct", "no_answer",
-                                       "incorrect", "correct"]
-    assert [g.method for g in res] == ["fast", "fast", "symbolic", "extract", "symbolic", "fast"]
-    assert res[2].extracted == r"2\sqrt{2}" and res[2].gold == r"\sqrt{8}"
+                                       "incorrect", "correct", "incorrect"]
+    assert [g.method for g in res] == ["fast", "fast", "symbolic", "extract", "symbolic", "fast",
+                                       "fast"]
+    assert res[2].extracted == r"(x+1)^2" and res[2].gold == r"x^2+2x+1"
 
 
 async def test_single_grade(grader):

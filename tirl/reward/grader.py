@@ -43,6 +43,8 @@ from tirl.reward.types import Grade
 
 SOFT_FRACTION = 0.8
 _PRELOAD = ["sympy", "math_verify", "tirl.reward.grader"]
+# reasoning-gym takes seconds to import: in the forkserver, once, not inside a check's limit
+_OPTIONAL_PRELOAD = ["reasoning_gym"]
 _CHUNK = 128
 
 
@@ -59,8 +61,11 @@ def make_pool(workers: int):
     """A pebble ``ProcessPool`` of ``workers`` warmed-up grading workers (forkserver)."""
     from pebble import ProcessPool
 
+    import importlib.util
+
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    ctx.set_forkserver_preload(
+        _PRELOAD + [m for m in _OPTIONAL_PRELOAD if importlib.util.find_spec(m) is not None])
     return ProcessPool(max_workers=workers, initializer=_init_worker, context=ctx)
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from tirl.reward.exact import exact_value, is_rational
+
 _DELIMS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA-Z])|"
                       r"\\right(?![a-zA-Z])|\\big(?![a-zA-Z])|\\Big(?![a-zA-Z])")
@@ -45,6 +47,7 @@ _SCI_RE = re.compile(rf"^({_SIGN}{_UDEC})(?:\\times|\\cdot|\*)10\^(?:\{{([-+]?\d
 _E_RE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d+)$")
 _SLASH_RE = re.compile(rf"^({_SIGN}{_UDEC})/({_SIGN}{_UDEC})$")
 _FRAC_RE = re.compile(r"^([-+]?)\\frac(?:\{([^{}]*)\}|(\d))(?:\{([^{}]*)\}|(\d))$")
+_DECIMAL = re.compile(r"\d\.|\.\d")
 _PCT_RE = re.compile(r"^(.*?)\\?%$")
 
 
@@ -180,20 +183,31 @@ def _split_top(s: str) -> list[str]:
     return parts
 
 
-def _collection(s: str) -> tuple[str, str, list[Fraction]] | None:
-    """(open, close, values) for a set/tuple/interval/bare list of plain numbers."""
+def _element(s: str) -> object | None:
+    """A hashable exact value of one element of a collection (number or radical/π form)."""
+    n = parse_number(s)
+    if n is not None:
+        return n
+    if _DECIMAL.search(s):
+        return None
+    v = exact_value(s)
+    return None if v is None else frozenset(v.items())
+
+
+def _collection(s: str) -> tuple[str, str, list] | None:
+    """(open, close, values) for a set/tuple/interval/bare list of exact numbers."""
     opener = closer = ""
     body = s
     if s.startswith("\\{") and s.endswith("\\}"):
         opener, closer, body = "\\{", "\\}", s[2:-2]
     elif s[:1] in "([" and s[-1:] in ")]":
         opener, closer, body = s[0], s[-1], s[1:-1]
-    if not body or any(c in body for c in "()[]{}"):
+    if not body or any(c in body for c in "()[]") or "\\{" in body:
         return None
     parts = _split_top(body)
     if len(parts) < 2 and opener != "\\{":
         return None
-    vals = [parse_number(p) for p in parts]
+    vals = [_element(p) for p in parts]
     if any(v is None for v in vals):
         return None
     return opener, closer, vals  # type: ignore[return-value]
@@ -227,10 +241,16 @@ def fast_equal(pred: str, gold: str) -> bool | None:
         pc_, gc_ = _collection(p), _collection(g)
         if pc_ is not None and gc_ is not None:
             return _same_collection(pc_, gc_)
-    return None
+        return None
+    pe, ge = exact_value(p), exact_value(g)
+    if pe is None or ge is None:
+        return None
+    if (_DECIMAL.search(p) or _DECIMAL.search(g)) and not (is_rational(pe) and is_rational(ge)):
+        return None  # a decimal vs an irrational: math-verify's rounding rule decides
+    return pe == ge
 
 
-def _same_collection(a: tuple[str, str, list[Fraction]], b: tuple[str, str, list[Fraction]]) -> bool | None:
+def _same_collection(a: tuple[str, str, list], b: tuple[str, str, list]) -> bool | None:
     (ao, ac, av), (bo, bc, bv) = a, b
     a_set = ao in ("", "\\{")
     b_set = bo in ("", "\\{")

@@ -1,0 +1,80 @@
+"""exact_value: canonical forms of radical/π answers agree with sympy on random expressions."""
+
+import random
+from fractions import Fraction
+
+import pytest
+import sympy
+
+from tirl.reward.exact import exact_value
+from tirl.reward.normalize import clean, fast_equal
+
+
+def _random_expr(rng: random.Random, depth: int = 0):
+    """(latex, sympy expr) of a random sum/product of rationals, square roots and pi."""
+    r = rng.random()
+    if depth > 2 or r < 0.35:
+        kind = rng.randrange(4)
+        if kind == 0:
+            n = rng.randint(1, 12)
+            return str(n), sympy.Integer(n)
+        if kind == 1:
+            a, b = rng.randint(1, 9), rng.randint(2, 9)
+            return f"\\frac{{{a}}}{{{b}}}", sympy.Rational(a, b)
+        if kind == 2:
+            n = rng.choice([2, 3, 5, 6, 8, 12, 18, 20, 27, 50, 72])
+            return f"\\sqrt{{{n}}}", sympy.sqrt(n)
+        return "\\pi", sympy.pi
+    a_tex, a = _random_expr(rng, depth + 1)
+    b_tex, b = _random_expr(rng, depth + 1)
+    op = rng.randrange(4)
+    if op == 0:
+        return f"{a_tex}+{b_tex}", a + b
+    if op == 1:
+        return f"{a_tex}-({b_tex})", a - b
+    if op == 2:
+        return f"({a_tex})\\cdot({b_tex})", a * b
+    return f"\\frac{{{a_tex}}}{{{b_tex}}}", a / b
+
+
+def test_agrees_with_sympy_on_random_expressions():
+    rng = random.Random(1234)
+    decided = 0
+    for _ in range(400):
+        ta, a = _random_expr(rng)
+        tb, b = _random_expr(rng)
+        if rng.random() < 0.3:  # force some equal pairs written differently
+            tb, b = f"({ta})\\cdot 1", a
+        va, vb = exact_value(clean(ta)), exact_value(clean(tb))
+        if va is None or vb is None:
+            continue  # e.g. division by a sum: left to sympy
+        decided += 1
+        truth = sympy.simplify(sympy.expand(a - b)) == 0
+        assert (va == vb) is truth, (ta, tb)
+        assert fast_equal(ta, tb) is truth
+    assert decided > 150
+
+
+@pytest.mark.parametrize("text,value", [
+    (r"2\sqrt{2}", {(2, 0): Fraction(2)}),
+    (r"\frac{1}{\sqrt{2}}", {(2, 0): Fraction(1, 2)}),
+    (r"\sqrt{\frac{3}{4}}", {(3, 0): Fraction(1, 2)}),
+    (r"\frac{3\pi}{4}", {(1, 1): Fraction(3, 4)}),
+    (r"\pi^2/6", {(1, 2): Fraction(1, 6)}),
+    (r"(1+\sqrt{3})^2", {(1, 0): Fraction(4), (3, 0): Fraction(2)}),
+    (r"\sqrt[3]{-27}", {(1, 0): Fraction(-3)}),
+    (r"8^{2/3}", {(1, 0): Fraction(4)}),
+    (r"\sqrt{7457522}", {(2, 0): Fraction(1931)}),  # 2·1931², a square factor above 1000
+    (r"\frac12", {(1, 0): Fraction(1, 2)}),
+    ("0", {}),
+])
+def test_canonical_forms(text, value):
+    assert exact_value(clean(text)) == value
+
+
+@pytest.mark.parametrize("text", [
+    "x+1", r"2\frac{1}{2}", "2^10", r"\frac{1}{1+\sqrt{2}}", r"\sqrt{-1}", r"\sqrt[3]{2}", "e",
+    r"\sin(\pi)", r"2^{10^{9}}", r"\sqrt{10000000000000000000019}", "1,2", "", "5!",
+])
+def test_outside_the_class_is_none(text):
+    assert exact_value(clean(text)) is None
