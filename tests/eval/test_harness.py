@@ -158,6 +158,19 @@ async def test_temperature_zero_with_k_above_one_warns_loudly(tmp_path, data_dir
     assert "WARNING" not in capsys.readouterr().err
 
 
+async def test_identical_samples_at_positive_temperature_warn(tmp_path, data_dir, fake_grader, capsys):
+    # a server that ignores the temperature: every sample of a problem is the same text
+    res = await evaluate(make_cfg(data_dir), tmp_path / "run", loop=FakeLoop(lambda p, j: "1"),
+                         grader=fake_grader, progress=False)
+    assert res.summaries[0].identical_sample_problems == 3
+    assert any("ignoring the temperature" in w for w in res.warnings)
+    assert "ignoring the temperature" in capsys.readouterr().err
+    # varied samples: no such warning
+    res2 = await evaluate(make_cfg(data_dir), tmp_path / "run2", loop=FakeLoop(lambda p, j: str(j)),
+                          grader=fake_grader, progress=False)
+    assert res2.summaries[0].identical_sample_problems == 0 and res2.warnings == []
+
+
 async def test_infra_failures_are_recorded_retried_and_a_dead_engine_aborts(tmp_path, data_dir, fake_grader):
     g = golds(data_dir)
     p1 = list(g)[1]

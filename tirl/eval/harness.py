@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 from tirl.config import Config, config_to_toml
 from tirl.data.benchmarks import benchmark_name, load_problems
-from tirl.eval.report import BenchmarkSummary, protocol_warnings, summarize, write_report
+from tirl.eval.report import (BenchmarkSummary, protocol_warnings, sample_warnings, summarize,
+                              write_report)
 from tirl.eval.runner import BenchmarkRun, run_benchmark
 from tirl.eval.samples import SampleRecord, SampleStore
 
@@ -163,6 +164,9 @@ async def evaluate(
     summaries = [summarize(name, r.records, cfg.eval.k, cfg.eval.bootstrap_samples, cfg.run.seed)
                  for name, r in runs.items()]
     settings["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for w in sample_warnings(summaries, settings):
+        warn_loudly(w)
+        warnings.append(w)
     paths = write_report(out, summaries, settings, {n: r.records for n, r in runs.items()}, warnings)
     return EvalResult(out, summaries, runs, warnings, paths)
 
@@ -310,6 +314,6 @@ def rebuild_report(out_dir: str | Path, k: int | None = None, n_boot: int | None
     seed = settings.get("seed", 0) if seed is None else seed
     settings.update({"k": k, "bootstrap_samples": n_boot, "seed": seed})
     summaries = [summarize(name, rs, k, n_boot, seed) for name, rs in records.items()]
-    warnings = protocol_warnings(settings)
+    warnings = protocol_warnings(settings) + sample_warnings(summaries, settings)
     paths = write_report(out, summaries, settings, records, warnings)
     return EvalResult(out, summaries, {}, warnings, paths)

@@ -50,6 +50,7 @@ class BenchmarkSummary:
     finish_reasons: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     infra_errors: int = 0
+    identical_sample_problems: int = 0  # problems whose ≥2 samples all have the same text
     per_problem: dict[str, dict[str, float]] = field(default_factory=dict)
     # e.g. {"level": {"1": {"problems": 43, "avg": 0.9, "maj": 0.95}, ...}} (MATH-500, CHAMP)
     breakdowns: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
@@ -129,6 +130,9 @@ def summarize(
         finish_reasons=dict(Counter(r.finish_reason or "none" for r in rs_all).most_common()),
         statuses=dict(Counter(r.status for r in rs_all).most_common()),
         infra_errors=sum(r.status == "infra_error" for r in rs_all),
+        identical_sample_problems=sum(
+            1 for rs in groups.values()
+            if len(rs) >= 2 and rs[0].text is not None and all(r.text == rs[0].text for r in rs)),
         per_problem=scores,
         breakdowns=breakdowns(groups, scores),
     )
@@ -173,6 +177,22 @@ def protocol_warnings(settings: dict[str, Any]) -> list[str]:
             "and maj@k mean nothing, and the intervals are too narrow. The paper samples at "
             "temperature 0.6 (--temperature 0.6), or use --k 1 for a greedy run."
         )
+    return out
+
+
+def sample_warnings(summaries: Sequence[BenchmarkSummary], settings: dict[str, Any]) -> list[str]:
+    """Warnings from the samples themselves: identical samples at a temperature above 0 mean
+    the engine ignored the temperature (or seeds every request the same way)."""
+    out = []
+    t = settings.get("temperature")
+    for s in summaries:
+        if t and s.k > 1 and s.problems and s.identical_sample_problems >= max(2, 0.5 * s.problems):
+            out.append(
+                f"{s.benchmark}: {s.identical_sample_problems} of {s.problems} problems got {s.k} "
+                f"identical samples at temperature {t}. The engine is probably ignoring the "
+                "temperature (or a fixed seed per request); avg@k, pass@k and maj@k are then greedy "
+                "numbers in disguise. Check the server's sampling settings."
+            )
     return out
 
 
