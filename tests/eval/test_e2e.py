@@ -124,3 +124,11 @@ def test_cli_flags_become_validated_overrides():
     assert cfg.model.base_url == "http://h:8000/v1" and cfg.model.served_name == "Qwen/Qwen3-8B"
     assert (cfg.eval.k, cfg.eval.temperature) == (8, 0.7)
     assert cfg.data.data_dir == "/d" and cfg.data.problem_field == "question"
+
+
+def test_default_output_dir_names_the_model():
+    from tirl.eval.commands import _slug
+
+    assert _slug("runs/demo/checkpoints/final") == "demo-checkpoints-final"
+    assert _slug("Qwen/Qwen3-14B") == "Qwen-Qwen3-14B"
+    assert _slug("../a/b/") == "a-b"

@@ -81,8 +81,10 @@ def _toml_str(s: str) -> str:
 
 
 def _slug(text: str) -> str:
-    text = text.rstrip("/").split("/")[-1] or text
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+    """A directory name for a model: its last three path parts (runs/demo/checkpoints/final
+    → demo-checkpoints-final; Qwen/Qwen3-14B → Qwen-Qwen3-14B)."""
+    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".", "..")][-3:]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.") or "model"
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
@@ -130,12 +132,9 @@ def _eval(args: argparse.Namespace) -> int:
         print("tirl eval: say which model to evaluate: --model PATH (in-process), or --base-url URL "
               "--model NAME (a server); see `tirl eval --help`", file=sys.stderr)
         return 2
-    if args.output:
-        out = Path(args.output)
-    elif cfg.run.name != "run":
-        out = Path(cfg.run.output_dir) / cfg.run.name
-    else:
-        out = Path(cfg.run.output_dir) / f"eval-{_slug(cfg.model.served_name or cfg.model.path)}"
+    # never a training run's own directory: eval writes config.toml and samples/ there
+    out = Path(args.output) if args.output else (
+        Path(cfg.run.output_dir) / f"eval-{_slug(cfg.model.served_name or cfg.model.path)}")
     try:
         res = asyncio.run(evaluate(cfg, out, fresh=args.fresh, progress=not args.no_progress))
     except (BenchmarkError, SettingsMismatch, ValueError, FileNotFoundError) as err:
