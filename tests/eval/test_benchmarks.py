@@ -106,3 +106,12 @@ def test_hub_download_is_normalised_like_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BenchmarkError, match="disabled"):
         load_problems("gsm8k", data_dir=tmp_path / "empty")
+
+
+def test_doctor_check_lists_offline_benchmarks(data_dir):
+    if bm.resolve_data_dir(bm.DEFAULT_DATA_DIR) is None:
+        pytest.skip("the default data dir is not beside this checkout")
+    from tirl.eval.health import checks
+
+    c = checks()[0]
+    assert c.ok and "aime24 (30)" in c.detail and "champ (270)" in c.detail
