@@ -104,6 +104,8 @@ class Zygote:
                         got = protocol.recv(self.sock)
                     except (BlockingIOError, InterruptedError):
                         continue
+                    except OSError:  # the supervisor went away
+                        got = None
                     if got is None:
                         self.shutdown()
                         return
