@@ -83,3 +83,15 @@ def test_in_process_timeout_counts_as_not_equal():
 def test_bad_timeout_is_an_error():
     with pytest.raises(ValueError, match="timeout_s"):
         is_equivalent("1", "1", timeout_s=0)
+
+
+async def test_is_equivalent_off_the_main_thread_uses_a_worker():
+    # signals only work in the main thread: from a thread the symbolic check runs in a
+    # one-worker pool instead (and still gives the right verdict)
+    import asyncio
+
+    from tirl.reward.equivalence import check
+
+    status, method = await asyncio.to_thread(check, "(x+1)^2", "x^2+2x+1", 10.0)
+    assert (status, method) == ("correct", "symbolic")
+    assert await asyncio.to_thread(is_equivalent, "x^2+1", "(x+1)^2", 10.0) is False

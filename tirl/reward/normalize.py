@@ -36,10 +36,11 @@ _UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{\s*[a-zA-Z][a-zA-
                    r"(?:\s*\^\s*\{?\d\}?)?$", re.DOTALL)
 _ASSIGN = re.compile(r"^\s*[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|:)\s*(?=\S)")
 _CHOICE = re.compile(r"^\(?([A-J])\)?\.?$")
+_DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
 _WS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
 
 _SIGN = r"[-+]?"
-_UINT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+_UINT = r"(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:_\d{3})+|\d+)"
 _UDEC = rf"(?:{_UINT}\.\d*|\.\d+|{_UINT})"
 _INT_RE = re.compile(rf"^({_SIGN})({_UINT})$")
 _DEC_RE = re.compile(rf"^({_SIGN})({_UDEC})$")
@@ -105,6 +106,7 @@ def clean(ans: str) -> str:
         s = _strip_delims(s)
         if s == before:
             break
+    s = _DIGIT_GAP.sub("_", s)  # "1 000" may be a number, "2 3/4" is not 23/4: keep a mark
     return _WS.sub("", s)
 
 
@@ -114,11 +116,11 @@ def parse_number(s: str) -> Fraction | None:
         return None
     m = _INT_RE.match(s)
     if m:
-        v = Fraction(int(m.group(2).replace(",", "")))
+        v = Fraction(int(m.group(2).replace(",", "").replace("_", "")))
         return -v if m.group(1) == "-" else v
     m = _DEC_RE.match(s)
     if m:
-        body = m.group(2).replace(",", "")
+        body = m.group(2).replace(",", "").replace("_", "")
         if body in (".",):
             return None
         v = Fraction(body if not body.endswith(".") else body[:-1])
