@@ -1,0 +1,147 @@
+import asyncio
+
+import pytest
+import torch
+
+from tirl.engines.local import LocalEngine
+from tirl.engines.sampling import filter_logits, sample_tokens
+
+from tests.agent.tiny import tiny_model, tiny_tokenizer
+
+
+def hf_greedy(model, prompt, n):
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def ref_logprobs(model, prompt, gen, temperature=1.0):
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + gen])).logits[0, len(prompt) - 1:-1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(gen)[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+async def test_continuous_batching_matches_hf_greedy_and_logprobs(arch):
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, arch=arch)
+    eng = LocalEngine(model, tok, max_batch=2)  # 5 requests through 2 rows: sequences join as others finish
+    assert eng.fast_path
+    prompts = [tok.encode("What is 6 times 7? " * (i + 1)) for i in range(5)]
+    lengths = [3, 12, 7, 16, 5]
+    comps = await asyncio.gather(*(eng.generate(p, n, 0.0) for p, n in zip(prompts, lengths)))
+    for p, n, c in zip(prompts, lengths, comps):
+        assert c.finish_reason == "length" and len(c.token_ids) == n
+        assert c.token_ids == hf_greedy(model, p, n)
+        assert torch.allclose(torch.tensor(c.logprobs), ref_logprobs(model, p, c.token_ids), atol=1e-4)
+    eng.close()
+
+
+async def test_sampled_logprobs_use_the_temperature():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok, max_batch=4, seed=1)
+    p = tok.encode("q: 1+1")
+    comps = await asyncio.gather(*(eng.generate(p, 15, 0.7) for _ in range(3)))
+    assert len({tuple(c.token_ids) for c in comps}) > 1  # sampling, not greedy
+    for c in comps:
+        assert torch.allclose(torch.tensor(c.logprobs), ref_logprobs(model, p, c.token_ids, 0.7), atol=1e-4)
+    eng.close()
+
+
+async def test_stops_on_token_ids_and_strings_and_includes_the_stop():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok)
+    p = tok.encode("stop test")
+    ref = hf_greedy(model, p, 30)
+    stop_id = ref[4]
+    first = ref.index(stop_id)
+    c = await eng.generate(p, 30, 0.0, [stop_id])
+    assert c.finish_reason == "stop" and c.stop_reason == stop_id and c.token_ids == ref[:first + 1]
+    text = tok.decode(ref[:10], skip_special_tokens=False)
+    stop_str = text[-3:]
+    c = await eng.generate(p, 30, 0.0, [stop_str])
+    assert c.finish_reason == "stop" and c.stop_reason == stop_str
+    assert tok.decode(c.token_ids, skip_special_tokens=False).endswith(stop_str) or \
+        stop_str in tok.decode(c.token_ids, skip_special_tokens=False)
+    assert len(c.token_ids) <= 10
+    eng.close()
+
+
+async def test_context_limit_and_mode_restore():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, max_pos=64)
+    model.train()
+    eng = LocalEngine(model, tok)
+    c = await eng.generate(list(range(10, 60)), 100, 0.0)
+    assert len(c.token_ids) == 14 and c.finish_reason == "length" and c.meta["context_limit"]
+    c = await eng.generate(list(range(10, 80)), 5, 0.0)
+    assert c.token_ids == [] and c.meta["context_limit"]
+    for _ in range(200):  # the engine goes idle and restores train mode
+        if model.training:
+            break
+        await asyncio.sleep(0.01)
+    assert model.training
+    assert eng.stats()["running"] == 0 and eng.stats()["waiting"] == 0
+    eng.close()
+
+
+async def test_weights_updated_in_place_are_used_on_the_next_call():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok)
+    p = tok.encode("hello")
+    before = await eng.generate(p, 8, 0.0)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        for w in model.model.layers[0].mlp.parameters():
+            w.add_(torch.randn_like(w))
+    after = await eng.generate(p, 8, 0.0)
+    assert after.token_ids == hf_greedy(model, p, 8)
+    assert torch.allclose(torch.tensor(after.logprobs), ref_logprobs(model, p, after.token_ids), atol=1e-4)
+    assert not torch.allclose(torch.tensor(after.logprobs), torch.tensor(before.logprobs), atol=1e-3)
+    eng.close()
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    f = filter_logits(logits, torch.tensor([1.0, 0.7]), torch.tensor([2, 0]))
+    assert torch.isfinite(f[0]).tolist() == [True, True, False, False]
+    assert torch.isfinite(f[1]).tolist() == [True, True, False, False]  # 0.5 + 0.3 >= 0.7
+    f = filter_logits(logits, torch.tensor([0.4, 1.0]), torch.tensor([0, 0]))
+    assert torch.isfinite(f[0]).tolist() == [True, False, False, False]
+    assert torch.isfinite(f[1]).all()
+    tokens, lp = sample_tokens(logits, torch.tensor([1.0, 1.0]), torch.tensor([0.4, 1.0]),
+                               torch.tensor([0, 0]), torch.Generator().manual_seed(0))
+    assert tokens[0] == 0 and abs(float(lp[0])) < 1e-6  # renormalised over the nucleus
+
+
+async def test_agent_loop_on_a_random_model_is_token_exact():
+    from tirl.agent.config import AgentConfig
+    from tirl.agent.loop import AgentLoop
+    from tests.agent.fakes import FakeTools
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, max_pos=1024)
+    eng = LocalEngine(model, tok, max_batch=8)
+    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(max_tokens=40, max_turns=3, system_prompt="short"))
+    trajs = await loop.run_many([{"problem": f"{i}*7?", "answer": "7", "id": i} for i in range(4)], n=3)
+    assert len(trajs) == 12
+    for t in trajs:
+        assert t.finish_reason in ("answer", "max_tokens", "max_turns")
+        assert len(t.response_ids) == len(t.response_mask) == len(t.logprobs) <= 40
+        gen = [lp for lp, m in zip(t.logprobs, t.response_mask) if m]
+        assert gen and all(lp < 0 for lp in gen)
+        assert sum(t.response_mask) == sum(turn.n_generated for turn in t.turns)
+    # logprobs of policy tokens agree with a fresh forward over the whole trajectory
+    t = trajs[0]
+    ids = t.prompt_ids + t.response_ids
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    n = len(t.prompt_ids)
+    ref = lp[n - 1:].gather(-1, torch.tensor(t.response_ids)[:, None])[:, 0]
+    mask = torch.tensor(t.response_mask, dtype=torch.bool)
+    assert torch.allclose(ref[mask], torch.tensor(t.logprobs)[mask], atol=1e-4)
+    assert loop.prefix_mismatches == 0
+    eng.close()

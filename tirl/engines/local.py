@@ -1,0 +1,499 @@
+"""LocalEngine: an in-process transformers causal LM as an engine, with continuous batching.
+
+``LocalEngine(model, tokenizer)`` wraps a live model (the trainer passes its policy, so each
+call generates with the current weights). Requests from any number of coroutines go to one
+scheduler thread that keeps a batch running: each step it admits waiting requests (one
+batched prefill), decodes one token for every running sequence against a slot KV cache, and
+finishes sequences on a stop token id, a stop string or their length limit — a finished
+sequence frees its row at once and the next waiting one joins (continuous batching). The
+event loop is never blocked: model work runs in the scheduler thread, results come back
+through futures.
+
+Fast path: Llama-family decoders (``llama``, ``qwen2``, ``qwen3``, ``mistral`` without
+sliding windows; SmolLM2 and tirl's scratch model are Llama) run through a small forward
+that reuses the model's own modules (norms, projections, rotary embedding, MLP) with a
+preallocated per-row KV cache, so a decode step costs one batched forward of one token per
+row. Other architectures fall back to full HF forwards without a cache (correct, slow).
+
+Generation runs under ``torch.inference_mode`` with the model in eval mode; the model's
+previous mode is restored when the engine goes idle. Logprobs are those of the sampling
+distribution actually used (see ``tirl.engines.sampling``).
+
+What it does not do: prefix caching across calls (each call prefills its whole prompt),
+paged attention, tensor parallelism, or speculative decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tirl.engines.base import Completion
+from tirl.engines.sampling import sample_tokens
+
+FAST_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+@dataclass
+class _Seq:
+    prompt: list[int]
+    max_new: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop_ids: frozenset[int]
+    stop_strs: tuple[str, ...]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    context_limited: bool = False
+    out: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)
+    cached: int = 0  # tokens whose K/V are in the cache
+    finish: str | None = None
+    stop_reason: str | int | None = None
+    t_submit: float = 0.0
+    t_start: float = 0.0
+
+
+class _KVCache:
+    """Per-layer K/V buffers [rows, kv_heads, capacity, head_dim], grown by doubling."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, max_rows: int,
+                 max_len: int):
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.max_rows, self.max_len = max_rows, max_len
+        self.rows, self.cap = 0, 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def ensure(self, rows: int, length: int) -> None:
+        if rows <= self.rows and length <= self.cap:
+            return
+        new_rows = max(self.rows, min(self.max_rows, max(rows, 2 * self.rows, 8)))
+        new_cap = self.cap
+        while new_cap < length:
+            new_cap = max(64, 2 * new_cap)
+        new_cap = min(max(new_cap, length), max(self.max_len, length))
+        shape = (new_rows, self.kv_heads, new_cap, self.head_dim)
+        k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
+        if self.rows and self.cap:
+            for i in range(self.layers):
+                k[i][: self.rows, :, : self.cap] = self.k[i]
+                v[i][: self.rows, :, : self.cap] = self.v[i]
+        self.k, self.v, self.rows, self.cap = k, v, new_rows, new_cap
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        for i in range(self.layers):
+            self.k[i][dst, :, :length] = self.k[i][src, :, :length]
+            self.v[i][dst, :, :length] = self.v[i][src, :, :length]
+
+    def release(self) -> None:
+        self.k, self.v, self.rows, self.cap = [], [], 0, 0
+
+
+class _LlamaRunner:
+    """Forward passes of a Llama-family HF model over a slot KV cache."""
+
+    def __init__(self, model):
+        cfg = model.config
+        self.model = model
+        self.base = model.model
+        self.layers = list(self.base.layers)
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.scaling = attn.scaling
+        self.has_qk_norm = hasattr(attn, "q_norm")
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg = getattr(model, "config", None)
+        if cfg is None or getattr(cfg, "model_type", None) not in FAST_MODEL_TYPES:
+            return False
+        base = getattr(model, "model", None)
+        if base is None or not hasattr(base, "layers") or not hasattr(base, "rotary_emb"):
+            return False
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            return False
+        if getattr(cfg, "model_type", "") == "mistral" and getattr(cfg, "sliding_window", None):
+            return False
+        a = base.layers[0].self_attn
+        return all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))
+
+    def new_cache(self, max_rows: int, max_len: int) -> _KVCache:
+        p = next(self.model.parameters())
+        return _KVCache(len(self.layers), self.n_kv, self.head_dim, p.dtype, p.device, max_rows, max_len)
+
+    def _qkv(self, layer, x, cos, sin):
+        a = layer.self_attn
+        b, n, _ = x.shape
+        q = a.q_proj(x).view(b, n, -1, self.head_dim)
+        k = a.k_proj(x).view(b, n, -1, self.head_dim)
+        v = a.v_proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
+        if self.has_qk_norm:
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * c + _rotate_half(q) * s
+        k = k * c + _rotate_half(k) * s
+        return q, k, v
+
+    def _finish_layer(self, layer, h, attn):
+        b, _, n, _ = attn.shape
+        h = h + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(b, n, -1))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _attend(self, q, k, v, mask=None, causal=False):
+        gqa = self.n_heads != self.n_kv
+        if gqa and mask is not None:  # CPU SDPA kernels are happiest with expanded heads + mask
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+            gqa = False
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=self.scaling, enable_gqa=gqa)
+
+    def prefill(self, cache: _KVCache, row0: int, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded prompts [n, P] into rows row0.. of the cache; logits at each last token."""
+        n, p = tokens.shape
+        pos = torch.arange(p, device=tokens.device).unsqueeze(0).expand(n, p)
+        h = self.base.embed_tokens(tokens)
+        cos, sin = self.base.rotary_emb(h, pos)
+        for i, layer in enumerate(self.layers):
+            x = layer.input_layernorm(h)
+            q, k, v = self._qkv(layer, x, cos, sin)
+            cache.k[i][row0:row0 + n, :, :p] = k
+            cache.v[i][row0:row0 + n, :, :p] = v
+            h = self._finish_layer(layer, h, self._attend(q, k, v, causal=True))
+        last = h[torch.arange(n, device=h.device), lengths - 1]
+        return self.model.lm_head(self.base.norm(last))
+
+    def decode(self, cache: _KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One token per row (rows 0..B-1) at ``positions``; returns logits [B, V]."""
+        b = tokens.shape[0]
+        rows = torch.arange(b, device=tokens.device)
+        length = int(positions.max()) + 1
+        mask = (torch.arange(length, device=tokens.device).unsqueeze(0) <= positions.unsqueeze(1))
+        mask = mask[:, None, None, :]
+        h = self.base.embed_tokens(tokens.unsqueeze(1))
+        cos, sin = self.base.rotary_emb(h, positions.unsqueeze(1))
+        for i, layer in enumerate(self.layers):
+            x = layer.input_layernorm(h)
+            q, k, v = self._qkv(layer, x, cos, sin)
+            cache.k[i][rows, :, positions] = k[:, :, 0]
+            cache.v[i][rows, :, positions] = v[:, :, 0]
+            keys = cache.k[i][:b, :, :length]
+            vals = cache.v[i][:b, :, :length]
+            h = self._finish_layer(layer, h, self._attend(q, keys, vals, mask=mask))
+        return self.model.lm_head(self.base.norm(h[:, 0]))
+
+
+class _GenericRunner:
+    """Any HF causal LM: a full forward over each row's whole context per step (no cache)."""
+
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.pad_id = pad_id
+
+    def logits(self, contexts: list[list[int]], device) -> torch.Tensor:
+        n = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), n), self.pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(contexts), n), dtype=torch.long, device=device)
+        for i, c in enumerate(contexts):  # left padding
+            ids[i, n - len(c):] = torch.tensor(c, device=device)
+            mask[i, n - len(c):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        return out.logits[:, -1]
+
+
+class LocalEngine:
+    """An in-process engine over a transformers causal LM (see the module docstring).
+
+    ``max_batch``: sequences decoded together; ``max_seq_len``: context limit (default: the
+    model's ``max_position_embeddings``); ``prefill_tokens``: padded prompt tokens per
+    prefill forward; ``seed``: the sampling generator's seed.
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 64, device: str | torch.device | None = None,
+                 max_seq_len: int | None = None, prefill_tokens: int = 8192, seed: int = 0,
+                 threads: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        params = next(model.parameters())
+        self.device = torch.device(device) if device is not None else params.device
+        if self.device != params.device:
+            raise ValueError(
+                f"LocalEngine(device={str(self.device)!r}) but the model is on {params.device}; "
+                "move the model first (model.to(device)) or leave device unset"
+            )
+        cfg = model.config
+        self.max_seq_len = int(max_seq_len or getattr(cfg, "max_position_embeddings", 0) or 4096)
+        self.prefill_tokens = prefill_tokens
+        n_params = sum(p.numel() for p in model.parameters())
+        # torch threads of the scheduler thread only (OpenMP settings are per thread): one
+        # thread is fastest for tiny models on a shared CPU, where a second thread mostly spins.
+        self.threads = threads if threads is not None else (1 if n_params < 20_000_000 else None)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._fast = _LlamaRunner(model) if _LlamaRunner.supports(model) else None
+        self._generic = None if self._fast else _GenericRunner(model, pad if pad is not None else 0)
+        self._cache = self._fast.new_cache(max_batch, self.max_seq_len) if self._fast else None
+        self._waiting: deque[_Seq] = deque()
+        self._active: list[_Seq] = []
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._was_training: bool | None = None
+        self.tokens_generated = 0
+        self.steps = 0
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def fast_path(self) -> bool:
+        return self._fast is not None
+
+    async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+                       stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
+                       top_k: int = 0) -> Completion:
+        if self._closed:
+            raise RuntimeError("LocalEngine is closed")
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("prompt_ids is empty; give at least one token")
+        room = self.max_seq_len - len(prompt)
+        if room <= 0:
+            return Completion([], [], "length", meta={"context_limit": True, "prompt_tokens": len(prompt)})
+        stop = list(stop or [])
+        loop = asyncio.get_running_loop()
+        seq = _Seq(prompt=prompt, max_new=max(0, min(max_new_tokens, room)),
+                   temperature=float(temperature), top_p=float(top_p), top_k=int(top_k or 0),
+                   stop_ids=frozenset(int(s) for s in stop if isinstance(s, int)),
+                   stop_strs=tuple(s for s in stop if isinstance(s, str) and s),
+                   future=loop.create_future(), loop=loop,
+                   context_limited=max_new_tokens > room, t_submit=time.perf_counter())
+        if seq.max_new == 0:
+            return Completion([], [], "length", meta={"prompt_tokens": len(prompt)})
+        with self._cv:
+            self._waiting.append(seq)
+            self._ensure_thread()
+            self._cv.notify()
+        return await seq.future
+
+    def stats(self) -> dict[str, Any]:
+        """Live load: running / waiting requests and KV-cache usage (for `/metrics`)."""
+        with self._cv:
+            running = len(self._active)
+            waiting = len(self._waiting)
+            used = sum(s.cached + 1 for s in self._active)
+        cap = self.max_batch * self.max_seq_len
+        return {"running": running, "waiting": waiting, "kv_used_tokens": used,
+                "kv_capacity_tokens": cap, "kv_usage": min(1.0, used / cap) if cap else 0.0,
+                "tokens_generated": self.tokens_generated, "steps": self.steps}
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # ------------------------------------------------------------------ scheduler thread
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="tirl-local-engine", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting and not self._active:
+                    self._restore_mode()
+                    self._cv.wait()
+                if self._closed:
+                    self._fail_all(RuntimeError("LocalEngine closed"))
+                    self._restore_mode()
+                    return
+                admit = []
+                while self._waiting and len(self._active) + len(admit) < self.max_batch:
+                    s = self._waiting.popleft()
+                    if not s.future.cancelled():
+                        admit.append(s)
+            try:
+                if self._was_training is None:
+                    self._was_training = self.model.training
+                    self.model.eval()
+                with torch.inference_mode():
+                    if self._fast is not None:
+                        self._step_fast(admit)
+                    else:
+                        self._step_generic(admit)
+            except BaseException as err:  # noqa: BLE001 - fail every request, keep serving
+                self.error = err
+                with self._cv:
+                    for s in admit:
+                        if s not in self._active:
+                            self._active.append(s)
+                    self._fail_all(err)
+
+    def _restore_mode(self) -> None:
+        if self._was_training is not None:
+            self.model.train(self._was_training)
+            self._was_training = None
+            if self._cache is not None:
+                self._cache.release()
+
+    def _fail_all(self, err: BaseException) -> None:
+        for s in list(self._active) + list(self._waiting):
+            s.loop.call_soon_threadsafe(_set_exception, s.future, err)
+        self._active.clear()
+        self._waiting.clear()
+
+    # one scheduler step on the fast path: prefill the admitted, decode everyone
+    def _step_fast(self, admit: list[_Seq]) -> None:
+        cache = self._cache
+        dev = self.device
+        if admit:
+            admit.sort(key=lambda s: len(s.prompt))
+            i = 0
+            while i < len(admit):
+                j = i + 1
+                while j < len(admit) and (j + 1 - i) * len(admit[j].prompt) <= self.prefill_tokens:
+                    j += 1
+                chunk = admit[i:j]
+                p = max(len(s.prompt) for s in chunk)
+                row0 = len(self._active)
+                cache.ensure(row0 + len(chunk), p + 1)
+                toks = torch.zeros((len(chunk), p), dtype=torch.long, device=dev)
+                for r, s in enumerate(chunk):
+                    toks[r, :len(s.prompt)] = torch.tensor(s.prompt, dtype=torch.long)
+                    s.cached = len(s.prompt)
+                    s.t_start = time.perf_counter()
+                lengths = torch.tensor([len(s.prompt) for s in chunk], device=dev)
+                logits = self._fast.prefill(cache, row0, toks, lengths)
+                with self._cv:
+                    self._active.extend(chunk)
+                self._sample_and_finish(chunk, logits, row_offset=row0)
+                i = j
+        # every active sequence now holds one sampled token not yet in the cache
+        if not self._active:
+            return
+        toks = torch.tensor([s.out[-1] for s in self._active], dtype=torch.long, device=dev)
+        pos = torch.tensor([s.cached for s in self._active], dtype=torch.long, device=dev)
+        cache.ensure(len(self._active), int(pos.max()) + 1)
+        logits = self._fast.decode(cache, toks, pos)
+        for s in self._active:
+            s.cached += 1
+        self._sample_and_finish(list(self._active), logits, row_offset=0)
+
+    def _step_generic(self, admit: list[_Seq]) -> None:
+        with self._cv:
+            self._active.extend(admit)
+        for s in admit:
+            s.t_start = time.perf_counter()
+        if not self._active:
+            return
+        batch = list(self._active)
+        logits = self._generic.logits([s.prompt + s.out for s in batch], self.device)
+        self._sample_and_finish(batch, logits, row_offset=0)
+
+    def _sample_and_finish(self, seqs: list[_Seq], logits: torch.Tensor, row_offset: int) -> None:
+        dev = logits.device
+        temp = torch.tensor([s.temperature for s in seqs], device=dev)
+        top_p = torch.tensor([s.top_p for s in seqs], device=dev)
+        top_k = torch.tensor([s.top_k for s in seqs], dtype=torch.long, device=dev)
+        tokens, lps = sample_tokens(logits, temp, top_p, top_k, self.generator)
+        tokens, lps = tokens.tolist(), lps.tolist()
+        self.steps += 1
+        self.tokens_generated += len(seqs)
+        done = False
+        for s, t, lp in zip(seqs, tokens, lps):
+            s.out.append(t)
+            s.lps.append(lp)
+            if t in s.stop_ids:
+                s.finish, s.stop_reason = "stop", t
+            elif s.stop_strs and self._hit_stop_string(s):
+                s.finish = "stop"
+            elif len(s.out) >= s.max_new:
+                s.finish = "length"
+            elif s.future.cancelled():
+                s.finish = "abort"
+            done = done or s.finish is not None
+        if done:
+            self._retire()
+
+    def _hit_stop_string(self, s: _Seq) -> bool:
+        longest = max(len(x) for x in s.stop_strs)
+        tail = self.tokenizer.decode(s.out[-(longest + 2):], skip_special_tokens=False)
+        for x in s.stop_strs:
+            if x in tail:
+                s.stop_reason = x
+                return True
+        return False
+
+    def _retire(self) -> None:
+        """Resolve finished sequences and compact the batch (move the last rows into the holes)."""
+        now = time.perf_counter()
+        with self._cv:
+            rows = self._active
+            for s in rows:
+                if s.finish is not None:
+                    meta = {"prompt_tokens": len(s.prompt), "queue_ms": (s.t_start - s.t_submit) * 1000,
+                            "gen_ms": (now - s.t_start) * 1000,
+                            "context_limit": s.context_limited and s.finish == "length"}
+                    comp = Completion(token_ids=s.out, logprobs=s.lps,
+                                      finish_reason="abort" if s.finish == "abort" else s.finish,
+                                      stop_reason=s.stop_reason, meta=meta)
+                    s.loop.call_soon_threadsafe(_set_result, s.future, comp)
+            i = 0
+            while i < len(rows):
+                if rows[i].finish is None:
+                    i += 1
+                    continue
+                while rows and rows[-1].finish is not None and len(rows) - 1 > i:
+                    rows.pop()
+                last = len(rows) - 1
+                if last > i:
+                    if self._cache is not None:
+                        self._cache.move(last, i, rows[last].cached)
+                    rows[i] = rows.pop()
+                    i += 1
+                else:
+                    rows.pop()
+                    break
+            self._active = [s for s in rows if s.finish is None]
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err if isinstance(err, Exception) else RuntimeError(str(err)))
