@@ -54,6 +54,15 @@ def test_kv_overcommit_trades_safety_for_batch():
     assert tight.kv_peak_fraction > safe.kv_peak_fraction
 
 
+def test_kv_forecast_booking_runs_bigger_batches_without_preemption():
+    cfg = overloaded_small().model_copy(update={"policy": "kv"})
+    safe = simulate(cfg)
+    fc = simulate(cfg.model_copy(update={"kv_booking": "forecast"}))
+    assert fc.preemptions == 0 and fc.kv_peak_fraction <= 1.0
+    assert fc.mean_batch > safe.mean_batch
+    assert fc.makespan_s < safe.makespan_s
+
+
 def test_simulation_is_deterministic():
     cfg = overloaded_small().model_copy(update={"policy": "kv"})
     assert simulate(cfg).summary() == simulate(cfg).summary()
@@ -74,6 +83,9 @@ def test_paper_scale_kv_keeps_engines_busy_without_preemption():
     # 64 engines, 512 x 32 rollouts, 8K cap: runs in seconds
     cfg = scenario_config("paper-8k")
     res = compare_policies(cfg, ("static", "kv"))
+    fc = simulate(cfg.model_copy(update={"policy": "kv", "kv_booking": "forecast"}))
+    assert fc.busy_fraction >= 0.9 and fc.preemptions == 0
+    assert fc.makespan_s < res["kv"].makespan_s
     kv, static = res["kv"], res["static"]
     assert kv.n_rollouts == 512 * 32
     assert kv.busy_fraction >= 0.9

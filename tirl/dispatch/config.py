@@ -43,6 +43,11 @@ class DispatchConfig(Section):
         description="kv: book this fraction of prompt + max response per trajectory (1.0 = the "
         "paper's rule, never preempts; lower overcommits, see docs/dispatch.md).",
     )
+    kv_booking: Literal["max", "forecast"] = Field(
+        "max",
+        description="kv: book the whole budget (max) or context so far + remaining length "
+        "forecast from earlier trajectories, re-booked every turn (forecast).",
+    )
 
 
 class SimEngineConfig(Section):
@@ -101,6 +106,14 @@ class SimConfig(Section):
         le=1,
         description="kv: reserve this fraction of prompt + max response per rollout "
         "(1.0 = the paper's rule; below 1 overcommits and may preempt).",
+    )
+    kv_booking: Literal["max", "forecast"] = Field(
+        "max",
+        description="kv: book prompt + max response (max, the paper's rule) or context so far + "
+        "forecast remaining length from the previous step's lengths (forecast).",
+    )
+    kv_margin: float = Field(
+        0.05, ge=0, lt=1, description="kv forecast: fraction of KV capacity kept unbooked."
     )
     kv_live_usage: bool = Field(
         True,

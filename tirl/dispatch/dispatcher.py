@@ -11,6 +11,12 @@ trajectory::
   ``reserve_tokens`` of the engine's KV capacity until it ends; when no engine has room the
   caller waits — on an :class:`asyncio.Event` that every release, drain and metrics
   reading sets, never by polling — in FIFO order.
+* Booking (``kv``): ``booking="max"`` books the whole ``reserve_tokens`` (the paper's rule:
+  an engine never overflows). ``booking="forecast"`` books the context so far plus the
+  expected remaining length, learnt from the final lengths of earlier leases
+  (:mod:`tirl.dispatch.forecast`), and re-books after every turn; it starts as "max"
+  until lengths have been seen, never books more than ``reserve_tokens``, and lets
+  engines run larger batches (see docs/dispatch.md for the measured trade-off).
 * Stickiness: every turn of a lease runs on the same engine (its prefix cache holds the
   conversation). With ``group_affinity`` a GRPO group's trajectories go to the engine of
   the first one when it has room (the shared prompt is then prefilled once).
@@ -44,11 +50,14 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
 from tirl.dispatch.config import POLICIES, DispatchConfig
+from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
 from tirl.dispatch.policy import EngineLoad, choose_engine
 from tirl.engines.base import Completion
 
 log = logging.getLogger(__name__)
+
+_FORECAST_MAX_TOKENS = 1 << 17  # longest context the length forecast tabulates
 
 
 class NoEngineAvailable(RuntimeError):
@@ -98,12 +107,14 @@ class DispatchStats:
 
 
 class _Lease:
-    __slots__ = ("key", "reserve", "group", "engine", "closed")
+    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx")
 
     def __init__(self, key: str, reserve: int, group: Any):
         self.key, self.reserve, self.group = key, reserve, group
         self.engine = -1
         self.closed = False
+        self.booked = reserve  # KV tokens booked on the engine now (≤ reserve)
+        self.ctx = 0  # context tokens after the last generate call
 
 
 class LeasedEngine:
@@ -137,9 +148,11 @@ class LeasedEngine:
         while True:
             k = self._lease.engine
             try:
-                return await self._d.engines[k].generate(
+                c = await self._d.engines[k].generate(
                     prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k
                 )
+                self._d._progress(self._lease, len(prompt_ids) + len(c.token_ids))
+                return c
             except Exception as exc:
                 if not is_engine_failure(exc) or attempt >= self._d.max_retries:
                     raise
@@ -165,6 +178,8 @@ class Dispatcher:
         max_retries: int = 2,
         fail_after: int = 3,
         reserve_fraction: float = 1.0,
+        booking: str = "max",
+        forecast_window: int = 8192,
         names: Sequence[str] | None = None,
     ):
         if not engines:
@@ -178,6 +193,10 @@ class Dispatcher:
         if not 0 < reserve_fraction <= 1:
             raise ValueError(f"reserve_fraction must be in (0, 1], got {reserve_fraction}")
         self.reserve_fraction = reserve_fraction
+        if booking not in ("max", "forecast"):
+            raise ValueError(f"booking must be 'max' or 'forecast', got {booking!r}")
+        self.booking = booking
+        self.forecast = LengthForecast(_FORECAST_MAX_TOKENS, window=forecast_window)
         self.max_retries = max_retries
         self.fail_after = fail_after
         self.metrics_interval_s = metrics_interval_s
@@ -227,6 +246,7 @@ class Dispatcher:
             max_retries=cfg.max_retries,
             fail_after=cfg.fail_after,
             reserve_fraction=cfg.kv_reserve_fraction,
+            booking=cfg.kv_booking,
             **kw,
         )
 
@@ -271,9 +291,13 @@ class Dispatcher:
             raise ValueError(f"reserve_tokens must be ≥ 0, got {reserve_tokens}")
         await self.start()
         lease = _Lease(key, math.ceil(reserve_tokens * self.reserve_fraction), group)
+        if self.booking == "forecast" and self.forecast.n_observed:
+            lease.booked = min(lease.reserve, self.forecast.booking(0, 0))
         await self._admit(lease)
         try:
             yield LeasedEngine(self, lease)
+            if self.booking == "forecast" and lease.ctx:
+                self.forecast.observe(lease.ctx)  # a finished trajectory's final context
         finally:
             self._release(lease)
             lease.closed = True
@@ -327,7 +351,7 @@ class Dispatcher:
         return choose_engine(
             self.policy,
             self.loads,
-            lease.reserve,
+            lease.booked,
             ordinal=self._next_ordinal,
             group_index=self._group_index[g],
             preferred=preferred,
@@ -381,7 +405,7 @@ class Dispatcher:
     def _book(self, lease: _Lease, k: int) -> None:
         ld = self.loads[k]
         ld.active += 1
-        ld.reserved_tokens += lease.reserve
+        ld.reserved_tokens += lease.booked
         lease.engine = k
         self.stats.leases += 1
         self._leases_total[k] += 1
@@ -393,9 +417,20 @@ class Dispatcher:
             return
         ld = self.loads[lease.engine]
         ld.active -= 1
-        ld.reserved_tokens -= lease.reserve
+        ld.reserved_tokens -= lease.booked
         lease.engine = -1
         self._wake()
+
+    def _progress(self, lease: _Lease, ctx: int) -> None:
+        """After a turn: remember the context; under forecast booking, re-book from it."""
+        lease.ctx = ctx
+        if self.booking != "forecast" or lease.engine < 0 or not self.forecast.n_observed:
+            return
+        new = min(lease.reserve, max(ctx, self.forecast.booking(0, ctx)))
+        old, lease.booked = lease.booked, new
+        self.loads[lease.engine].reserved_tokens += new - old
+        if new < old:  # room freed: waiters may fit now
+            self._wake()
 
     async def _move(self, lease: _Lease) -> None:
         """Re-admit a lease whose engine was drained (it waits like a new one)."""

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.config import POLICIES, SimConfig, SimEngineConfig, WorkloadConfig
 from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
 from tirl.dispatch.workload import Workload, sample_workload
@@ -147,9 +148,21 @@ class _Sim:
         if cfg.policy == "least_requests":
             max_act = cfg.max_active_per_engine or e.max_num_seqs
         cap = e.kv_capacity_tokens if cfg.policy == "kv" else None
+        self.forecast: LengthForecast | None = None
+        if cfg.policy == "kv" and cfg.kv_booking == "forecast":
+            # what the previous RL step looked like: same distributions, another draw
+            prev = sample_workload(cfg.workload, cfg.seed + 1_000_003)
+            self.forecast = LengthForecast(wl.max_response_tokens, prev.response_tokens().tolist())
+            cap = int(cap * (1 - cfg.kv_margin))
         self.loads = [EngineLoad(capacity_tokens=cap, max_active=max_act) for _ in self.engines]
         frac = cfg.kv_reserve_fraction
-        self.reserve = [math.ceil((p + wl.max_response_tokens) * frac) for p in prompt]
+        self.prompt = prompt
+        if self.forecast is not None:
+            first = self.forecast.booking(0, 0)
+            self.reserve = [p + first for p in prompt]
+        else:
+            self.reserve = [math.ceil((p + wl.max_response_tokens) * frac) for p in prompt]
+        self.booked = [0] * n
         self.group = wl.group.tolist()
         self.group_engine: dict[int, int] = {}
         self.queue: deque[int] = deque(range(n))
@@ -198,6 +211,7 @@ class _Sim:
             ld = loads[k]
             ld.active += 1
             ld.reserved_tokens += self.reserve[i]
+            self.booked[i] = self.reserve[i]
             if affinity:
                 self.group_engine.setdefault(g, k)
             self.engine_of[i] = k
@@ -210,7 +224,7 @@ class _Sim:
     def release(self, i: int, t: float) -> None:
         ld = self.loads[self.engine_of[i]]
         ld.active -= 1
-        ld.reserved_tokens -= self.reserve[i]
+        ld.reserved_tokens -= self.booked[i]
         if self.queue:
             self.pump(t)
 
@@ -343,6 +357,11 @@ class _Sim:
                 self.seg[i] = j + 1
                 self.ctx[i] = c + self.tool[j]
                 self.remaining[i] = self.gen[j + 1]
+                if self.forecast is not None:  # re-book from what it has used so far
+                    resp = self.ctx[i] - self.prompt[i]
+                    b = self.forecast.booking(self.prompt[i], resp)
+                    self.loads[k].reserved_tokens += b - self.booked[i]
+                    self.booked[i] = b
                 t_back = t + self.lat[j]
                 heapq.heappush(e.arrivals, t_back)
                 self.push(t_back, _TOOL_DONE, i)
