@@ -107,10 +107,10 @@ async def test_no_server_environment_or_memory(sb):
     os.environ["TIRL_TEST_SECRET"] = "hunter2"
     try:
         me = os.getpid()
-        zyg = sb.isolation["pid"]
+        pids = (me, *sb.isolation["pids"].values())
         code = (
             "import os\nout = {'env': dict(os.environ)}\n"
-            f"for pid in ({me}, {zyg}):\n"
+            f"for pid in {pids}:\n"
             "    for what in ('environ', 'mem', 'maps'):\n"
             "        try:\n"
             "            with open(f'/proc/{pid}/{what}', 'rb') as f:\n"
@@ -215,7 +215,8 @@ async def test_server_environment_never_reaches_zygote():
         async with Sandbox(slots=1, preload=[]) as sb:
             r = await sb.run("import os; sorted(os.environ)")
             assert "TIRL_ZYGOTE_SECRET" not in r.stdout
-            with open(f"/proc/{sb.isolation['pid']}/environ", "rb") as f:
-                assert b"s3cret" not in f.read()
+            for pid in sb.isolation["pids"].values():
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    assert b"s3cret" not in f.read()
     finally:
         del os.environ["TIRL_ZYGOTE_SECRET"]

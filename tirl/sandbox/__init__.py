@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.types import ExecRequest, ExecResult
 
 if TYPE_CHECKING:
     from tirl.sandbox.client import SandboxClient
+    from tirl.sandbox.config import SandboxConfig
     from tirl.sandbox.pool import Sandbox
 
 __all__ = ["Sandbox", "SandboxClient", "SandboxConfig", "ExecRequest", "ExecResult",
@@ -24,7 +24,11 @@ __all__ = ["Sandbox", "SandboxClient", "SandboxConfig", "ExecRequest", "ExecResu
 
 
 def __getattr__(name: str):
-    # lazy: importing tirl.sandbox for its types must not pull in aiohttp or the pool
+    # lazy: the zygote imports this package and must stay small (no pydantic, no aiohttp)
+    if name == "SandboxConfig":
+        from tirl.sandbox.config import SandboxConfig
+
+        return SandboxConfig
     if name == "Sandbox":
         from tirl.sandbox.pool import Sandbox
 
@@ -36,9 +40,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'tirl.sandbox' has no attribute {name!r}")
 
 
-async def make_executor(cfg: SandboxConfig | None = None):
+async def make_executor(cfg: "SandboxConfig | None" = None):
     """A started tool executor: ``SandboxClient(cfg.url)`` when ``cfg.url`` is set, else an
     in-process :class:`Sandbox`. Close it with ``await ex.close()`` (or ``async with``)."""
+    from tirl.sandbox.config import SandboxConfig
+
     cfg = cfg or SandboxConfig()
     if cfg.url:
         from tirl.sandbox.client import SandboxClient

@@ -280,15 +280,19 @@ def seccomp_supported() -> bool:
 _SECCOMP_PROG = seccomp_filter()
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+# Built once at import (in the zygote), so that a child only pays for the prctl itself.
+_SECCOMP_BUF = ctypes.create_string_buffer(_SECCOMP_PROG, len(_SECCOMP_PROG))
+_SECCOMP_FPROG = _SockFprog(len(_SECCOMP_PROG) // 8, ctypes.cast(_SECCOMP_BUF, ctypes.c_void_p))
+_SECCOMP_FPROG_ADDR = ctypes.addressof(_SECCOMP_FPROG)
+
+
 def install_seccomp() -> None:
     """Install the filter on the calling process (needs no-new-privs or root first)."""
     if not seccomp_supported():
         raise OSError(errno.ENOSYS, f"seccomp filter not built for {platform.machine()}")
-    buf = ctypes.create_string_buffer(_SECCOMP_PROG, len(_SECCOMP_PROG))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = SockFprog(len(_SECCOMP_PROG) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, _SECCOMP_FPROG_ADDR, 0, 0),
            "prctl(PR_SET_SECCOMP)")

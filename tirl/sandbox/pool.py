@@ -16,8 +16,8 @@ event loop and never blocks it.
 
 from __future__ import annotations
 
+import ast
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -31,10 +31,11 @@ from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.metrics import SandboxMetrics
 from tirl.sandbox.runner import MEMORY_EXIT
 from tirl.sandbox.types import ExecRequest, ExecResult
+from tirl.sandbox.zygote_process import READY_TIMEOUT_S, ZygoteDied, ZygoteProcess
 
 CHILD_SETUP_FAILED = 70  # the zygote's child could not isolate itself (see zygote._child)
 KILL_GRACE_S = 10.0  # after asking for a kill, how long until the zygote counts as stuck
-READY_TIMEOUT_S = 120.0
+UID_SPAN = 65536  # uids from cfg.uid_base: one half per zygote
 
 
 def default_slots() -> int:
@@ -116,13 +117,44 @@ class _Session:
     ctl: socket.socket
     capture: _Capture
     exit_fut: asyncio.Future
+    zygote: ZygoteProcess
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
     overflowed: bool = False
 
 
-class _ZygoteDied(Exception):
-    pass
+# Standard-library modules the light zygote preloads (cheap to fork: ~10 MB heap).
+LIGHT_PRELOAD = ["math", "cmath", "fractions", "decimal", "itertools", "functools",
+                 "collections", "statistics", "random", "re", "json", "string", "heapq",
+                 "bisect", "operator", "typing", "dataclasses", "datetime", "time",
+                 "encodings.idna"]
+
+
+def imported_modules(code: str) -> set[str] | None:
+    """Top-level names of the modules ``code`` imports, or None if it does not parse."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def needs_full_zygote(code: str) -> bool:
+    """True when ``code`` imports anything outside the standard library (numpy, sympy, ...):
+    then it runs in the zygote with the full preload; plain-Python code runs in the light one,
+    whose forks are several times cheaper. Either can run any code: this only picks the
+    faster start."""
+    mods = imported_modules(code)
+    return bool(mods) and not mods <= _STDLIB
+
+
+_STDLIB = frozenset(sys.stdlib_module_names)
 
 
 class Sandbox:
@@ -133,30 +165,24 @@ class Sandbox:
 
     def __init__(self, cfg: SandboxConfig | None = None, **overrides):
         base = cfg or SandboxConfig()
-        self.cfg = base.model_copy(update=overrides) if overrides else base
         if overrides:
-            self.cfg = SandboxConfig.model_validate(self.cfg.model_dump())
+            base = SandboxConfig.model_validate({**base.model_dump(), **overrides})
+        self.cfg = base
         self.slots = self.cfg.slots or default_slots()
         self.metrics = SandboxMetrics()
         self._sem: asyncio.Semaphore | None = None
         self._waiting = 0
         self._busy = 0
         self._next_id = 0
-        self._pending: dict[int, asyncio.Future] = {}
         self._sessions: dict[str, _Session] = {}
         self._lost_sessions: OrderedDict[str, None] = OrderedDict()
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
-        self._proc: asyncio.subprocess.Process | None = None
-        self._sock: socket.socket | None = None
-        self._ready: asyncio.Event | None = None
-        self._zygote_info: dict = {}
+        self._full: ZygoteProcess | None = None
+        self._light: ZygoteProcess | None = None
         self._closing = False
         self._started = False
-        self._tasks: set[asyncio.Task] = set()
-        self._restart_task: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
-        self._generation = 0
 
     # --- lifecycle ------------------------------------------------------------------------
     async def __aenter__(self) -> Sandbox:
@@ -171,134 +197,55 @@ class Sandbox:
             return
         self._loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.slots)
-        self._ready = asyncio.Event()
         self._started = True
-        await self._start_zygote()
+        half = UID_SPAN // 2
+        self._full = ZygoteProcess("full", self.cfg.preload, self.cfg.uid_base, half,
+                                   on_dead=self._on_zygote_dead)
+        starts = [self._full.start()]
+        light_preload = [m for m in self.cfg.preload if m.split(".")[0] in _STDLIB]
+        if self.cfg.light_zygote and len(light_preload) < len(self.cfg.preload):
+            self._light = ZygoteProcess("light", sorted(set(light_preload) | set(LIGHT_PRELOAD)),
+                                        self.cfg.uid_base + half, half, on_dead=self._on_zygote_dead)
+            starts.append(self._light.start())
+        try:
+            await asyncio.gather(*starts)
+        except BaseException:
+            await self._close_zygotes()
+            self._started = False
+            raise
         self._sweeper = asyncio.create_task(self._sweep_sessions())
 
     async def close(self) -> None:
         if not self._started or self._closing:
             return
         self._closing = True
-        for t in (self._sweeper, self._restart_task):
-            if t is not None:
-                t.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for sess in list(self._sessions.values()):
             self._drop_session(sess, lost=False)
-        await self._stop_zygote()
-        self._fail_pending("sandbox_closed")
+        await self._close_zygotes()
+
+    async def _close_zygotes(self) -> None:
+        for z in (self._full, self._light):
+            if z is not None:
+                await z.close()
+
+    def _zygotes(self) -> list[ZygoteProcess]:
+        return [z for z in (self._full, self._light) if z is not None]
 
     @property
     def isolation(self) -> dict:
-        """What the zygote reported at start: network/mounts/seccomp/uid_drop and errors."""
-        return dict(self._zygote_info)
+        """What the (full) zygote reported at start: network/mounts/seccomp/uid_drop, errors,
+        its ``pid``, and ``pids`` of every zygote by name."""
+        info = dict(self._full.info) if self._full else {}
+        info["pids"] = {z.name: z.pid for z in self._zygotes()}
+        return info
 
-    async def _start_zygote(self) -> None:
-        parent, child = protocol.socketpair()
-        cfg = {"preload": self.cfg.preload, "uid_base": self.cfg.uid_base}
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": os.pathsep.join(
-                   p for p in sys.path if p)}
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tirl.sandbox.zygote", str(child.fileno()), json.dumps(cfg),
-            pass_fds=(child.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=None, start_new_session=True)
-        child.close()
-        parent.setblocking(False)
-        self._sock = parent
-        self._generation += 1
-        gen = self._generation
-        self._ready.clear()
-        self._loop.add_reader(parent.fileno(), self._on_zygote_readable, gen)
-        try:
-            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
-        except TimeoutError:
-            self._on_zygote_dead(gen, "zygote did not become ready")
-            raise RuntimeError(f"sandbox zygote did not start within {READY_TIMEOUT_S:.0f}s") from None
-
-    async def _stop_zygote(self) -> None:
-        if self._sock is not None:
-            try:
-                self._loop.remove_reader(self._sock.fileno())
-            except (ValueError, OSError):
-                pass
-            self._sock.close()
-            self._sock = None
-        if self._proc is not None and self._proc.returncode is None:
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
-        self._proc = None
-
-    def _on_zygote_readable(self, gen: int) -> None:
-        sock = self._sock
-        if sock is None or gen != self._generation:
-            return
-        while True:
-            try:
-                msg, fds, _f, _a = socket.recv_fds(sock, protocol.MAX_INLINE + 16, protocol.MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                msg, fds = b"", []
-            if not msg:
-                self._on_zygote_dead(gen, "zygote_died")
-                return
-            obj, _ = protocol.decode(msg, fds)
-            op = obj.get("op")
-            if op == "ready":
-                self._zygote_info = obj.get("info", {})
-                self._ready.set()
-            elif op in ("exit", "error"):
-                fut = self._pending.pop(int(obj["id"]), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(obj)
-
-    def _on_zygote_dead(self, gen: int, reason: str) -> None:
-        if gen != self._generation or self._sock is None:
-            return
-        try:
-            self._loop.remove_reader(self._sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self._sock.close()
-        self._sock = None
-        self._ready.clear()
-        self._fail_pending("zygote_died")
+    def _on_zygote_dead(self, z: ZygoteProcess) -> None:
+        self.metrics.zygote_restarts += 1
         for sess in list(self._sessions.values()):
-            self._drop_session(sess, lost=True)
-        if not self._closing:
-            self.metrics.zygote_restarts += 1
-            self._restart_task = asyncio.create_task(self._restart())
-
-    async def _restart(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-        if proc is not None:
-            await proc.wait()
-        delay = 0.1
-        while not self._closing:
-            try:
-                await self._start_zygote()
-                return
-            except Exception:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _fail_pending(self, reason: str) -> None:
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_result({"op": "dead", "reason": reason})
-
-    def _send(self, obj: dict, fds: list[int] = ()) -> None:
-        if self._sock is None:
-            raise _ZygoteDied()
-        protocol.send_nonblocking(self._sock, obj, fds)
+            if sess.zygote is z:
+                self._drop_session(sess, lost=True)
 
     # --- public API -----------------------------------------------------------------------
     async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
@@ -317,8 +264,12 @@ class Sandbox:
 
     def stats(self) -> dict:
         return {"slots": self.slots, "busy": self._busy, "queued": self._waiting,
-                "sessions": len(self._sessions), "zygote_ready": bool(self._ready and self._ready.is_set()),
+                "sessions": len(self._sessions), "zygote_ready": self._all_ready(),
                 "zygote_restarts": self.metrics.zygote_restarts, "isolation": self.isolation}
+
+    def _all_ready(self) -> bool:
+        zs = self._zygotes()
+        return bool(zs) and all(z.ready.is_set() for z in zs)
 
     def health(self) -> dict:
         info = self.isolation
@@ -332,7 +283,7 @@ class Sandbox:
             warnings.append("no seccomp filter on this machine")
         if info and not info.get("mounts"):
             warnings.append("no private /tmp: user code can write to world-writable dirs")
-        ok = bool(self._ready and self._ready.is_set())
+        ok = self._all_ready()
         return {"status": "ok" if ok else "starting", **self.stats(), "warnings": warnings}
 
     def metrics_text(self) -> str:
@@ -357,17 +308,17 @@ class Sandbox:
         queue_ms = (time.monotonic() - t_arrive) * 1000
         self._busy += 1
         try:
-            if not self._ready.is_set():
-                try:
-                    await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
-                except TimeoutError:
-                    return self._record(ExecResult("infra_error", reason="zygote_unavailable",
-                                                   queue_ms=queue_ms, session_id=req.session_id))
             if req.session_id is not None:
                 res = await self._run_session_cell(req, timeout)
             else:
-                res = await self._run_once(req, timeout)
-        except _ZygoteDied:
+                zyg = self._full
+                if self._light is not None and not needs_full_zygote(req.code):
+                    zyg = self._light
+                if not await self._wait_ready(zyg):
+                    res = ExecResult("infra_error", reason="zygote_unavailable")
+                else:
+                    res = await self._run_once(zyg, req, timeout)
+        except ZygoteDied:
             res = ExecResult("infra_error", reason="zygote_died", session_id=req.session_id)
         except Exception as err:  # never drop a request: report the service's failure
             res = ExecResult("infra_error", reason=f"internal: {type(err).__name__}: {err}",
@@ -377,6 +328,16 @@ class Sandbox:
             self._sem.release()
         res.queue_ms = queue_ms
         return self._record(res)
+
+    @staticmethod
+    async def _wait_ready(z: ZygoteProcess) -> bool:
+        if z.ready.is_set():
+            return True
+        try:
+            await asyncio.wait_for(z.ready.wait(), READY_TIMEOUT_S)
+            return True
+        except TimeoutError:
+            return False
 
     def _record(self, res: ExecResult) -> ExecResult:
         self.metrics.record(res.status, res.exec_ms, res.queue_ms, res.reason)
@@ -394,7 +355,7 @@ class Sandbox:
         return self._next_id
 
     # --- one-shot calls ---------------------------------------------------------------------
-    async def _run_once(self, req: ExecRequest, timeout: float) -> ExecResult:
+    async def _run_once(self, zyg: ZygoteProcess, req: ExecRequest, timeout: float) -> ExecResult:
         cid = self._new_id()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -402,18 +363,15 @@ class Sandbox:
 
         def overflow() -> None:
             flags["overflow"] = True
-            self._kill(cid)
+            zyg.kill(cid)
 
         cap = _Capture(self._loop, out_r, err_r, self.cfg.max_output_bytes, overflow)
-        fut = self._loop.create_future()
-        self._pending[cid] = fut
         limits = self._limits(timeout, False)
         t0 = time.monotonic()
         try:
-            self._send({"op": "spawn", "id": cid, "mode": "run", "code": req.code,
-                        "stdin": req.stdin, "limits": limits}, [out_w, err_w])
+            fut = zyg.spawn(cid, {"mode": "run", "code": req.code, "stdin": req.stdin,
+                                  "limits": limits}, [out_w, err_w])
         except Exception:
-            self._pending.pop(cid, None)
             cap.close()
             raise
         finally:
@@ -424,11 +382,10 @@ class Sandbox:
             done = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             timed_out = True
-            self._kill(cid)
+            zyg.kill(cid)
             try:
                 done = await asyncio.wait_for(fut, KILL_GRACE_S)
             except TimeoutError:
-                self._pending.pop(cid, None)
                 done = {"op": "dead", "reason": "kill_timeout"}
         exec_ms = (time.monotonic() - t0) * 1000
         if done.get("op") == "exit":
@@ -443,12 +400,6 @@ class Sandbox:
         res.stdout, res.stderr, res.exec_ms = out, err, exec_ms
         res.truncated = flags["overflow"]
         return res
-
-    def _kill(self, cid: int) -> None:
-        try:
-            self._send({"op": "kill", "id": cid})
-        except (_ZygoteDied, OSError):
-            pass
 
     @staticmethod
     def _classify(done: dict, timed_out: bool, overflow: bool, cpu_s: float) -> ExecResult:
@@ -501,9 +452,11 @@ class Sandbox:
         if sess is None:
             reset_before = sid in self._lost_sessions
             self._lost_sessions.pop(sid, None)
+            if not await self._wait_ready(self._full):
+                return ExecResult("infra_error", reason="zygote_unavailable", session_id=sid)
             if not self._make_room_for_session():
                 return ExecResult("infra_error", reason="too_many_sessions", session_id=sid)
-            sess = self._spawn_session(sid, req, limits)
+            sess = self._spawn_session(self._full, sid, req, limits)
         else:
             try:
                 protocol.send_nonblocking(sess.ctl, {"code": req.code, "stdin": req.stdin,
@@ -521,7 +474,7 @@ class Sandbox:
         res.session_reset = res.session_reset or reset_before
         return res
 
-    def _spawn_session(self, sid: str, req: ExecRequest, limits: dict) -> _Session:
+    def _spawn_session(self, zyg: ZygoteProcess, sid: str, req: ExecRequest, limits: dict) -> _Session:
         cid = self._new_id()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -533,16 +486,13 @@ class Sandbox:
             s = holder.get("s")
             if s is not None:
                 s.overflowed = True
-            self._kill(cid)
+            zyg.kill(cid)
 
         cap = _Capture(self._loop, out_r, err_r, self.cfg.max_output_bytes, overflow)
-        fut = self._loop.create_future()
-        self._pending[cid] = fut
         try:
-            self._send({"op": "spawn", "id": cid, "mode": "session", "code": req.code,
-                        "stdin": req.stdin, "limits": limits}, [out_w, err_w, ctl_child.fileno()])
+            fut = zyg.spawn(cid, {"mode": "session", "code": req.code, "stdin": req.stdin,
+                                  "limits": limits}, [out_w, err_w, ctl_child.fileno()])
         except Exception:
-            self._pending.pop(cid, None)
             cap.close()
             ctl_parent.close()
             raise
@@ -550,7 +500,7 @@ class Sandbox:
             os.close(out_w)
             os.close(err_w)
             ctl_child.close()
-        sess = _Session(sid, cid, ctl_parent, cap, fut)
+        sess = _Session(sid, cid, ctl_parent, cap, fut, zyg)
         holder["s"] = sess
         self._sessions[sid] = sess
         return sess
@@ -572,7 +522,7 @@ class Sandbox:
         timed_out = not done
         overflow = sess.overflowed
         if not sess.exit_fut.done():
-            self._kill(sess.cid)
+            sess.zygote.kill(sess.cid)
             try:
                 await asyncio.wait_for(asyncio.shield(sess.exit_fut), KILL_GRACE_S)
             except TimeoutError:
@@ -608,7 +558,7 @@ class Sandbox:
             while len(self._lost_sessions) > 65536:
                 self._lost_sessions.popitem(last=False)
         if not sess.exit_fut.done():
-            self._kill(sess.cid)
+            sess.zygote.kill(sess.cid)
         try:
             sess.ctl.close()
         except OSError:

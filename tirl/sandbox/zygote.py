@@ -83,6 +83,9 @@ class Zygote:
         _warm()
         info["preload_failed"] = failed
         info["pid"] = os.getpid()
+        if dict(os.environ) != CHILD_ENV:  # normally already scrubbed by the supervisor
+            os.environ.clear()
+            os.environ.update(CHILD_ENV)
         self.info = info
         gc.collect()
         gc.freeze()  # keep the warm heap shared with children (no copy-on-write from GC)
@@ -282,8 +285,7 @@ def _child(msg: dict, fds: list[int], uid: int, workdir: str, info: dict) -> int
     isolation.set_no_new_privs()
     if info.get("seccomp"):
         isolation.install_seccomp()
-    os.environ.clear()
-    os.environ.update(CHILD_ENV)
+    # the zygote's own environment is already exactly CHILD_ENV (see Zygote.setup)
     os.environ["HOME"] = workdir
     os.environ["TMPDIR"] = workdir
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
