@@ -2,8 +2,9 @@
 
 Throughput (checks/s) on two mixes of full responses (``<reason>…<answer>\\boxed{…}</answer>``):
 - typical: an RL batch — 80% integers (half right, some with separators), 10% fractions and
-  decimals, 10% expressions (radicals, π, powers);
-- hard: only answers that need algebra (radicals, π, expressions, intervals, sets, matrices).
+  decimals, 7% radicals, π and powers, 3% polynomial expressions in x;
+- hard: only answers that need algebra (radicals, π, rationalised fractions, polynomials,
+  equations, intervals, sets vs tuples, matrices).
 Baseline, in the same run: ``math_verify.verify(parse(gold), parse(response))`` one item
 after another in this process (how it is usually called). Every answer value is distinct so
 neither side profits from math-verify's parse cache.
@@ -52,20 +53,20 @@ def typical_mix(n: int, seed: int = 0) -> list[tuple[str, str]]:
     for i in range(n):
         r = rng.random()
         if r < 0.8:
-            gold = rng.randint(1, 10 ** rng.randint(1, 6)) + i * 10 ** 7
+            gold = rng.randint(1, 10 ** rng.randint(1, 6)) + (i + seed * n) * 10 ** 7
             pred = gold if rng.random() < 0.5 else gold + rng.choice([-1, 1, 10, 7])
             spelled = f"{pred:,}" if rng.random() < 0.2 else str(pred)
             items.append((_response(spelled, rng), str(gold)))
         elif r < 0.9:
-            a, b = rng.randint(1, 99) + i, rng.randint(2, 9)
+            a, b = rng.randint(1, 99) + i + seed * n, rng.randint(2, 9)
             gold = f"\\frac{{{a}}}{{{b}}}"
             if rng.random() < 0.5:
                 pred = f"{a}/{b}" if b not in (2, 4, 5, 8) else str(a / b)
             else:
                 pred = f"\\frac{{{a + 1}}}{{{b}}}"
             items.append((_response(pred, rng), gold))
-        else:
-            k = rng.randint(2, 50) + i
+        elif r < 0.97:
+            k = rng.randint(2, 50) + i + seed * n
             form = rng.randrange(3)
             if form == 0:
                 gold, pred = f"{k}\\sqrt{{2}}", rng.choice([f"\\sqrt{{{2 * k * k}}}", f"{k + 1}\\sqrt{{2}}"])
@@ -74,6 +75,11 @@ def typical_mix(n: int, seed: int = 0) -> list[tuple[str, str]]:
             else:
                 gold, pred = f"{k}^{{2}}", rng.choice([str(k * k), str(k * k + 1)])
             items.append((_response(pred, rng), gold))
+        else:  # an expression in x
+            k = rng.randint(2, 50) + i + seed * n
+            gold = f"x^2+{2 * k}x+{k * k}"
+            pred = rng.choice([f"(x+{k})^2", f"(x+{k})^2+1"])
+            items.append((_response(pred, rng), gold))
     return items
 
 
@@ -81,8 +87,8 @@ def hard_mix(n: int, seed: int = 1) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     items = []
     for i in range(n):
-        k = i + 2
-        form = rng.randrange(6)
+        k = i + 2 + seed * n  # distinct values per seed: no parse-cache hits across repeats
+        form = rng.randrange(8)
         if form == 0:
             gold, pred = f"\\sqrt{{{4 * k}}}", rng.choice([f"2\\sqrt{{{k}}}", f"3\\sqrt{{{k}}}"])
         elif form == 1:
@@ -95,8 +101,13 @@ def hard_mix(n: int, seed: int = 1) -> list[tuple[str, str]]:
         elif form == 4:
             gold = f"\\begin{{pmatrix}}{k}&1\\\\0&{k}\\end{{pmatrix}}"
             pred = rng.choice([gold, f"\\begin{{pmatrix}}{k}&0\\\\1&{k}\\end{{pmatrix}}"])
-        else:
+        elif form == 5:
             gold, pred = f"\\frac{{{k}\\pi}}{{6}}", rng.choice([f"\\frac{{{2 * k}\\pi}}{{12}}", f"{k}\\pi"])
+        elif form == 6:
+            gold, pred = f"y = {k}x + 1", rng.choice([f"y = 1 + {k}x", f"y = {k}x - 1"])
+        else:
+            gold, pred = f"\\frac{{1}}{{1+\\sqrt{{{k}}}}}", rng.choice(
+                [f"\\frac{{\\sqrt{{{k}}}-1}}{{{k - 1}}}", f"\\frac{{\\sqrt{{{k}}}+1}}{{{k - 1}}}"])
         items.append((_response(pred, rng), gold))
     return items
 
@@ -146,9 +157,12 @@ def main() -> None:
     with Grader(workers=args.workers, timeout_s=args.timeout) as grader:
         report["workers"] = grader.workers
         run_grader(grader, hard_mix(8, seed=99))  # wait for the workers to be up
-        for name, items in [("typical", typical_mix(args.n)), ("hard", hard_mix(args.n_hard))]:
+        for name in ("typical", "hard"):
             runs = []
             for rep in range(args.repeats):
+                # fresh values each repeat: neither side may profit from a parse cache
+                items = typical_mix(args.n, seed=rep) if name == "typical" else \
+                    hard_mix(args.n_hard, seed=rep + 1)
                 mv_s, mv_v = run_math_verify(items)
                 tl_s, tl_g = run_grader(grader, items)
                 agree = sum(a == g.correct for a, g in zip(mv_v, tl_g)) / len(items)

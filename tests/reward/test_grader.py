@@ -30,9 +30,9 @@ async def test_batch_mixes_fast_symbolic_and_no_answer_in_order(grader):
     items = [
         (boxed("1,000"), "1000"),
         (boxed("999"), "1000"),
-        (boxed(r"(x+1)^2"), r"x^2+2x+1"),
+        (boxed(r"\frac{1}{\sqrt{2}+1}"), r"\sqrt{2}-1"),
         ("I give up", "3"),
-        (boxed(r"x^2+1"), r"(x+1)^2"),
+        (boxed(r"\ln 8"), r"2\ln 2"),
         (boxed(r"\{2,1\}"), r"\{1,2\}"),
         (boxed(r"\frac{\pi}{3}"), r"\frac{\pi}{6}"),
     ]
@@ -41,7 +41,7 @@ async def test_batch_mixes_fast_symbolic_and_no_answer_in_order(grader):
                                        "incorrect", "correct", "incorrect"]
     assert [g.method for g in res] == ["fast", "fast", "symbolic", "extract", "symbolic", "fast",
                                        "fast"]
-    assert res[2].extracted == r"(x+1)^2" and res[2].gold == r"x^2+2x+1"
+    assert res[2].extracted == r"\frac{1}{\sqrt{2}+1}" and res[2].gold == r"\sqrt{2}-1"
 
 
 async def test_single_grade(grader):

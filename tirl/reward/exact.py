@@ -1,12 +1,15 @@
-"""Exact values of radical and π answers, without sympy: ``exact_value(latex)``.
+"""Exact values of radical, π and polynomial answers, without sympy: ``exact_value(latex)``.
 
 Competition answers are mostly numbers of the form ``q·√n·π^k`` and sums of them
-(``2\\sqrt{3}``, ``\\frac{\\pi}{4}``, ``1+\\sqrt{2}``, ``\\frac{3\\sqrt{2}}{4}``). Such a value
-has a unique canonical form: a sum of monomials ``q·√n·π^k`` with ``q`` rational, ``n`` a
-squarefree integer and ``k`` an integer, because the square roots of distinct squarefree
-integers are linearly independent over ℚ and π is transcendental. So two answers in this
-class are equal exactly when their canonical forms are equal — no floating point, no
-simplification heuristics, and a definite "not equal" otherwise.
+(``2\\sqrt{3}``, ``\\frac{\\pi}{4}``, ``1+\\sqrt{2}``, ``\\frac{3\\sqrt{2}}{4}``), or polynomials
+in a variable (``x^2+2x+1``). Such a value has a unique canonical form: a sum of terms
+``q·√n·π^k·x^a·y^b…`` with ``q`` rational, ``n`` a squarefree integer and integer
+exponents, because the square roots of distinct squarefree integers are linearly
+independent over ℚ, π is transcendental, and variables are independent. So two answers in
+this class are equal exactly when their canonical forms are equal — no floating point, no
+simplification heuristics, and a definite "not equal" otherwise. Variables are single
+lower-case letters other than ``e``, ``i``, ``l``; two letters side by side (``xy``, a word,
+``f(x)``; ``n(n+1)`` is a product) are left to sympy.
 
 The parser covers integers, decimals, ``\\frac``, ``\\sqrt{}``, ``\\sqrt[m]{}`` of perfect
 powers, ``\\pi``, ``+ - * / \\cdot \\times``, implicit products, ``^`` with integer (or
@@ -22,17 +25,36 @@ import math
 import re
 from fractions import Fraction
 
-Key = tuple[int, int]  # (squarefree radicand n, power of pi k)
+Mono = tuple[tuple[str, int], ...]  # variables and their (nonzero) exponents, sorted
+Key = tuple[int, int, Mono]  # (squarefree radicand n, power of pi k, monomial in variables)
 Value = dict[Key, Fraction]
 
 _MAX_BITS = 4096
 _MAX_PI = 6
 _TOKEN = re.compile(r"\d+\.\d*|\.\d+|\d+|\\[a-zA-Z]+|π|√|[-+*/^(){}\[\]]|\S")
+# e and i are constants, not variables; capitals are often set names or option letters
+_NOT_VARIABLES = set("eiEIOl") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# letters that multiply a parenthesis (n(n+1)); any other letter before "(" may be a function
+_FACTORS = set("abckmntxyz")
 _SMALL_PRIMES = [p for p in range(2, 1000) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
+
+
+ONE: Key = (1, 0, ())
 
 
 class _NotExact(Exception):
     pass
+
+
+def _mono_mul(a: Mono, b: Mono, sign: int) -> Mono:
+    exps = dict(a)
+    for var, e in b:
+        exps[var] = exps.get(var, 0) + sign * e
+    return tuple(sorted((v, e) for v, e in exps.items() if e != 0))
+
+
+def _mono_pow(a: Mono, n: int) -> Mono:
+    return tuple((v, e * n) for v, e in a if e * n != 0)
 
 
 def _squarefree(m: int) -> tuple[int, int]:
@@ -58,15 +80,15 @@ def _squarefree(m: int) -> tuple[int, int]:
 
 
 def _check(v: Value) -> Value:
-    for (n, k), q in v.items():
-        if abs(k) > _MAX_PI or q.numerator.bit_length() > _MAX_BITS or \
+    for (n, k, mono), q in v.items():
+        if abs(k) > _MAX_PI or len(mono) > 8 or any(abs(e) > 64 for _, e in mono) or q.numerator.bit_length() > _MAX_BITS or \
                 q.denominator.bit_length() > _MAX_BITS:
             raise _NotExact
     return {key: q for key, q in v.items() if q != 0}
 
 
 def _const(q: Fraction) -> Value:
-    return {(1, 0): q} if q else {}
+    return {ONE: q} if q else {}
 
 
 def _add(a: Value, b: Value) -> Value:
@@ -82,11 +104,11 @@ def _neg(a: Value) -> Value:
 
 def _mul(a: Value, b: Value) -> Value:
     out: Value = {}
-    for (n1, k1), q1 in a.items():
-        for (n2, k2), q2 in b.items():
+    for (n1, k1, m1), q1 in a.items():
+        for (n2, k2, m2), q2 in b.items():
             g = math.gcd(n1, n2)
             n = (n1 // g) * (n2 // g)  # √n1·√n2 = g·√(n1 n2 / g²), and n1 n2/g² is squarefree
-            key = (n, k1 + k2)
+            key = (n, k1 + k2, _mono_mul(m1, m2, 1))
             out[key] = out.get(key, Fraction(0)) + q1 * q2 * g
     return _check(out)
 
@@ -94,15 +116,15 @@ def _mul(a: Value, b: Value) -> Value:
 def _inverse(a: Value) -> Value:
     if len(a) != 1:
         raise _NotExact  # 1 / (sum): rationalising is sympy's job
-    ((n, k), q), = a.items()
-    return _check({(n, -k): 1 / (q * n)})  # 1/(q√n π^k) = √n / (q n) · π^-k
+    ((n, k, mono), q), = a.items()
+    return _check({(n, -k, _mono_pow(mono, -1)): 1 / (q * n)})  # 1/(q√n π^k) = √n/(q n)·π^-k
 
 
 def _rational(a: Value) -> Fraction | None:
     if not a:
         return Fraction(0)
-    if len(a) == 1 and (1, 0) in a:
-        return a[(1, 0)]
+    if len(a) == 1 and ONE in a:
+        return a[ONE]
     return None
 
 
@@ -112,7 +134,7 @@ def _sqrt_rational(q: Fraction) -> Value:
     if q == 0:
         return {}
     s, r = _squarefree(q.numerator * q.denominator)  # √(a/b) = √(ab)/b
-    return _check({(r, 0): Fraction(s, q.denominator)})
+    return _check({(r, 0, ()): Fraction(s, q.denominator)})
 
 
 def _root_rational(q: Fraction, m: int) -> Value:
@@ -156,11 +178,11 @@ def _pow(a: Value, e: Fraction) -> Value:
     if len(a) > 1 and n > 8:
         raise _NotExact
     if len(a) == 1:
-        ((r, k), q), = a.items()
+        ((r, k, mono), q), = a.items()
         if q.numerator.bit_length() * n > _MAX_BITS or q.denominator.bit_length() * n > _MAX_BITS:
             raise _NotExact
         half, odd = divmod(n, 2)  # (√r)^n = r^(n//2) · √r^(n%2)
-        return _check({(r if odd else 1, k * n): q ** n * Fraction(r) ** half})
+        return _check({(r if odd else 1, k * n, _mono_pow(mono, n)): q ** n * Fraction(r) ** half})
     out = _const(Fraction(1))
     for _ in range(n):
         out = _mul(out, a)
@@ -171,6 +193,9 @@ class _Parser:
     def __init__(self, text: str):
         self.toks = _TOKEN.findall(text)
         self.i = 0
+        for a, b in zip(self.toks, self.toks[1:]):
+            if _is_letter(a) and (_is_letter(b) or (b == "(" and a not in _FACTORS)):
+                raise _NotExact  # "yes", "xy", "f(x)": a word, a product or a function call
 
     def peek(self) -> str | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -224,7 +249,8 @@ class _Parser:
 
     @staticmethod
     def _starts_primary(tok: str) -> bool:
-        return _is_number(tok) or tok in ("\\pi", "π", "\\frac", "\\sqrt", "√", "(", "{")
+        return _is_number(tok) or tok in ("\\pi", "π", "\\frac", "\\sqrt", "√", "(", "{") or \
+            _is_letter(tok)
 
     def power(self) -> Value:
         base = self.primary()
@@ -259,7 +285,9 @@ class _Parser:
         if _is_number(tok):
             return _const(_number(tok))
         if tok in ("\\pi", "π"):
-            return {(1, 1): Fraction(1)}
+            return {(1, 1, ()): Fraction(1)}
+        if _is_letter(tok) and tok not in _NOT_VARIABLES:
+            return {(1, 0, ((tok, 1),)): Fraction(1)}
         if tok == "(":
             v = self.expr()
             self.take(")")
@@ -288,6 +316,10 @@ class _Parser:
         raise _NotExact
 
 
+def _is_letter(tok: str) -> bool:
+    return len(tok) == 1 and tok.isascii() and tok.isalpha()
+
+
 def _is_number(tok: str) -> bool:
     return tok[:1].isdigit() or (tok[:1] == "." and tok[1:2].isdigit())
 
@@ -308,3 +340,8 @@ def exact_value(text: str) -> Value | None:
 
 def is_rational(v: Value) -> bool:
     return _rational(v) is not None
+
+
+def has_irrational(v: Value) -> bool:
+    """Whether a term has a square root or a power of π (variables do not count)."""
+    return any(n != 1 or k != 0 for n, k, _ in v)

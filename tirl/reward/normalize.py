@@ -15,8 +15,11 @@ decide exactly, and ``None`` ("undecided, ask the symbolic checker") otherwise. 
 - identical strings after this normalization.
 
 It never says ``True`` for two different values; anything it is unsure of is ``None``.
-What it does not do: algebra (radicals, π, expressions, equations) — that is
-``tirl.reward.symbolic``'s job, in a worker process.
+- radicals, π and polynomials in single-letter variables, by exact canonical forms
+  (``tirl.reward.exact``).
+
+What it does not do: general algebra (functions, logarithms, equations, rationalising
+denominators, matrices) — that is ``tirl.reward.symbolic``'s job, in a worker process.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from tirl.reward.exact import exact_value, is_rational
+from tirl.reward.exact import exact_value, has_irrational
 
 _DELIMS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA-Z])|"
@@ -247,7 +250,7 @@ def fast_equal(pred: str, gold: str) -> bool | None:
     pe, ge = exact_value(p), exact_value(g)
     if pe is None or ge is None:
         return None
-    if (_DECIMAL.search(p) or _DECIMAL.search(g)) and not (is_rational(pe) and is_rational(ge)):
+    if (_DECIMAL.search(p) or _DECIMAL.search(g)) and (has_irrational(pe) or has_irrational(ge)):
         return None  # a decimal vs an irrational: math-verify's rounding rule decides
     return pe == ge
 
