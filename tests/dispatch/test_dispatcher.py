@@ -214,3 +214,16 @@ def test_constructor_errors_name_the_value():
         Dispatcher([FakeEngine(0)], capacity_tokens=[1, 2])
     with pytest.raises(ValueError, match="at least one engine"):
         Dispatcher([], "kv")
+
+
+def test_dispatcher_from_a_config_section():
+    from tirl.dispatch import dispatcher_for
+    from tirl.dispatch.config import DispatchConfig
+
+    cfg = DispatchConfig(policy="kv", kv_capacity_tokens=5000, group_affinity=True, kv_booking="forecast",
+                         max_retries=4)
+    d = dispatcher_for(cfg, [FakeEngine(0), FakeEngine(1)])
+    assert d.policy == "kv" and d.group_affinity and d.booking == "forecast" and d.max_retries == 4
+    assert [ld.capacity_tokens for ld in d.loads] == [5000, 5000]
+    with pytest.raises(ValueError, match="dispatch.engines is empty"):
+        dispatcher_for(DispatchConfig())

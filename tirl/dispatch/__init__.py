@@ -14,6 +14,7 @@ from tirl.dispatch.dispatcher import (
     EngineUnavailable,
     LeasedEngine,
     NoEngineAvailable,
+    dispatcher_for,
     is_engine_failure,
 )
 from tirl.dispatch.policy import EngineLoad, choose_engine
@@ -27,5 +28,6 @@ __all__ = [
     "LeasedEngine",
     "NoEngineAvailable",
     "choose_engine",
+    "dispatcher_for",
     "is_engine_failure",
 ]

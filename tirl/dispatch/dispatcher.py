@@ -496,3 +496,23 @@ class Dispatcher:
                 raise
             except Exception as err:  # never let the reader die silently
                 log.warning("dispatch: metrics refresh failed: %r", err)
+
+
+def dispatcher_for(cfg: DispatchConfig, engines: Sequence[Any] | None = None, *, model: str | None = None,
+                   **kw: Any) -> Dispatcher:
+    """The dispatcher of a ``[dispatch]`` section.
+
+    Over ``engines`` when given, else over one OpenAI-compatible client per URL in
+    ``cfg.engines`` (``tirl.engines.openai.OpenAIEngine(url, model)``), whose ``/metrics``
+    are then read for live correction.
+    """
+    if engines is None:
+        if not cfg.engines:
+            raise ValueError("dispatch.engines is empty: give engine URLs or pass engines=")
+        try:
+            from tirl.engines.openai import OpenAIEngine  # type: ignore[import-not-found]
+        except ImportError as err:  # pragma: no cover - depends on the engines part
+            raise RuntimeError(f"tirl.engines.openai is not available ({err}); pass engines=") from err
+        engines = [OpenAIEngine(url, model) for url in cfg.engines]
+        kw.setdefault("metrics_urls", list(cfg.engines))
+    return Dispatcher.from_config(cfg, engines, **kw)
