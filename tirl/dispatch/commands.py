@@ -45,9 +45,20 @@ def _simulate(args: argparse.Namespace) -> int:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
+    from pydantic import ValidationError
+
     try:
         cfg = scenario_config(args.scenario, **overrides)
-    except ValueError as err:  # pydantic errors and unknown scenarios, in words
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(x) for x in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  - unknown key {key!r} (see `tirl dispatch simulate --help` and SimConfig)")
+            else:
+                lines.append(f"  - {key} = {e.get('input')!r}: {e['msg']}")
+        raise ConfigError("dispatch simulate: invalid settings:\n" + "\n".join(lines)) from None
+    except ValueError as err:  # unknown scenario
         raise ConfigError(f"dispatch simulate: {err}") from None
     t0 = time.perf_counter()
     results = compare_policies(cfg, policies)
