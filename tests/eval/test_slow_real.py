@@ -61,3 +61,29 @@ async def test_tiny_local_model_real_sandbox_real_grader(tmp_path, data_dir):
     assert all(r.status in ("correct", "incorrect", "no_answer", "truncated") for r in recs)
     assert 0.0 <= s.avg_at_k.value <= 1.0
     assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_cli_in_process_model_end_to_end(tmp_path, data_dir, capsys):
+    """`tirl eval --model DIR` exactly as a user runs it (load_model, LocalEngine, sandbox, grader)."""
+    pytest.importorskip("tirl.engines.models", reason="load_model (issue 5) is not in this tree")
+    from tirl.cli import main
+
+    model_dir, _, _ = tiny_model_dir(tmp_path, data_dir)
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(model_dir), "--benchmark", "aime24,amc23", "--limit", "2",
+            "--k", "2", "--temperature", "1.0", "--max-tokens", "40", "--max-turns", "2",
+            "--data-dir", str(data_dir), "--output", str(out), "--bootstrap", "50", "--no-progress",
+            "--set", "sandbox.slots=2", "--set", "reward.workers=1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| aime24 | 2 |" in printed and "| amc23 | 2 |" in printed
+    rep = json.loads((out / "report.json").read_text())
+    assert [b["benchmark"] for b in rep["benchmarks"]] == ["aime24", "amc23"]
+    assert all(b["samples"] == 4 for b in rep["benchmarks"])
+    assert rep["settings"]["model"] == str(model_dir)
+    # the same command again resumes: nothing new is sampled, the numbers are unchanged
+    assert main(argv) == 0
+    rep2 = json.loads((out / "report.json").read_text())
+    assert [b["avg_at_k"] for b in rep2["benchmarks"]] == [b["avg_at_k"] for b in rep["benchmarks"]]
+    lines = (out / "samples" / "aime24.jsonl").read_text().splitlines()
+    assert len(lines) == 4

