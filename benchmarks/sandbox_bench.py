@@ -133,6 +133,24 @@ async def bench(quick: bool, slots: int) -> dict:
             "naive_cells_per_s": round(b["per_s"] * cells, 1),
             "throughput_ratio": round(o["per_s"] / b["per_s"], 2)}
 
+        # steady state: 64 live sessions, 20 cells each (no session start in the clock)
+        await asyncio.gather(*(sb.run("acc = []", session_id=f"steady-{i}") for i in range(64)))
+        cells_each = max(5, int(20 * scale))
+
+        async def steady(i):
+            for k in range(cells_each):
+                r = await sb.run(f"acc.append({k})\nlen(acc)", session_id=f"steady-{i}")
+                if not r.ok:
+                    return r.status
+            return "ok"
+
+        o = await _capped(range(64), 64, steady)
+        sc["session_steady_c64"] = {"cells": 64 * cells_each,
+                                    "cells_per_s": round(o["per_s"] * cells_each, 1),
+                                    "statuses": o["statuses"]}
+        for i in range(64):
+            await sb.close_session(f"steady-{i}")
+
         # mix: 90% trivial, 5% sympy, 5% spinning until a 1 s timeout
         def mix(m: int) -> list[tuple[str, float | None]]:
             items = []

@@ -36,6 +36,7 @@ async def _run_with_cap(sb, reqs, in_flight):
     return await asyncio.gather(*(one(r) for r in reqs))
 
 
+@pytest.mark.slow
 async def test_1000_requests_at_64_in_flight_no_zombies():
     async with Sandbox(slots=8, preload=["math"]) as sb:
         reqs = [ExecRequest(f"print({i} * 2)") for i in range(900)]

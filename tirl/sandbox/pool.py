@@ -506,11 +506,41 @@ class Sandbox:
         return sess
 
     async def _await_cell(self, sess: _Session, timeout: float, cpu_s: float) -> ExecResult:
-        recv = asyncio.ensure_future(self._loop.sock_recv(sess.ctl, 4096))
-        done, _ = await asyncio.wait({recv, sess.exit_fut}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if recv in done and recv.exception() is None and recv.result() and not sess.overflowed:
-            obj, _ = protocol.decode(recv.result(), [])
+        # plain callbacks instead of tasks + asyncio.wait: this is the hot path of sessions
+        loop = self._loop
+        fut = loop.create_future()
+        fd = sess.ctl.fileno()
+
+        def settle(kind: str, data: bytes = b"") -> None:
+            if not fut.done():
+                fut.set_result((kind, data))
+
+        def readable() -> None:
+            try:
+                data = sess.ctl.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            settle("msg" if data else "eof", data)
+
+        def exited(_f: asyncio.Future) -> None:
+            settle("exit")
+
+        loop.add_reader(fd, readable)
+        sess.exit_fut.add_done_callback(exited)
+        timer = loop.call_later(timeout, settle, "timeout")
+        try:
+            kind, data = await fut
+        finally:
+            timer.cancel()
+            sess.exit_fut.remove_done_callback(exited)
+            try:
+                loop.remove_reader(fd)
+            except (ValueError, OSError):
+                pass
+        if kind == "msg" and not sess.overflowed:
+            obj, _ = protocol.decode(data, [])
             sess.capture.drain()
             out, err = sess.capture.take()
             kind, code = obj.get("kind"), int(obj.get("exit_code", 0))
@@ -518,8 +548,7 @@ class Sandbox:
             return ExecResult(status, stdout=out, stderr=err, exit_code=code,
                               reason="memory_limit" if status == "memory" else None)
         # the worker is gone or must go: the session's state is lost
-        recv.cancel()
-        timed_out = not done
+        timed_out = kind == "timeout"
         overflow = sess.overflowed
         if not sess.exit_fut.done():
             sess.zygote.kill(sess.cid)

@@ -131,7 +131,7 @@ class Zygote:
                 if pid is not None:
                     isolation.kill_uid(self.children[pid][1])
             elif op == "ping":
-                protocol.send(self.sock, {"op": "pong", "live": len(self.children)})
+                self.send({"op": "pong", "live": len(self.children)})
         finally:
             for fd in fds:
                 try:
@@ -142,7 +142,7 @@ class Zygote:
     def spawn(self, msg: dict, fds: list[int]) -> None:
         cid = int(msg["id"])
         if not self.free_uids:
-            protocol.send(self.sock, {"op": "error", "id": cid, "reason": "no_free_uid"})
+            self.send({"op": "error", "id": cid, "reason": "no_free_uid"})
             return
         uid = self.free_uids.popleft()
         workdir = os.path.join(WORK_ROOT, f"c{cid}")
@@ -151,14 +151,14 @@ class Zygote:
             os.chown(workdir, uid, uid)
         except OSError as err:
             self.free_uids.append(uid)
-            protocol.send(self.sock, {"op": "error", "id": cid, "reason": f"workdir: {err}"})
+            self.send({"op": "error", "id": cid, "reason": f"workdir: {err}"})
             return
         try:
             pid = os.fork()
         except OSError as err:
             self.free_uids.append(uid)
             shutil.rmtree(workdir, ignore_errors=True)
-            protocol.send(self.sock, {"op": "error", "id": cid, "reason": f"fork failed: {err}"})
+            self.send({"op": "error", "id": cid, "reason": f"fork failed: {err}"})
             return
         if pid == 0:
             code = 70
@@ -172,6 +172,13 @@ class Zygote:
             os._exit(code)
         self.children[pid] = (cid, uid, workdir)
         self.by_id[cid] = pid
+
+    def send(self, obj: dict) -> None:
+        try:
+            protocol.send(self.sock, obj)
+        except OSError:  # the supervisor is gone: end everything, quietly
+            self.shutdown()
+            os._exit(0)
 
     def reap(self) -> None:
         while True:
@@ -192,9 +199,8 @@ class Zygote:
             except OSError:
                 shutil.rmtree(workdir, ignore_errors=True)
             self.free_uids.append(uid)
-            protocol.send(self.sock, {"op": "exit", "id": cid, "status": status,
-                                      "cpu_s": ru.ru_utime + ru.ru_stime,
-                                      "maxrss_kb": ru.ru_maxrss})
+            self.send({"op": "exit", "id": cid, "status": status,
+                       "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
 
     def shutdown(self) -> None:
         for pid, (_cid, uid, _w) in list(self.children.items()):

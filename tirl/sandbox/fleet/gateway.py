@@ -104,6 +104,7 @@ class RedisBackend:
         self._epoch: bytes | None = None
         self._last_id = b"0-0"
         self._started = False
+        self._closing = False
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> RedisBackend:
@@ -111,6 +112,7 @@ class RedisBackend:
             return self
         self._r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3, socket_timeout=10)
         self._outbox_ready = asyncio.Event()
+        self._closing = False
         try:
             await self._init_redis()
         except RedisError as err:
@@ -122,16 +124,18 @@ class RedisBackend:
         return self
 
     async def close(self) -> None:
+        self._closing = True  # redis-py may turn a cancelled read into ConnectionError
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
         self._tasks = []
         for p in list(self._pending.values()):
             self._resolve(p, P.infra_result("gateway_closed", p.job.session_id))
         if self._r is not None:
             try:
-                await self._r.delete(self.reply)
-            except RedisError:
+                await asyncio.wait_for(self._r.delete(self.reply), 5)
+            except (RedisError, asyncio.TimeoutError, OSError):
                 pass
             await self._r.aclose()
         self._started = False
@@ -274,7 +278,7 @@ class RedisBackend:
     # ---------------------------------------------------------------- sender
     async def _send_loop(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             while self._outbox:
@@ -322,7 +326,7 @@ class RedisBackend:
     # ---------------------------------------------------------------- listener
     async def _listen_loop(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             try:
                 resp = await self._r.xread({self.reply: self._last_id}, count=2048, block=1000)
                 backoff = 0.1
@@ -348,7 +352,7 @@ class RedisBackend:
     # ---------------------------------------------------------------- maintenance
     async def _maintenance_loop(self) -> None:
         last_reap = 0.0
-        while True:
+        while not self._closing:
             await asyncio.sleep(0.5)
             try:
                 epoch = await self._r.get(self.keys.epoch)

@@ -84,6 +84,7 @@ class FleetWorker:
         self._results: asyncio.Queue = asyncio.Queue()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._closed = False  # redis-py may turn a cancelled read into ConnectionError
         self._sessions: set[str] = set()
         self._epoch: bytes | None = None
         self._clock_offset_ms = 0.0
@@ -114,9 +115,10 @@ class FleetWorker:
             await self._read_loop()
             await self._drain()
         finally:
+            self._closed = True
             for t in loops:
                 t.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.wait(loops, timeout=10)
             await self._leave()
             await self._r.aclose()
             if self._own_executor and hasattr(self.executor, "close"):
@@ -338,7 +340,7 @@ class FleetWorker:
 
     # ---------------------------------------------------------------- post
     async def _post_loop(self) -> None:
-        while True:
+        while not self._closed:
             batch = [await self._results.get()]
             while not self._results.empty() and len(batch) < 512:
                 batch.append(self._results.get_nowait())
@@ -353,6 +355,8 @@ class FleetWorker:
                     await pipe.execute()
                     break
                 except RedisError as err:
+                    if self._closed:
+                        return
                     log.warning("fleet worker %s: posting %d results failed (%s); retrying",
                                 self.wid, len(batch), err)
                     await asyncio.sleep(backoff)
@@ -365,7 +369,7 @@ class FleetWorker:
     async def _lease_loop(self) -> None:
         interval = max(0.1, self.opt.visibility_timeout_s / 4)
         last_reap = 0.0
-        while True:
+        while not self._closed:
             await asyncio.sleep(interval)
             try:
                 await self._extend_leases()
@@ -409,7 +413,7 @@ class FleetWorker:
                          deliveries=deliveries)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.opt.heartbeat_s)
             try:
                 await self._beat()
