@@ -227,3 +227,47 @@ def test_dispatcher_from_a_config_section():
     assert [ld.capacity_tokens for ld in d.loads] == [5000, 5000]
     with pytest.raises(ValueError, match="dispatch.engines is empty"):
         dispatcher_for(DispatchConfig())
+
+
+async def test_a_moved_lease_goes_before_new_waiters():
+    a, b = FakeEngine(0), FakeEngine(1)
+    d = Dispatcher([a, b], "kv", capacity_tokens=100)
+    order = []
+    free_b = asyncio.Event()
+    on_a = asyncio.Event()
+
+    async def holder_b():
+        async with d.lease("hold-b", 60) as eng:
+            assert eng.engine_index == 1
+            await free_b.wait()
+
+    go = asyncio.Event()
+
+    async def moved():
+        async with d.lease("moved", 60) as eng:
+            assert eng.engine_index == 0
+            on_a.set()
+            await go.wait()
+            a.dead = True
+            await eng.generate([1], 1)  # fails on a, waits for room on b
+            order.append(("moved", eng.engine_index))
+
+    async def newcomer():
+        async with d.lease("new", 60) as eng:
+            order.append(("new", eng.engine_index))
+
+    m = asyncio.create_task(moved())
+    await on_a.wait()
+    hb = asyncio.create_task(holder_b())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    n = asyncio.create_task(newcomer())  # queued: a is booked by "moved", b by "hold-b"
+    for _ in range(3):
+        await asyncio.sleep(0)
+    go.set()  # "moved" now fails over and must wait for b — ahead of "new"
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == [] and len(d._waiters) == 2
+    free_b.set()
+    await asyncio.gather(hb, m, n)
+    assert order == [("moved", 1), ("new", 1)]
