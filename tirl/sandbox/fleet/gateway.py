@@ -12,11 +12,13 @@ re-run are counted and dropped), and one **maintenance** task watches the epoch 
 data loss → resubmit what is still unanswered), reaps dead workers and trims the result
 stream.
 
-Every request has a deadline: ``queue_timeout_s + (timeout + visibility_timeout_s) *
-max_deliveries + grace_s``. A request still unanswered then gets ``infra_error`` with
-``reason``: ``queue_timeout`` (no worker ever took it), ``worker_lost`` (a worker took it
-and vanished), or ``redis_unavailable``. Session calls go to the worker holding the
-session; if it died they get ``session_lost`` (``session_reset: true``).
+Every request has two deadlines. At ``queue_timeout_s + grace_s`` a job no worker has
+taken is withdrawn from the stream (atomically, so it can never run later) and answered
+``infra_error`` / ``queue_timeout``. A job a worker holds gets the full budget,
+``queue_timeout_s + (timeout + visibility_timeout_s) * max_deliveries + grace_s``; still
+unanswered then, it gets ``worker_lost`` (or ``redis_unavailable``). Session calls go to
+the worker holding the session; if it died they get ``session_lost`` (``session_reset:
+true``).
 
 What it does not do: run code (workers do), or survive its own restart with requests in
 flight (callers retry ``infra_error``).
@@ -229,9 +231,10 @@ class RedisBackend:
         loop = asyncio.get_running_loop()
         budget = (self.queue_timeout_s + (exec_timeout_s + self.visibility_timeout_s)
                   * self.max_deliveries + self.grace_s)
+        now = loop.time()
         p = _Pending(job=job, payload=P.encode_job(job), future=loop.create_future(),
-                     deadline=loop.time() + budget)
-        p.timer = loop.call_at(p.deadline, self._on_deadline, job.rid)
+                     deadline=now + budget)
+        p.timer = loop.call_at(now + self.queue_timeout_s + self.grace_s, self._on_deadline, job.rid)
         self._pending[job.rid] = p
         self.stats.submitted += 1
         self._outbox.append(p)
@@ -255,19 +258,26 @@ class RedisBackend:
             asyncio.ensure_future(self._expire(p))
 
     async def _expire(self, p: _Pending) -> None:
-        """Answer a request past its deadline with the reason it did not run."""
-        if p.entry_id is None:
-            reason = P.REDIS_UNAVAILABLE
-        else:
-            reason = P.QUEUE_TIMEOUT
+        """At the queue deadline: withdraw a job no worker took (``queue_timeout``); at the
+        final deadline: answer with the reason it did not finish."""
+        loop = asyncio.get_running_loop()
+        final = loop.time() >= p.deadline - 1e-3
+        reason = P.REDIS_UNAVAILABLE
+        if p.entry_id is not None:
             try:
-                pend = await asyncio.wait_for(self._r.xpending_range(
-                    p.stream, P.GROUP, p.entry_id, p.entry_id, 1), 3)
-                if pend:
-                    reason = P.WORKER_LOST
-                await asyncio.wait_for(self._r.xdel(p.stream, p.entry_id), 3)
+                withdrawn = await asyncio.wait_for(self._r.eval(
+                    P.WITHDRAW_IF_WAITING, 1, p.stream, P.GROUP, p.entry_id), 3)
+                reason = P.QUEUE_TIMEOUT if withdrawn else P.WORKER_LOST
+            except ResponseError:  # no group (Redis lost its data): it cannot be running
+                reason = P.QUEUE_TIMEOUT
             except (RedisError, asyncio.TimeoutError, OSError):
                 reason = P.REDIS_UNAVAILABLE
+        if not final and reason != P.QUEUE_TIMEOUT:
+            # a worker holds it (or Redis is away): wait for the full execution budget
+            if p.future.done() or self._pending.get(p.job.rid) is not p:
+                return
+            p.timer = loop.call_at(p.deadline, self._on_deadline, p.job.rid)
+            return
         if p.job.session_id is not None and p.stream != self.keys.jobs and reason == P.WORKER_LOST:
             reason = P.SESSION_LOST
         if p.job.kind == P.CLOSE:

@@ -224,6 +224,15 @@ return 1
 """
 
 
+# Withdraw a job no worker has taken yet. KEYS: stream. ARGV: group, entry id.
+# Returns 1 when withdrawn (it will never run), 0 when a worker holds it or it is gone.
+WITHDRAW_IF_WAITING = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p > 0 then return 0 end
+return redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+
+
 def infra_result(reason: str, session_id: str | None = None, detail: str = "") -> dict[str, Any]:
     """An ``ExecResult`` dict for a request the fleet could not run."""
     return {
