@@ -246,10 +246,10 @@ class LocalEngine:
         cfg = model.config
         self.max_seq_len = int(max_seq_len or getattr(cfg, "max_position_embeddings", 0) or 4096)
         self.prefill_tokens = prefill_tokens
-        n_params = sum(p.numel() for p in model.parameters())
-        # torch threads of the scheduler thread only (OpenMP settings are per thread): one
-        # thread is fastest for tiny models on a shared CPU, where a second thread mostly spins.
-        self.threads = threads if threads is not None else (1 if n_params < 20_000_000 else None)
+        # torch threads of the scheduler thread only (OpenMP settings are per thread). On a
+        # shared CPU a second OpenMP thread mostly waits at barriers (measured: 10x slower on
+        # 2 busy cores), so CPU defaults to 1; set `threads` on an idle many-core machine.
+        self.threads = threads if threads is not None else (1 if self.device.type == "cpu" else None)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         pad = getattr(tokenizer, "pad_token_id", None)
