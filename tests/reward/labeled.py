@@ -266,4 +266,14 @@ LABELED: list[tuple[str, str, str, bool]] = [
     ("integer", "2 3/4", "23/4", False),
     ("different", "1 2", "12", False),
     ("fraction", r"2\frac{3}{4}", r"\frac{11}{4}", True),
+    # hedged answers: two candidates are never one right answer
+    ("hedge", r"5 \text{ (or 6)}", "5", False),
+    ("hedge", "5 or 6", "5", False),
+    ("hedge", r"5 \text{ and } 6", "5", False),
+    ("hedge", r"\pm 5", "5", False),
+    ("hedge", "5, 6", "5", False),
+    ("hedge", r"x = 5 \text{ or } x = 6", "5", False),
+    ("hedge", r"\{5, 6\}", "5", False),
+    ("hedge", "5;6", "5", False),
+    ("hedge", r"\text{5 or 6}", "5", False),
 ]

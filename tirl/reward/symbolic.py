@@ -4,9 +4,11 @@
 expressions) and asks ``math_verify.verify`` whether they are the same mathematical object:
 fractions vs decimals, radicals, π, powers, intervals and unions, sets (order-free) vs tuples
 (ordered, strict: a set never equals a tuple), ``x = 3`` vs ``3``, matrices, complex numbers.
-Two guards keep it honest: a plain decimal never equals a non-terminating value unless it
-matches to the digits math-verify rounds to, and a non-terminating decimal never equals a
-plain fraction (that case is decided exactly by ``tirl.reward.normalize`` before we get here).
+Guards on top of math-verify keep it honest: a set never equals a tuple or interval
+(math-verify compares their elements), an answer that hedges between numbers with a word
+(``5 \\text{ (or 6)}``, which math-verify reads as 5) is wrong, and ``0.5i`` is read with the
+imaginary unit when the other side has one. A non-terminating decimal never equals a plain
+fraction: that case is decided exactly by ``tirl.reward.normalize`` before we get here.
 
 Timeouts: math-verify's own limit uses ``signal.alarm`` with whole seconds and only in the
 main thread; we switch it off and use ``time_limit`` (``setitimer``, sub-second) instead.
@@ -18,6 +20,7 @@ the signal limit only. What this module does not do: extraction, fast paths, pro
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -85,7 +88,7 @@ def symbolic_equal(pred: str, gold: str, timeout_s: float | None = None) -> bool
     past ``timeout_s`` (main thread only)."""
     from math_verify import verify
 
-    if _set_vs_tuple(pred, gold):
+    if _set_vs_tuple(pred, gold) or _hedges(pred, gold):
         return False
     with time_limit(timeout_s):
         g = parse_answer(gold)
@@ -146,6 +149,17 @@ def _set_vs_tuple(pred: str, gold: str) -> bool:
     """A set never equals a tuple or interval (math-verify would compare their elements)."""
     kinds = {_kind(pred), _kind(gold)}
     return kinds == {"set", "ordered"}
+
+
+_HEDGE_WORD = re.compile(r"\b(?:or|and|maybe|either)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _hedges(pred: str, gold: str) -> bool:
+    """``5 \\text{ (or 6)}``: several numbers joined by a word math-verify would drop. Two
+    candidate answers are never one right answer (unless the reference is worded so too)."""
+    return (_HEDGE_WORD.search(pred) is not None and _HEDGE_WORD.search(gold) is None
+            and len(_NUMBER.findall(pred)) >= 2)
 
 
 def warm_up() -> None:
