@@ -96,3 +96,22 @@ async def test_is_equivalent_off_the_main_thread_uses_a_worker():
     status, method = await asyncio.to_thread(check, r"\ln 8", r"3\ln 2", 10.0)
     assert (status, method) == ("correct", "symbolic")
     assert await asyncio.to_thread(is_equivalent, r"\ln 8", r"2\ln 2", 10.0) is False
+
+
+def test_decorations_never_make_different_values_equal():
+    # every decoration the fast path strips, on both sides of pairs of different values
+    import random
+
+    rng = random.Random(7)
+    wraps = ["@", "$@$", r"\text{@}", r"@\text{ cm}", r"@^\circ", "x = @", "@.",
+             r"\boxed{@}", r"\left(@\right)", r"\mathbf{@}", "@ ", r"\displaystyle @"]
+    forms = [lambda v: str(v), lambda v: f"{v:,}", lambda v: f"{v}.0", lambda v: f"\\frac{{{2 * v}}}{{2}}",
+             lambda v: f"{v}\\sqrt{{4}}/2", lambda v: f"0{v}" if v > 0 else str(v)]
+    for _ in range(3000):
+        a = rng.randint(-2000, 2000)
+        b = a + rng.choice([1, -1, 10, 1000, rng.randint(2, 99)])
+        pa = rng.choice(wraps).replace("@", rng.choice(forms)(a))
+        pb = rng.choice(wraps).replace("@", rng.choice(forms)(b))
+        assert fast_equal(pa, pb) is not True, (pa, pb)
+        same = rng.choice(wraps).replace("@", rng.choice(forms)(a))
+        assert fast_equal(pa, same) is not False, (pa, same)
