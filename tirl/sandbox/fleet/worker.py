@@ -254,6 +254,8 @@ class FleetWorker:
                 res = await self._exec(stream, eid, job, age_ms if not redelivered else 0.0)
                 if res is None:  # forwarded to the session's owner
                     return
+                if redelivered:
+                    res["extra"]["deliveries"] = deliveries
             elif job.kind == P.GRADE:
                 res = await self._grade(job)
             elif job.kind == P.CLOSE:
