@@ -27,19 +27,29 @@ def _resolve(config: str, overrides: list[str], print_config: bool):
     return cfg
 
 
+def _run(cfg) -> int:
+    import time
+
+    from tirl.rl.trainer import train
+
+    t0 = time.perf_counter()
+    result = train(cfg)
+    evals = result.get("evals", [])
+    lines = [f"{e['label']}: held-out accuracy {100 * e['held_out_acc']:.1f}%" for e in evals]
+    print("\n".join(lines))
+    print(f"done in {time.perf_counter() - t0:.0f} s; report: {cfg.run.output_dir}/{cfg.run.name}/report.md")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     cfg = _resolve("demo", args.overrides, args.print_config)
     if args.print_config:
         return 0
-    from tirl.cli import NotBuilt
-
-    raise NotBuilt("`tirl demo` (the GRPO-RoC trainer)", 6)
+    return _run(cfg)
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = _resolve(args.config, args.overrides, args.print_config)
     if args.print_config:
         return 0
-    from tirl.cli import NotBuilt
-
-    raise NotBuilt("`tirl train` (the GRPO-RoC trainer)", 6)
+    return _run(cfg)

@@ -35,6 +35,9 @@ class RLConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     micro_batch_tokens: int = Field(16384, ge=16, description="Token budget of a micro-batch.")
+    rollout_batch: int = Field(
+        64, ge=1, description="Sequences the in-process engine decodes together (LocalEngine max_batch)."
+    )
     checkpoint_every: int = Field(10, ge=1)
     plot_every: int = Field(5, ge=1)
 
@@ -47,6 +50,7 @@ class SFTConfig(Section):
     lr: float = Field(5e-6, gt=0, le=1)
     batch_size: int = Field(128, ge=1)
     max_length: int = Field(1024, ge=16)
+    warmup_steps: int = Field(20, ge=0)
 
 
 class StageConfig(Section):
