@@ -100,3 +100,10 @@ def test_canonical_forms(text, value):
 ])
 def test_outside_the_class_is_none(text):
     assert exact_value(clean(text)) is None
+
+
+def test_blow_ups_are_refused_not_computed():
+    big = r"(1+\sqrt{2}+\sqrt{3}+\sqrt{5}+\sqrt{7}+\sqrt{11}+\sqrt{13})^{8}"
+    assert exact_value(clean(big)) is None
+    assert exact_value("2^{100000}") is None
+    assert fast_equal("1" * 5000, "1" * 5000) is None  # too long for the inline path

@@ -31,6 +31,7 @@ Value = dict[Key, Fraction]
 
 _MAX_BITS = 4096
 _MAX_PI = 6
+_MAX_TERMS = 48
 _TOKEN = re.compile(r"\d+\.\d*|\.\d+|\d+|\\[a-zA-Z]+|π|√|[-+*/^(){}\[\]]|\S")
 # e and i are constants, not variables; capitals are often set names or option letters
 _NOT_VARIABLES = set("eiEIOl") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -80,6 +81,8 @@ def _squarefree(m: int) -> tuple[int, int]:
 
 
 def _check(v: Value) -> Value:
+    if len(v) > _MAX_TERMS:
+        raise _NotExact  # an expansion this large is no answer form; keep the caller fast
     for (n, k, mono), q in v.items():
         if abs(k) > _MAX_PI or len(mono) > 8 or any(abs(e) > 64 for _, e in mono) or q.numerator.bit_length() > _MAX_BITS or \
                 q.denominator.bit_length() > _MAX_BITS:
