@@ -12,11 +12,9 @@ from tirl.sandbox.pool import Sandbox
 from tirl.sandbox.types import ExecRequest
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-UID_LO, UID_HI = 2_000_000, 2_000_000 + 65536
-
-
-def _sandbox_processes() -> list[tuple[int, int]]:
-    """(pid, uid) of every live process running as one of the sandbox's call uids."""
+def _sandbox_processes(sb) -> list[tuple[int, int]]:
+    """(pid, uid) of every live process running as one of this sandbox's call uids."""
+    ranges = [r for r in sb.isolation["uid_ranges"].values() if r]
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -25,7 +23,7 @@ def _sandbox_processes() -> list[tuple[int, int]]:
                     for line in f:
                         if line.startswith("Uid:"):
                             uid = int(line.split()[1])
-                            if UID_LO <= uid < UID_HI:
+                            if any(lo <= uid < hi for lo, hi in ranges):
                                 found.append((int(name), uid))
                             break
             except OSError:
@@ -33,12 +31,12 @@ def _sandbox_processes() -> list[tuple[int, int]]:
     return found
 
 
-async def _no_sandbox_processes(timeout_s: float = 10.0) -> list:
-    left = _sandbox_processes()
+async def _no_sandbox_processes(sb, timeout_s: float = 10.0) -> list:
+    left = _sandbox_processes(sb)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while left and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
-        left = _sandbox_processes()
+        left = _sandbox_processes(sb)
     return left
 
 
@@ -165,7 +163,7 @@ async def test_children_die_with_the_call(sb):
     r = await sb.run(code)
     assert r.status == "ok", r.stderr
     pid = int(r.stdout)
-    assert await _no_sandbox_processes() == []
+    assert await _no_sandbox_processes(sb) == []
     assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
 
 
@@ -174,14 +172,14 @@ async def test_children_die_at_timeout(sb):
             "subprocess.Popen(['sleep', '300'], start_new_session=True)\ntime.sleep(300)")
     r = await sb.run(code, timeout_s=1.0)
     assert r.status == "timeout"
-    assert await _no_sandbox_processes() == []
+    assert await _no_sandbox_processes(sb) == []
 
 
 async def test_fork_bomb_contained(sb):
     r = await sb.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
                      timeout_s=2.0)
     assert r.status in ("timeout", "error", "killed")
-    assert await _no_sandbox_processes() == []
+    assert await _no_sandbox_processes(sb) == []
     assert (await sb.run("1 + 1")).stdout == "2\n"
 
 

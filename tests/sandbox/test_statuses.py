@@ -47,7 +47,7 @@ async def test_sys_exit_codes(sb):
 
 async def test_wall_timeout_keeps_partial_output(sb):
     r = await sb.run("import time\nprint('started')\ntime.sleep(60)", timeout_s=1.0)
-    assert r.status == "timeout" and r.reason == "wall_time"
+    assert r.status == "timeout" and r.reason == "wall_time", r
     assert r.stdout == "started\n"
     assert 900 <= r.exec_ms < 15000
 
@@ -89,3 +89,30 @@ async def test_batch_in_order(sb):
 async def test_unicode_output(sb):
     r = await sb.run("print('π ≈ 3.14159')\n'∑'")
     assert r.status == "ok" and r.stdout == "π ≈ 3.14159\n'∑'\n"
+
+
+async def test_large_code_and_stdin_travel_out_of_band(sb):
+    code = "data = " + repr("a" * 100_000) + "\nimport sys\ns = sys.stdin.read()\nprint(len(data), len(s))"
+    r = await sb.run(code, stdin="b" * 500_000)
+    assert r.status == "ok" and r.stdout == "100000 500000\n"
+    r = await sb.run(code, stdin="c" * 300_000, session_id="big")
+    assert r.status == "ok" and r.stdout == "100000 300000\n"
+    r = await sb.run(code + "\nlen(data)", stdin="d", session_id="big")
+    assert r.stdout == "100000 1\n100000\n"
+    await sb.close_session("big")
+
+
+async def test_bad_timeout_is_refused(sb):
+    with pytest.raises(ValueError, match="timeout_s"):
+        await sb.run("1", timeout_s=-1)
+
+
+async def test_closing_a_busy_session_kills_its_cell(sb):
+    import asyncio
+
+    await sb.run("v = 1", session_id="busy")
+    task = asyncio.create_task(sb.run("import time\ntime.sleep(30)", session_id="busy"))
+    await asyncio.sleep(0.5)
+    assert await sb.close_session("busy")
+    r = await asyncio.wait_for(task, 20)
+    assert r.status == "killed" and r.session_reset

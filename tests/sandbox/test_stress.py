@@ -47,7 +47,7 @@ async def test_1000_requests_at_64_in_flight_no_zombies():
         assert all(r.status == "error" for r in res[900:950])
         assert all(r.status == "timeout" for r in res[950:])
         assert _zombies_of(os.getpid(), sb.isolation["pid"]) == []
-        assert await _no_sandbox_processes() == []
+        assert await _no_sandbox_processes(sb) == []
         assert sb.stats()["busy"] == 0 and sb.stats()["queued"] == 0
 
 
@@ -90,7 +90,7 @@ async def test_zygote_crash_recovery():
         r = await sb.run("s", session_id="lost")
         assert r.session_reset and "NameError" in r.stderr
         assert await sb.close_session("lost")
-        assert await _no_sandbox_processes() == []
+        assert await _no_sandbox_processes(sb) == []
         assert "tirl_sandbox_zygote_restarts_total 1" in sb.metrics_text()
 
 

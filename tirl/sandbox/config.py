@@ -32,5 +32,6 @@ class SandboxConfig(Section):
     nofile: int = Field(256, ge=16, description="Open files per process of a call.")
     file_size_mb: int = Field(64, ge=1, description="Largest file a call may write (MiB).")
     session_memory_mb: int = Field(0, ge=0, description="Address-space limit of a session worker; 0 = memory_mb.")
-    uid_base: int = Field(2_000_000, ge=1000, description="First of the unprivileged uids given to calls (one per live call).")
+    uid_base: int = Field(2_000_000, ge=1000, description="First of the unprivileged uids given to calls: each zygote "
+                          "locks a free block of 8192 from here (one uid per live call).")
     light_zygote: bool = Field(True, description="Also run a stdlib-only zygote for code that imports nothing else (forks ~5x cheaper).")

@@ -35,7 +35,6 @@ from tirl.sandbox.zygote_process import READY_TIMEOUT_S, ZygoteDied, ZygoteProce
 
 CHILD_SETUP_FAILED = 70  # the zygote's child could not isolate itself (see zygote._child)
 KILL_GRACE_S = 10.0  # after asking for a kill, how long until the zygote counts as stuck
-UID_SPAN = 65536  # uids from cfg.uid_base: one half per zygote
 
 
 def default_slots() -> int:
@@ -198,14 +197,13 @@ class Sandbox:
         self._loop = asyncio.get_running_loop()
         self._sem = asyncio.Semaphore(self.slots)
         self._started = True
-        half = UID_SPAN // 2
-        self._full = ZygoteProcess("full", self.cfg.preload, self.cfg.uid_base, half,
+        self._full = ZygoteProcess("full", self.cfg.preload, self.cfg.uid_base,
                                    on_dead=self._on_zygote_dead)
         starts = [self._full.start()]
         light_preload = [m for m in self.cfg.preload if m.split(".")[0] in _STDLIB]
         if self.cfg.light_zygote and len(light_preload) < len(self.cfg.preload):
             self._light = ZygoteProcess("light", sorted(set(light_preload) | set(LIGHT_PRELOAD)),
-                                        self.cfg.uid_base + half, half, on_dead=self._on_zygote_dead)
+                                        self.cfg.uid_base, on_dead=self._on_zygote_dead)
             starts.append(self._light.start())
         try:
             await asyncio.gather(*starts)
@@ -239,6 +237,7 @@ class Sandbox:
         its ``pid``, and ``pids`` of every zygote by name."""
         info = dict(self._full.info) if self._full else {}
         info["pids"] = {z.name: z.pid for z in self._zygotes()}
+        info["uid_ranges"] = {z.name: z.info.get("uid_range") for z in self._zygotes()}
         return info
 
     def _on_zygote_dead(self, z: ZygoteProcess) -> None:
@@ -299,6 +298,9 @@ class Sandbox:
         if self._waiting >= self.cfg.queue_size:
             return self._record(ExecResult("infra_error", reason="queue_full",
                                            session_id=req.session_id))
+        if req.timeout_s is not None and not req.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds (or None for the default "
+                             f"{self.cfg.timeout_s:g}), got {req.timeout_s!r}")
         timeout = min(float(req.timeout_s or self.cfg.timeout_s), self.cfg.max_timeout_s)
         self._waiting += 1
         try:
@@ -308,7 +310,9 @@ class Sandbox:
         queue_ms = (time.monotonic() - t_arrive) * 1000
         self._busy += 1
         try:
-            if req.session_id is not None:
+            if self._closing:
+                res = ExecResult("infra_error", reason="sandbox_closed")
+            elif req.session_id is not None:
                 res = await self._run_session_cell(req, timeout)
             else:
                 zyg = self._full

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import fcntl
 import gc
 import importlib
 import io
@@ -34,11 +35,14 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 
 from tirl.sandbox import isolation, protocol
 from tirl.sandbox.runner import MEMORY_EXIT, run_cell
 
+UID_BLOCK = 8192  # uids per zygote (one per live call or session)
+UID_BLOCKS = 256  # zygotes per machine
 WORK_ROOT = "/tmp"  # a private tmpfs inside the zygote's mount namespace
 CHILD_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
              "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -50,8 +54,9 @@ class Zygote:
         self.sock = sock
         self.cfg = cfg
         self.uid_base = int(cfg.get("uid_base", 2_000_000))
-        self.uid_count = int(cfg.get("uid_count", 65536))
-        self.free_uids = collections.deque(range(self.uid_base, self.uid_base + self.uid_count))
+        self.uid_count = UID_BLOCK
+        self.free_uids: collections.deque[int] = collections.deque()
+        self._uid_lock_fd = -1
         self.children: dict[int, tuple[int, int, str]] = {}  # pid -> (id, uid, workdir)
         self.by_id: dict[int, int] = {}  # id -> pid
         self.info: dict = {}
@@ -61,6 +66,7 @@ class Zygote:
         isolation.set_pdeathsig(signal.SIGKILL)  # die with the supervisor
         if os.getppid() == 1:
             os._exit(1)
+        self.claim_uid_block()  # before the private mounts: the lock lives in the host's /run
         info: dict = dict(isolation.isolate_zygote(int(self.cfg.get("tmp_size_mb", 1024)),
                                                    expose=_python_paths()))
         try:
@@ -83,12 +89,37 @@ class Zygote:
         _warm()
         info["preload_failed"] = failed
         info["pid"] = os.getpid()
+        info["uid_range"] = [self.uid_base, self.uid_base + self.uid_count]
         if dict(os.environ) != CHILD_ENV:  # normally already scrubbed by the supervisor
             os.environ.clear()
             os.environ.update(CHILD_ENV)
         self.info = info
         gc.collect()
         gc.freeze()  # keep the warm heap shared with children (no copy-on-write from GC)
+
+    def claim_uid_block(self) -> None:
+        """Take the first free block of UID_BLOCK uids from uid_base on, machine-wide: a
+        block is owned by whoever holds ``flock`` on its lock file (released when the zygote
+        dies), so two sandboxes on one machine never share a uid (kill_uid and RLIMIT_NPROC
+        depend on that)."""
+        lock_dir = "/run/tirl-sandbox" if os.access("/run", os.W_OK) else os.path.join(
+            tempfile.gettempdir(), f"tirl-sandbox-{os.getuid()}")
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        for k in range(UID_BLOCKS):
+            base = self.uid_base + k * UID_BLOCK
+            fd = os.open(os.path.join(lock_dir, f"uids-{base}.lock"),
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._uid_lock_fd = fd
+            self.uid_base = base
+            self.free_uids = collections.deque(range(base, base + UID_BLOCK))
+            return
+        raise RuntimeError(f"all {UID_BLOCKS} uid blocks from {self.uid_base} are taken "
+                           f"(lock files in {lock_dir}): too many sandboxes on this machine")
 
     # --- main loop ----------------------------------------------------------------------------
     def serve(self) -> None:

@@ -27,10 +27,10 @@ class ZygoteDied(Exception):
 
 
 class ZygoteProcess:
-    def __init__(self, name: str, preload: list[str], uid_base: int, uid_count: int,
+    def __init__(self, name: str, preload: list[str], uid_base: int,
                  on_dead: Callable[[ZygoteProcess], None] | None = None):
         self.name, self.preload = name, list(preload)
-        self.uid_base, self.uid_count = uid_base, uid_count
+        self.uid_base = uid_base
         self.on_dead = on_dead
         self.info: dict = {}
         self.restarts = 0
@@ -49,7 +49,7 @@ class ZygoteProcess:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         parent, child = protocol.socketpair()
-        cfg = {"preload": self.preload, "uid_base": self.uid_base, "uid_count": self.uid_count}
+        cfg = {"preload": self.preload, "uid_base": self.uid_base}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONDONTWRITEBYTECODE": "1",
