@@ -43,6 +43,8 @@ async def test_sys_exit_codes(sb):
                                  ExecRequest("import sys; print('a'); sys.exit(3)")])
     assert r0.status == "ok" and r0.exit_code == 0
     assert r3.status == "error" and r3.exit_code == 3 and r3.stdout == "a\n"
+    r70, r201 = await sb.run_batch([ExecRequest("raise SystemExit(70)"), ExecRequest("import sys; sys.exit(201)")])
+    assert (r70.status, r70.exit_code) == (r201.status, r201.exit_code) == ("error", 1)
 
 
 async def test_wall_timeout_keeps_partial_output(sb):

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from tirl.sandbox import protocol
 from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.metrics import SandboxMetrics
-from tirl.sandbox.runner import MEMORY_EXIT
+from tirl.sandbox.runner import MEMORY_EXIT, SETUP_FAILED_EXIT
 from tirl.sandbox.types import ExecRequest, ExecResult
 from tirl.sandbox.zygote_process import READY_TIMEOUT_S, ZygoteDied, ZygoteProcess
 
-CHILD_SETUP_FAILED = 70  # the zygote's child could not isolate itself (see zygote._child)
+CHILD_SETUP_FAILED = SETUP_FAILED_EXIT  # the zygote's child could not isolate itself
 KILL_GRACE_S = 10.0  # after asking for a kill, how long until the zygote counts as stuck
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 CELL_FILENAME = "<cell>"
 MEMORY_EXIT = 201  # exit code of a one-shot child whose code ran out of memory
+SETUP_FAILED_EXIT = 70  # exit code of a child that could not isolate itself
+RESERVED_EXITS = (MEMORY_EXIT, SETUP_FAILED_EXIT)
 
 
 @dataclass
@@ -67,7 +69,10 @@ def run_cell(code: str, glb: dict) -> CellOutcome:
         if code_ is None:
             return CellOutcome("ok", 0)
         if isinstance(code_, int):
-            return CellOutcome("ok" if code_ == 0 else "error", code_ & 0xFF)
+            code_ &= 0xFF
+            if code_ in RESERVED_EXITS:
+                code_ = 1  # never mistaken for the sandbox's own signals
+            return CellOutcome("ok" if code_ == 0 else "error", code_)
         print(code_, file=sys.stderr)
         return CellOutcome("error", 1)
     except MemoryError as exc:

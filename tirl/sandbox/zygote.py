@@ -39,7 +39,7 @@ import tempfile
 import traceback
 
 from tirl.sandbox import isolation, protocol
-from tirl.sandbox.runner import MEMORY_EXIT, run_cell
+from tirl.sandbox.runner import MEMORY_EXIT, SETUP_FAILED_EXIT, run_cell
 
 UID_BLOCK = 8192  # uids per zygote (one per live call or session)
 UID_BLOCKS = 256  # zygotes per machine
@@ -192,7 +192,7 @@ class Zygote:
             self.send({"op": "error", "id": cid, "reason": f"fork failed: {err}"})
             return
         if pid == 0:
-            code = 70
+            code = SETUP_FAILED_EXIT
             try:
                 code = _child(msg, fds, uid, workdir, self.info)
             except BaseException:
