@@ -1,0 +1,280 @@
+"""Benchmark of the Redis sandbox fleet against the in-process pool, measured in the same run.
+
+Scenarios (same machine, same total slots):
+
+* ``trivial_64`` — trivial code at 64 in flight: in-process ``Sandbox(slots=S)`` vs the
+  fleet (``RedisBackend`` + 2 worker processes with S/2 slots each, real sandbox);
+* ``sympy_16`` — a sympy snippet at 16 in flight, same pair;
+* ``plumbing`` — the fleet with no-op workers (no code runs): what the gateway, Redis and
+  the workers' own loops cost per call, and the most calls/s this box can move.
+
+For each run it reports throughput, mean/p50/p99 latency (submit → result) and the CPU
+time spent per call by each component (this process = the gateway or the in-process pool;
+the workers with their zygotes and children; redis-server), read from /proc. The ratio
+``fleet / inproc`` of per-call wall time at 64 in flight is the overhead the issue targets
+(≤ 1.5×). docs/fleet.md turns the per-call CPU costs into a capacity model.
+
+    .venv/bin/python benchmarks/fleet_bench.py [--quick] [--slots S] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tirl.sandbox.types import ExecResult  # noqa: E402
+
+TRIVIAL = "x = sum(range(100))\nprint(x * 2)"
+SYMPY = ("import sympy as sp\nx = sp.Symbol('x')\n"
+         "print(sp.integrate(sp.sin(x)**2, x), sp.factor(x**4 - 1), sp.solve(x**2 - 2, x))")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ processes and CPU time
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, cpu seconds incl. reaped children) for every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        ppid = int(fields[1])
+        cpu = sum(int(x) for x in fields[11:15]) / TICK  # utime stime cutime cstime
+        out[int(d)] = (ppid, cpu)
+    return out
+
+
+def tree_cpu(roots: list[int], *, exclude: set[int] = frozenset()) -> float:
+    """CPU seconds of the given processes and all their live descendants."""
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    total, stack, seen = 0.0, list(roots), set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid in exclude or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        stack.extend(kids.get(pid, []))
+    return total
+
+
+class Redis:
+    def __init__(self):
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="fleet-bench-redis-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def spawn_workers(url: str, n: int, slots: int, noop: bool) -> list[subprocess.Popen]:
+    procs = []
+    for i in range(n):
+        cmd = ([sys.executable, __file__, "--noop-worker", url, str(slots), f"noop{i}"] if noop else
+               [sys.executable, "-m", "tirl.cli", "sandbox", "worker", "--redis", url,
+                "--slots", str(slots)])
+        procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+
+# ------------------------------------------------------------------ measuring
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+async def measure(executor, code: str, n: int, conc: int,
+                  cpu_roots: dict[str, tuple[list[int], set[int]]]) -> dict:
+    """``cpu_roots``: component -> (root pids, pids to leave out of its process tree)."""
+    sem = asyncio.Semaphore(conc)
+    lat: list[float] = []
+    statuses: dict[str, int] = {}
+
+    async def one():
+        async with sem:
+            t = time.perf_counter()
+            r: ExecResult = await executor.run(code)
+            lat.append((time.perf_counter() - t) * 1000)
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    before = {k: tree_cpu(r, exclude=x) for k, (r, x) in cpu_roots.items()}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    wall = time.perf_counter() - t0
+    cpu = {k: (tree_cpu(r, exclude=x) - before[k]) * 1000 / n for k, (r, x) in cpu_roots.items()}
+    return {"n": n, "in_flight": conc, "per_s": round(n / wall, 1),
+            "wall_ms_per_call": round(wall * 1000 / n, 3),
+            "mean_ms": round(sum(lat) / len(lat), 2), "p50_ms": round(_pct(lat, 0.5), 2),
+            "p99_ms": round(_pct(lat, 0.99), 2),
+            "cpu_ms_per_call": {k: round(v, 3) for k, v in cpu.items()},
+            "statuses": statuses}
+
+
+async def wait_workers(gw, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = await gw.health()
+        if h.get("workers", 0) >= n:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{n} workers did not register: {h}")
+
+
+async def bench_pair(redis: Redis, slots: int, code: str, n: int, conc: int, repeat: int,
+                     warm: int) -> dict:
+    from tirl.sandbox.fleet import RedisBackend
+    from tirl.sandbox.pool import Sandbox
+
+    me = os.getpid()
+    out: dict = {"inproc": [], "fleet": []}
+    sb = Sandbox(slots=slots)
+    await sb.start()
+    try:
+        workers = spawn_workers(redis.url, 2, max(1, slots // 2), noop=False)
+        try:
+            async with RedisBackend(redis.url) as gw:
+                await wait_workers(gw, 2)
+                for _ in range(warm):
+                    await asyncio.gather(*(gw.run(code) for _ in range(conc)))
+                    await asyncio.gather(*(sb.run(code) for _ in range(conc)))
+                worker_pids = [p.pid for p in workers]
+                sb_pids = set(sb.isolation.get("pids", {}).values())
+                others = set(worker_pids) | {redis.proc.pid}
+                rd = ([redis.proc.pid], set())
+                for _ in range(repeat):  # interleaved, so load from others hits both alike
+                    out["inproc"].append(await measure(
+                        sb, code, n, conc, {"pool": ([me], others), "redis": rd}))
+                    out["fleet"].append(await measure(
+                        gw, code, n, conc, {"gateway": ([me], others | sb_pids),
+                                            "workers": (worker_pids, set()), "redis": rd}))
+        finally:
+            stop_workers(workers)
+    finally:
+        await sb.close()
+    ratios = [f["wall_ms_per_call"] / i["wall_ms_per_call"]
+              for i, f in zip(out["inproc"], out["fleet"])]
+    out["overhead_ratio"] = [round(r, 3) for r in ratios]
+    return out
+
+
+async def bench_plumbing(redis: Redis, n: int, conc: int) -> dict:
+    from tirl.sandbox.fleet import RedisBackend
+
+    workers = spawn_workers(redis.url, 2, 64, noop=True)
+    try:
+        async with RedisBackend(redis.url) as gw:
+            await wait_workers(gw, 2)
+            await asyncio.gather(*(gw.run("x") for _ in range(conc)))
+            pids = [p.pid for p in workers]
+            return await measure(gw, "x", n, conc, {
+                "gateway": ([os.getpid()], set(pids) | {redis.proc.pid}),
+                "workers": (pids, set()), "redis": ([redis.proc.pid], set())})
+    finally:
+        stop_workers(workers)
+
+
+# ------------------------------------------------------------------ no-op worker mode
+class _Noop:
+    async def run(self, code, stdin="", timeout_s=None, session_id=None):
+        return ExecResult(status="ok", stdout=code, exit_code=0)
+
+    async def close_session(self, sid):
+        return False
+
+
+def _noop_worker(url: str, slots: int, wid: str) -> None:
+    from tirl.sandbox.fleet import FleetWorker
+
+    async def main():
+        w = FleetWorker(url, slots, executor=_Noop(), worker_id=wid)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, w.stop)
+        await w.run()
+
+    asyncio.run(main())
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--slots", type=int, default=0, help="total slots (0 = the sandbox default)")
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    from tirl.sandbox.pool import default_slots
+
+    slots = a.slots or default_slots()
+    n_triv, n_sym, n_plumb = (600, 64, 4000) if a.quick else (2000, 160, 10000)
+    redis = Redis()
+    try:
+        res = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+               "total_slots": slots}
+        res["trivial_64"] = await bench_pair(redis, slots, TRIVIAL, n_triv, 64, a.repeat, 2)
+        res["sympy_16"] = await bench_pair(redis, slots, SYMPY, n_sym, 16, max(1, a.repeat - 1), 1)
+        res["plumbing_noop_512"] = await bench_plumbing(redis, n_plumb, 512)
+        res["plumbing_noop_64"] = await bench_plumbing(redis, n_plumb // 2, 64)
+        res["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
+    finally:
+        redis.close()
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--noop-worker":
+        _noop_worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        asyncio.run(main())
