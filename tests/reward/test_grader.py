@@ -116,6 +116,12 @@ def test_scorer_specs():
     assert scorer_for({"source": "reasoning-gym/basic_arithmetic", "answer": "4"}).entry == {
         "question": "", "answer": "4", "metadata": {}}
     assert as_scorer({"name": "reasoning_gym:leg_counting"}).dataset == "leg_counting"
+    bare = {"source": "reasoning_gym", "answer": "4", "metadata": {"source_dataset": "chain_sum"}}
+    assert scorer_for(bare).name == "reasoning_gym:chain_sum"
+    assert scorer_for(bare, mode="math").name == "math"
+    assert scorer_for({"source": "reasoning_gym", "answer": "4"}).name == "math"  # no dataset named
+    with pytest.raises(ValueError, match="mode"):
+        scorer_for(bare, mode="sympy")
     with pytest.raises(ValueError, match="unknown scorer"):
         as_scorer("sympy")
 

@@ -10,8 +10,8 @@ item (``question``, ``answer``, ``metadata``); with only the reference answer, t
 reasoning-gym scores in [0, 1] (partial credit); the reward is binary, so only a score of
 1 is correct, and the score is kept in ``Grade.detail``.
 
-The trainer passes scorers per item: ``grader.grade_batch(items, scorers=[scorer_for(p)
-for p in problems])``. What this module does not do: run scorers under a time limit (the
+The trainer passes scorers per item: ``grader.grade_batch(items,
+scorers=[scorer_for(p, cfg.reward.scorer) for p in problems])``. What this module does not do: run scorers under a time limit (the
 grader runs them in its worker processes) or install reasoning-gym datasets.
 """
 
@@ -68,19 +68,34 @@ def as_scorer(spec: str | Scorer | dict | None) -> Scorer:
     return s
 
 
-def scorer_for(problem: dict[str, Any]) -> Scorer:
-    """The scorer for a problem dict (``{"id", "problem", "answer", "source", ...}``): a
-    reasoning-gym scorer when ``source`` names one (``reasoning_gym:<dataset>``, also
-    ``reasoning-gym/<dataset>``), carrying ``problem["entry"]`` or an entry built from the
-    problem's answer and ``metadata``; otherwise math equivalence."""
-    src = str(problem.get("source") or "")
-    if _RG.match(src) is None:
+def scorer_for(problem: dict[str, Any], mode: str = "source") -> Scorer:
+    """The scorer for a problem dict (``{"id", "problem", "answer", "source", ...}``).
+
+    With ``mode="source"`` (``[reward] scorer = "source"``), a problem from reasoning-gym is
+    judged by its generator: ``source`` is ``reasoning_gym:<dataset>`` (or
+    ``reasoning-gym/<dataset>``), or just ``reasoning_gym`` with the dataset in
+    ``metadata.source_dataset`` (as reasoning-gym's own entries have it). The entry is
+    ``problem["entry"]`` or one built from ``problem``, ``answer`` and ``metadata``. Any
+    other problem, and every problem with ``mode="math"``, gets math equivalence.
+    """
+    if mode == "math":
         return MATH
+    if mode != "source":
+        raise ValueError(f"scorer mode must be 'math' or 'source', got {mode!r}")
+    src = str(problem.get("source") or "")
     entry = problem.get("entry")
+    meta = problem.get("metadata") or (entry or {}).get("metadata") or {}
+    m = _RG.match(src)
+    if m is not None:
+        dataset = m.group("dataset")
+    elif src.replace("-", "_") in ("reasoning_gym", "rg") and meta.get("source_dataset"):
+        dataset = str(meta["source_dataset"])
+    else:
+        return MATH
     if entry is None:
         entry = {"question": problem.get("problem", ""), "answer": str(problem.get("answer", "")),
-                 "metadata": problem.get("metadata") or {}}
-    return Scorer(f"reasoning_gym:{_RG.match(src).group('dataset')}", entry)  # type: ignore[union-attr]
+                 "metadata": meta}
+    return Scorer(f"reasoning_gym:{dataset}", entry)
 
 
 @functools.lru_cache(maxsize=64)
