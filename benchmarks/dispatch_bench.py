@@ -9,7 +9,9 @@ Policies: ``static`` (the paper's baseline: a fixed share per engine, by group),
 ``round_robin``, ``least_requests``, ``kv`` (the paper's rule: book prompt + maximum
 response, admit only what fits), ``kv+forecast`` (book the context so far plus the
 expected remaining length learnt from the previous step, re-booked every turn) and
-``kv@0.5`` (book half of prompt + maximum: a fixed overcommit). The baseline is ``static`` on the very same workload; the
+``kv+peak`` (admit while the engine's expected peak usage ahead, plus 2 standard
+deviations, fits; simulator only) and ``kv@0.5`` (book half of prompt + maximum: a fixed
+overcommit). The baseline is ``static`` on the very same workload; the
 headline numbers are ratios (makespan of static / makespan of the policy). Several seeds
 (different workloads drawn from the same distributions) give a range.
 
@@ -38,6 +40,7 @@ POLICIES = {
     "least_requests": {"policy": "least_requests"},
     "kv": {"policy": "kv"},
     "kv+forecast": {"policy": "kv", "kv_booking": "forecast"},
+    "kv+peak": {"policy": "kv", "kv_booking": "peak"},
     "kv@0.5": {"policy": "kv", "kv_reserve_fraction": 0.5},
 }
 SCENARIOS = {
@@ -97,7 +100,7 @@ def main() -> int:
         }
         entry["sim_seconds_per_policy"] = round(sum(s for _, s in per_seed) / (len(per_seed) * len(POLICIES)), 3)
         out["scenarios"][name] = entry
-        print(f"[{name}] kv×{ratios['kv']} kv+forecast×{ratios['kv+forecast']} "
+        print(f"[{name}] kv×{ratios['kv']} kv+forecast×{ratios['kv+forecast']} kv+peak×{ratios['kv+peak']} "
               f"kv@0.5×{ratios['kv@0.5']} rr×{ratios['round_robin']}",
               file=sys.stderr)
     png = plot_comparison(first_seed_results, args.png)

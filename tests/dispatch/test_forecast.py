@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from tirl.dispatch import Dispatcher
 from tirl.dispatch.forecast import LengthForecast
 from tirl.engines.base import Completion
@@ -62,3 +64,18 @@ async def test_dispatcher_forecast_books_less_then_rebooks_each_turn_and_release
         await eng.generate([0] * 10, 5000)
         assert d.loads[0].reserved_tokens == 1000
     assert d.loads[0].reserved_tokens == 0 and d.loads[0].active == 0
+
+
+def test_usage_forecast_curve_by_hand():
+    from tirl.dispatch.forecast import UsageForecast
+
+    # lengths 100, 200, 300, 400; grid of 5 points over 400 tokens → Δ = 0, 100, 200, 300, 400
+    f = UsageForecast([100, 200, 300, 400], 400, points=5, resolution=1)
+    assert f.delta.tolist() == [0, 100, 200, 300, 400]
+    mean, var = f.curves(context=50, response_so_far=0)
+    # P(L > Δ): 1, 3/4, 2/4, 1/4, 0 → expected tokens (50 + Δ) · P
+    assert mean.tolist() == [50.0, 150 * 0.75, 250 * 0.5, 350 * 0.25, 0.0]
+    assert var[0] == 0 and var[2] == 250**2 * 0.25
+    # after 150 tokens only 200, 300, 400 remain possible: P(L > 150 + Δ | L > 150) = 1, 2/3, 1/3, 0, 0
+    mean, _ = f.curves(context=200, response_so_far=150)
+    assert mean.tolist() == pytest.approx([200.0, 300 * 2 / 3, 400 / 3, 0.0, 0.0])

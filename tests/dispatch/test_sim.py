@@ -63,6 +63,14 @@ def test_kv_forecast_booking_runs_bigger_batches_without_preemption():
     assert fc.makespan_s < safe.makespan_s
 
 
+def test_kv_peak_booking_admits_by_expected_peak():
+    cfg = overloaded_small().model_copy(update={"policy": "kv"})
+    fc = simulate(cfg.model_copy(update={"kv_booking": "forecast"}))
+    peak = simulate(cfg.model_copy(update={"kv_booking": "peak"}))
+    assert peak.kv_peak_fraction <= 1.0 and peak.decoded_tokens >= peak.generated_tokens
+    assert peak.mean_batch > fc.mean_batch  # it books less than every expected final length
+
+
 def test_simulation_is_deterministic():
     cfg = overloaded_small().model_copy(update={"policy": "kv"})
     assert simulate(cfg).summary() == simulate(cfg).summary()

@@ -107,13 +107,17 @@ class SimConfig(Section):
         description="kv: reserve this fraction of prompt + max response per rollout "
         "(1.0 = the paper's rule; below 1 overcommits and may preempt).",
     )
-    kv_booking: Literal["max", "forecast"] = Field(
+    kv_booking: Literal["max", "forecast", "peak"] = Field(
         "max",
-        description="kv: book prompt + max response (max, the paper's rule) or context so far + "
-        "forecast remaining length from the previous step's lengths (forecast).",
+        description="kv: book prompt + max response (max, the paper's rule); context so far + "
+        "forecast remaining length from the previous step's lengths (forecast); or admit while "
+        "the engine's expected peak usage ahead fits (peak).",
     )
     kv_margin: float = Field(
         0.05, ge=0, lt=1, description="kv forecast: fraction of KV capacity kept unbooked."
+    )
+    kv_peak_z: float = Field(
+        2.0, ge=0, description="kv peak: standard deviations of usage kept free above the mean."
     )
     kv_live_usage: bool = Field(
         True,

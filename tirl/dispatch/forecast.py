@@ -77,3 +77,51 @@ class LengthForecast:
     def booking(self, prompt_tokens: int, response_so_far: int = 0) -> int:
         """KV tokens to book now: context so far + expected remaining."""
         return int(prompt_tokens) + int(response_so_far) + self.remaining(response_so_far)
+
+
+class UsageForecast:
+    """Expected KV usage of a set of trajectories over their future progress.
+
+    If every running trajectory advances by Δ tokens (a decode step gives each one token),
+    a trajectory with context ``c`` and response ``l`` so far holds, in expectation,
+    ``(c + Δ) · P(L > l + Δ | L > l)`` tokens — it may finish and free them. Summing
+    these curves over an engine's trajectories gives its expected usage ahead; booking by
+    the *peak* of that curve (rather than by every trajectory's expected final length)
+    admits more, since short trajectories free their KV before long ones reach theirs.
+
+    The curves live on a grid of ``points`` progress values up to ``max_tokens``.
+    """
+
+    def __init__(self, lengths: Iterable[int], max_tokens: int, *, points: int = 48, resolution: int = 64):
+        self.max_tokens = int(max_tokens)
+        self.resolution = resolution
+        step = max(1, -(-self.max_tokens // (points - 1)))
+        self.delta = np.arange(points, dtype=np.float64) * step
+        s = np.sort(np.minimum(np.fromiter(lengths, dtype=np.int64), self.max_tokens))
+        rows = np.arange(0, self.max_tokens + resolution, resolution)
+        if len(s) == 0:  # nothing seen: every trajectory may run to the cap
+            surv = (rows[:, None] + self.delta[None, :] <= self.max_tokens).astype(np.float64)
+        else:
+            above = len(s) - np.searchsorted(s, rows, side="right")
+            ahead = len(s) - np.searchsorted(s, (rows[:, None] + self.delta[None, :]).ravel(), side="right")
+            ahead = ahead.reshape(len(rows), -1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                surv = np.where(above[:, None] > 0, ahead / np.maximum(above[:, None], 1), 0.0)
+            # past everything seen: expect it to stop within one resolution step
+            beyond = above == 0
+            surv[beyond] = (self.delta[None, :] <= resolution).astype(np.float64)
+            surv[rows[:, None] + self.delta[None, :] > self.max_tokens] = 0.0
+            surv[:, 0] = 1.0  # it holds its context now
+        self.survival = surv
+
+    def curve(self, context: int, response_so_far: int) -> np.ndarray:
+        """Expected KV tokens held by one trajectory at each grid point of progress."""
+        l = max(0, min(int(response_so_far), self.max_tokens))
+        return (context + self.delta) * self.survival[l // self.resolution]
+
+    def curves(self, context: int, response_so_far: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, variance) of the KV tokens one trajectory holds at each grid point."""
+        l = max(0, min(int(response_so_far), self.max_tokens))
+        s = self.survival[l // self.resolution]
+        size = context + self.delta
+        return size * s, size * size * s * (1.0 - s)

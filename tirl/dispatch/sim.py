@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tirl.dispatch.forecast import LengthForecast
+from tirl.dispatch.forecast import LengthForecast, UsageForecast
 from tirl.dispatch.config import POLICIES, SimConfig, SimEngineConfig, WorkloadConfig
 from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
 from tirl.dispatch.workload import Workload, sample_workload
@@ -149,10 +149,18 @@ class _Sim:
             max_act = cfg.max_active_per_engine or e.max_num_seqs
         cap = e.kv_capacity_tokens if cfg.policy == "kv" else None
         self.forecast: LengthForecast | None = None
-        if cfg.policy == "kv" and cfg.kv_booking == "forecast":
+        self.usage: UsageForecast | None = None
+        if cfg.policy == "kv" and cfg.kv_booking in ("forecast", "peak"):
             # what the previous RL step looked like: same distributions, another draw
-            prev = sample_workload(cfg.workload, cfg.seed + 1_000_003)
-            self.forecast = LengthForecast(wl.max_response_tokens, prev.response_tokens().tolist())
+            prev = sample_workload(cfg.workload, cfg.seed + 1_000_003).response_tokens().tolist()
+            if cfg.kv_booking == "forecast":
+                self.forecast = LengthForecast(wl.max_response_tokens, prev)
+            else:
+                self.usage = UsageForecast(prev, wl.max_response_tokens)
+                self.U = np.zeros((cfg.n_engines, len(self.usage.delta)))
+                self.V = np.zeros_like(self.U)
+                self.z = cfg.kv_peak_z
+                self.ucurve: list = [None] * n
             cap = int(cap * (1 - cfg.kv_margin))
         self.loads = [EngineLoad(capacity_tokens=cap, max_active=max_act) for _ in self.engines]
         frac = cfg.kv_reserve_fraction
@@ -201,8 +209,15 @@ class _Sim:
                 for ld, e in zip(loads, self.engines):
                     ld.live_used_tokens = e.kv_running + e.kv_parked + e.queued_tokens
             g = self.group[i]
+            r = self.reserve[i]
+            if self.usage is not None:  # book by each engine's expected peak with this one added
+                u_new, v_new = self.usage.curves(self.prompt[i], 0)
+                r = int(u_new.max())
+                peaks = (self.U + u_new + self.z * np.sqrt(self.V + v_new)).max(axis=1)
+                for ld, pk in zip(loads, peaks.tolist()):
+                    ld.reserved_tokens = int(pk) - r
             k = choose_engine(
-                self.policy, loads, self.reserve[i], ordinal=i, group_index=g,
+                self.policy, loads, r, ordinal=i, group_index=g,
                 preferred=self.group_engine.get(g) if affinity else None,
             )
             if k is None:
@@ -210,8 +225,12 @@ class _Sim:
             q.popleft()
             ld = loads[k]
             ld.active += 1
-            ld.reserved_tokens += self.reserve[i]
-            self.booked[i] = self.reserve[i]
+            ld.reserved_tokens += r
+            self.booked[i] = r
+            if self.usage is not None:
+                self.U[k] += u_new
+                self.V[k] += v_new
+                self.ucurve[i] = (u_new, v_new)
             if affinity:
                 self.group_engine.setdefault(g, k)
             self.engine_of[i] = k
@@ -225,6 +244,10 @@ class _Sim:
         ld = self.loads[self.engine_of[i]]
         ld.active -= 1
         ld.reserved_tokens -= self.booked[i]
+        if self.usage is not None:
+            u, v = self.ucurve[i]
+            self.U[self.engine_of[i]] -= u
+            self.V[self.engine_of[i]] -= v
         if self.queue:
             self.pump(t)
 
@@ -357,6 +380,12 @@ class _Sim:
                 self.seg[i] = j + 1
                 self.ctx[i] = c + self.tool[j]
                 self.remaining[i] = self.gen[j + 1]
+                if self.usage is not None:  # its expected usage ahead, from where it is now
+                    u, v = self.usage.curves(self.ctx[i], self.ctx[i] - self.prompt[i])
+                    u0, v0 = self.ucurve[i]
+                    self.U[k] += u - u0
+                    self.V[k] += v - v0
+                    self.ucurve[i] = (u, v)
                 if self.forecast is not None:  # re-book from what it has used so far
                     resp = self.ctx[i] - self.prompt[i]
                     b = self.forecast.booking(self.prompt[i], resp)
