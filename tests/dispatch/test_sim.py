@@ -87,6 +87,7 @@ def test_unknown_scenario_is_named():
         scenario_config("huge")
 
 
+@pytest.mark.slow
 def test_paper_scale_kv_keeps_engines_busy_without_preemption():
     # 64 engines, 512 x 32 rollouts, 8K cap: runs in seconds
     cfg = scenario_config("paper-8k")
