@@ -47,27 +47,26 @@ async def test_batch_mixes_fast_symbolic_and_no_answer_in_order(grader):
 async def test_single_grade(grader):
     g = await grader.grade(boxed("x = 3"), "3")
     assert g.correct and g.reward == 1.0
+    g = await grader.grade(boxed("3"), "")
+    assert g.status == "incorrect" and "empty reference" in g.detail
 
 
-async def test_hung_check_is_stopped_and_reported_as_timeout(grader):
-    res = await grader.grade_batch([(boxed("1"), "1"), (boxed("2"), "2")],
-                                   scorers=[Scorer("custom", fn=judges.sleeps_forever), None])
-    assert res[0].status == "timeout" and "soft" in res[0].detail
-    assert res[1].status == "correct"
-
-
-async def test_check_that_ignores_signals_is_killed(grader):
-    res = await grader.grade(boxed("1"), "1", Scorer("custom", fn=judges.ignores_signals))
-    assert res.status == "timeout" and "killed" in res.detail and not res.correct
-    # the pool replaced the killed worker and keeps grading
-    assert (await grader.grade(boxed(r"\sqrt{4}"), "2")).status == "correct"
-
-
-async def test_crashing_check_is_reported_as_timeout(grader):
-    res = await grader.grade(boxed("1"), "1", Scorer("custom", fn=judges.crashes))
-    assert res.status == "timeout" and "crashed" in res.detail
-    assert (await grader.grade(boxed(r"\sqrt{9}"), "3")).status == "correct"
+async def test_hung_killed_and_crashed_checks_are_timeouts_and_the_pool_recovers(grader):
+    # one batch (the limits run concurrently): a Python-level hang stopped by the worker's
+    # signal, a hang that ignores signals (only killing the worker stops it), a crash
+    res = await grader.grade_batch(
+        [(boxed("1"), "1"), (boxed("2"), "2"), (boxed("3"), "3"), (boxed("4"), "4")],
+        scorers=[Scorer("custom", fn=judges.sleeps_forever), Scorer("custom", fn=judges.ignores_signals),
+                 Scorer("custom", fn=judges.crashes), None])
+    assert [g.status for g in res] == ["timeout", "timeout", "timeout", "correct"]
+    assert "soft" in res[0].detail
+    assert "killed" in res[1].detail
+    assert "crashed" in res[2].detail
+    assert not any(g.correct for g in res[:3])
     assert grader.counts["crash"] >= 1
+    # the pool replaced the killed and crashed workers and keeps grading
+    again = await grader.grade_batch([(boxed(r"\ln 8"), r"3\ln 2"), (boxed(r"\ln 9"), r"3\ln 2")])
+    assert [g.status for g in again] == ["correct", "incorrect"]
 
 
 async def test_scorer_that_raises_is_incorrect_not_correct(grader):
@@ -94,21 +93,30 @@ async def test_event_loop_keeps_running_while_checks_hang(grader):
     assert ticks >= 5
 
 
-async def test_reasoning_gym_scorer_judges_its_own_problems(grader):
-    import reasoning_gym
+# an item of reasoning-gym's prime_factorization generator (seed 7), as the data part stores it
+RG_PROBLEM = {
+    "id": "pf-0", "source": "reasoning_gym:prime_factorization", "answer": "3 × 3 × 37",
+    "problem": "Find the prime factorization of 333. Write the factors separated by × "
+               "(Example: for 12 the answer would be: 2 × 2 × 3)",
+    "metadata": {"source_dataset": "prime_factorization", "source_index": 0, "number": 333,
+                 "factors": [3, 3, 37]},
+}
 
-    ds = reasoning_gym.create_dataset("prime_factorization", size=2, seed=7)
-    entry = ds[0]
-    problem = {"id": "p0", "problem": entry["question"], "answer": entry["answer"],
-               "source": "reasoning_gym:prime_factorization", "metadata": entry["metadata"]}
-    sc = scorer_for(problem)
-    assert sc.name == "reasoning_gym:prime_factorization"
-    right = f"<answer>{entry['answer']}</answer>"  # reasoning-gym's own format: no box
-    wrong = boxed("2 × 3")
-    res = await grader.grade_batch([(right, entry["answer"]), (wrong, entry["answer"])],
-                                   scorers=[sc, sc])
-    assert [g.status for g in res] == ["correct", "incorrect"]
+
+async def test_reasoning_gym_scorer_judges_its_own_problems(grader):
+    sc = scorer_for(RG_PROBLEM)
+    assert sc.name == "reasoning_gym:prime_factorization" and sc.entry["metadata"]["number"] == 333
+    gold = RG_PROBLEM["answer"]
+    items = [("<answer>3 × 3 × 37</answer>", gold),  # reasoning-gym's own format: no box
+             (boxed("3 × 3 × 37"), gold),
+             (boxed("9 × 37"), gold),  # right product, not prime: partial credit 0.5
+             (boxed("2 × 3"), gold),
+             ("no answer here", gold)]
+    res = await grader.grade_batch(items, scorers=[sc] * len(items))
+    assert [g.status for g in res] == ["correct", "correct", "incorrect", "incorrect", "no_answer"]
     assert res[0].method == "reasoning_gym:prime_factorization" and "score=1" in res[0].detail
+    assert "score=0.5" in res[2].detail  # partial credit is kept, but the reward is binary
+    assert res[2].reward == 0.0
 
 
 def test_scorer_specs():

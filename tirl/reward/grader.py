@@ -194,6 +194,10 @@ class Grader:
             if pred is None:
                 self.counts["no_answer"] += 1
                 return Grade("no_answer", None, gold, _ms(t0), method="extract"), ()
+            if not gold.strip():
+                self.counts["no_reference"] += 1
+                return Grade("incorrect", pred, gold, _ms(t0), method="fast",
+                             detail="empty reference answer: nothing can equal it"), ()
             fast = fast_equal(pred, gold)
             if fast is not None:
                 self.counts["fast"] += 1
