@@ -19,7 +19,7 @@ async def main(url: str, slots: int, wid: str, vis: float, maxdel: int, mode: st
     gr = FakeGrader() if mode == "fake" else None
     w = FleetWorker(url, slots, executor=ex, grader=gr, worker_id=wid,
                     options=WorkerOptions(visibility_timeout_s=vis, max_deliveries=maxdel,
-                                          worker_ttl_s=2.0, heartbeat_s=0.4, drain_timeout_s=5))
+                                          worker_ttl_s=3.0, heartbeat_s=0.4, drain_timeout_s=5))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, w.stop)

@@ -16,7 +16,7 @@ from tirl.sandbox.types import ExecRequest
 
 def _gw(url: str, **kw) -> RedisBackend:
     kw.setdefault("visibility_timeout_s", 1.5)
-    kw.setdefault("worker_ttl_s", 2.0)
+    kw.setdefault("worker_ttl_s", 3.0)
     kw.setdefault("max_deliveries", 3)
     return RedisBackend(url, **kw)
 
@@ -24,7 +24,7 @@ def _gw(url: str, **kw) -> RedisBackend:
 @contextlib.asynccontextmanager
 async def inproc_worker(url: str, wid: str, slots: int = 4, **opts):
     opts.setdefault("visibility_timeout_s", 1.5)
-    opts.setdefault("worker_ttl_s", 2.0)
+    opts.setdefault("worker_ttl_s", 3.0)
     opts.setdefault("heartbeat_s", 0.4)
     w = FleetWorker(url, slots, executor=FakeExecutor(slots), grader=FakeGrader(), worker_id=wid,
                     options=WorkerOptions(**opts))
@@ -130,7 +130,7 @@ async def test_real_reward_grader_on_a_worker(redis_server):
     if not hasattr(reward, "grade"):
         pytest.skip("tirl.reward.grade is not built yet")
     w = FleetWorker(redis_server.url, 1, executor=FakeExecutor(1), worker_id="rg",
-                    options=WorkerOptions(heartbeat_s=0.4, worker_ttl_s=2.0))
+                    options=WorkerOptions(heartbeat_s=0.4, worker_ttl_s=3.0))
     task = asyncio.create_task(w.run())
     try:
         async with _gw(redis_server.url) as gw:

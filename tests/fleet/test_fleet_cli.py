@@ -15,6 +15,7 @@ import pytest
 
 from tests.fleet.conftest import _free_port
 from tirl.sandbox.client import SandboxClient
+from tirl.sandbox.types import ExecRequest
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +68,7 @@ async def test_cli_gateway_and_worker_run_real_code(redis_server):
             assert (r.status, r.stdout) == ("ok", "42\n")
             assert await c.close_session("s1") is True
             assert await c.close_session("s1") is False
-            res = await c.run_batch([__import__("tirl.sandbox.types", fromlist=["x"]).ExecRequest(
-                f"print({i} * {i})") for i in range(40)])
+            res = await c.run_batch([ExecRequest(f"print({i} * {i})") for i in range(40)])
             assert [x.stdout for x in res] == [f"{i * i}\n" for i in range(40)]
         for p in procs:
             p.send_signal(signal.SIGTERM)

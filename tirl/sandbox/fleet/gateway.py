@@ -366,7 +366,9 @@ class RedisBackend:
             await asyncio.sleep(0.5)
             try:
                 epoch = await self._r.get(self.keys.epoch)
-                if epoch != self._epoch:
+                if self._epoch is None:  # first contact (Redis was away at start)
+                    await self._init_redis()
+                elif epoch != self._epoch:
                     await self._on_data_loss()
                 if time.monotonic() - last_reap > self.worker_ttl_s:
                     last_reap = time.monotonic()

@@ -35,7 +35,7 @@ import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -58,6 +58,9 @@ class WorkerOptions:
     session_ttl_s: float = 600.0
     block_ms: int = 1000
     drain_timeout_s: float = 30.0  # on stop: how long to wait for running jobs
+    # SandboxConfig overrides for the local pool, e.g. {"timeout_s": 30, "memory_mb": 2048}
+    # (several workers on one machine are fine: each sandbox claims its own uid block)
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
 
 class FleetWorker:
@@ -102,9 +105,11 @@ class FleetWorker:
         if self.executor is None:
             from tirl.sandbox import Sandbox
 
-            self.executor = Sandbox(slots=self.slots, session_ttl_s=self.opt.session_ttl_s)
-        if hasattr(self.executor, "start") and self._own_executor:
+            self.executor = Sandbox(**{"slots": self.slots, "session_ttl_s": self.opt.session_ttl_s,
+                                       **self.opt.sandbox})
             await self.executor.start()
+            for w in self.executor.health().get("warnings", []):
+                log.warning("fleet worker %s: sandbox: %s", self.wid, w)
         self._r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3,
                                           socket_timeout=max(10.0, self.opt.block_ms / 1000 + 5))
         loops = [asyncio.create_task(c) for c in (
