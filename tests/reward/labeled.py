@@ -276,4 +276,14 @@ LABELED: list[tuple[str, str, str, bool]] = [
     ("hedge", r"\{5, 6\}", "5", False),
     ("hedge", "5;6", "5", False),
     ("hedge", r"\text{5 or 6}", "5", False),
+    # words, money
+    ("text", "east", r"\text{east}", True),
+    ("text", "Evelyn", r"\text{Evelyn}", True),
+    ("text", r"\text{No}", "no", True),
+    ("text", "ellipse", r"\text{hyperbola}", False),
+    ("text", r"\text{even}", r"\text{odd}", False),
+    ("integer", r"\$18.90", "18.90", True),
+    ("integer", r"\$32,\!348", "32348", True),
+    ("integer", r"\$36", "35", False),
+    ("expression", "xy", "yx", True),
 ]

@@ -93,7 +93,7 @@ def clean(ans: str) -> str:
     except between letters. Used for fast comparison only (never shown to sympy)."""
     s = _strip_delims(ans)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("−", "-")
-    s = s.replace("{,}", ",").replace("\\%", "%")
+    s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "")
     s = _SPACING.sub(" ", s).strip()
     for _ in range(3):
         before = s
@@ -164,6 +164,21 @@ def _percent(s: str) -> Fraction | None:
     return parse_number(m.group(1)) if m else None
 
 
+_WORD = re.compile(r"^[A-Za-z][A-Za-z\- ]*[A-Za-z]$")
+_TEXTY = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{")
+
+
+def _words(pred: str, p: str, gold: str, g: str) -> bool | None:
+    """Word answers (``\\text{east}``, ``Evelyn``) compare case-insensitively. Two letters
+    side by side may be a product (``xy``), so a bare word counts only from 4 letters on."""
+    if not (_WORD.match(p) and _WORD.match(g)):
+        return None
+    texty = _TEXTY.search(pred) or _TEXTY.search(gold)
+    if not texty and (len(p) < 4 or len(g) < 4):
+        return None
+    return p.replace(" ", "").lower() == g.replace(" ", "").lower()
+
+
 def _choice(s: str) -> str | None:
     m = _CHOICE.match(s)
     return m.group(1) if m else None
@@ -228,6 +243,9 @@ def fast_equal(pred: str, gold: str) -> bool | None:
         return None
     if p == g:
         return True
+    word = _words(pred, p, gold, g)
+    if word is not None:
+        return word
     gc = _choice(g)
     if gc is not None:
         pc = _choice(p)
