@@ -38,8 +38,16 @@ def _summary(lat: list[float], wall: float, statuses: list[str]) -> dict:
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s] = counts.get(s, 0) + 1
-    return {"n": len(lat), "per_s": round(len(lat) / wall, 1), "p50_ms": round(_pct(lat, 0.5), 1),
+    return {"n": len(lat), "per_s": round(len(lat) / wall, 1),
+            "ok_per_s": round(counts.get("ok", 0) / wall, 2), "p50_ms": round(_pct(lat, 0.5), 1),
             "p99_ms": round(_pct(lat, 0.99), 1), "wall_s": round(wall, 2), "statuses": counts}
+
+
+def _compare(o: dict, b: dict, **extra) -> dict:
+    """throughput_ratio: answered/s; goodput_ratio: ok/s (None when the baseline got no ok)."""
+    return {"ours": o, "naive": b, "throughput_ratio": round(o["per_s"] / b["per_s"], 2),
+            "goodput_ratio": round(o["ok_per_s"] / b["ok_per_s"], 2) if b["ok_per_s"] else None,
+            **extra}
 
 
 async def _capped(items, conc: int, fn):
@@ -99,12 +107,13 @@ async def bench(quick: bool, slots: int) -> dict:
         for conc, n_ours, n_naive in ((1, n(200), n(40)), (64, n(2000), n(300)), (512, n(4000), n(600))):
             o = await _capped([TRIVIAL] * n_ours, conc, ours)
             b = await _capped([TRIVIAL] * n_naive, conc, naive_run)
-            sc[f"trivial_c{conc}"] = {"ours": o, "naive": b, "throughput_ratio": round(o["per_s"] / b["per_s"], 2)}
+            sc[f"trivial_c{conc}"] = _compare(o, b)
 
         for conc, n_ours, n_naive in ((16, n(200), n(32)), (64, n(400), n(64))):
+            # the naive sympy calls get 60 s each (a service would time them out too)
             o = await _capped([SYMPY] * n_ours, conc, ours)
             b = await _capped([SYMPY] * n_naive, conc, lambda c: naive_run(c, 60.0))
-            sc[f"sympy_c{conc}"] = {"ours": o, "naive": b, "throughput_ratio": round(o["per_s"] / b["per_s"], 2)}
+            sc[f"sympy_c{conc}"] = _compare(o, b)
 
         # 10-cell sessions, 64 sessions at once (cells of one session in order)
         n_sessions, n_naive_sessions = n(256), n(32)
@@ -127,11 +136,9 @@ async def bench(quick: bool, slots: int) -> dict:
         o = await _capped(range(n_sessions), 64, session_ours)
         b = await _capped(range(n_naive_sessions), 64, session_naive)
         cells = len(SESSION_CELLS)
-        sc["session_10_cells_c64"] = {
-            "ours": o, "naive_replay": b,
-            "ours_cells_per_s": round(o["per_s"] * cells, 1),
-            "naive_cells_per_s": round(b["per_s"] * cells, 1),
-            "throughput_ratio": round(o["per_s"] / b["per_s"], 2)}
+        sc["session_10_cells_c64"] = _compare(
+            o, b, ours_cells_per_s=round(o["per_s"] * cells, 1),
+            naive_replay_cells_per_s=round(b["per_s"] * cells, 1))
 
         # steady state: 64 live sessions, 20 cells each (no session start in the clock)
         await asyncio.gather(*(sb.run("acc = []", session_id=f"steady-{i}") for i in range(64)))
@@ -160,7 +167,7 @@ async def bench(quick: bool, slots: int) -> dict:
 
         o = await _capped(mix(n(1000)), 64, lambda it: ours(it[0], it[1]))
         b = await _capped(mix(n(200)), 64, lambda it: naive_run(it[0], it[1] or 60.0))
-        sc["mix_timeouts_c64"] = {"ours": o, "naive": b, "throughput_ratio": round(o["per_s"] / b["per_s"], 2)}
+        sc["mix_timeouts_c64"] = _compare(o, b)
 
         t0 = time.monotonic()
         res = await sb.run_batch([ExecRequest(TRIVIAL)] * 4096)
