@@ -118,3 +118,23 @@ async def test_closing_a_busy_session_kills_its_cell(sb):
     assert await sb.close_session("busy")
     r = await asyncio.wait_for(task, 20)
     assert r.status == "killed" and r.session_reset
+
+
+async def test_cancelled_call_does_not_outlive_its_request(sb):
+    import asyncio
+
+    from .test_isolation import _no_sandbox_processes
+
+    task = asyncio.create_task(sb.run("import time\ntime.sleep(30)"))
+    stask = asyncio.create_task(sb.run("import time\ntime.sleep(30)", session_id="cancel-me"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    stask.cancel()
+    for t in (task, stask):
+        with pytest.raises(asyncio.CancelledError):
+            await t
+    assert await _no_sandbox_processes(sb) == []
+    assert sb.stats()["busy"] == 0 and sb.stats()["sessions"] == 0
+    r = await sb.run("v", session_id="cancel-me")
+    assert r.session_reset and "NameError" in r.stderr
+    await sb.close_session("cancel-me")

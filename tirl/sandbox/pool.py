@@ -381,23 +381,38 @@ class Sandbox:
         finally:
             os.close(out_w)
             os.close(err_w)
-        timed_out = False
-        try:
-            done = await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            timed_out = True
+        # timers and one future instead of wait_for/shield tasks: this is the hot path
+        state = {"timed_out": False}
+
+        def on_timeout() -> None:
+            state["timed_out"] = True
             zyg.kill(cid)
-            try:
-                done = await asyncio.wait_for(fut, KILL_GRACE_S)
-            except TimeoutError:
-                done = {"op": "dead", "reason": "kill_timeout"}
+
+        def on_stuck() -> None:
+            if not fut.done():
+                fut.set_result({"op": "dead", "reason": "kill_timeout"})
+
+        t_kill = self._loop.call_later(timeout, on_timeout)
+        t_stuck = self._loop.call_later(timeout + KILL_GRACE_S, on_stuck)
+        try:
+            done = await fut
+        except BaseException:  # cancelled by the caller: the call must not outlive its request
+            zyg.kill(cid)
+            cap.close()
+            raise
+        finally:
+            t_kill.cancel()
+            t_stuck.cancel()
+        timed_out = state["timed_out"]
         exec_ms = (time.monotonic() - t0) * 1000
         if done.get("op") == "exit":
-            try:
-                await asyncio.wait_for(cap.eof.wait(), 2.0)
-            except TimeoutError:
-                pass
-            cap.drain()
+            cap.drain()  # every writer is dead by now, so this normally reaches EOF
+            if not cap.eof.is_set():
+                try:
+                    await asyncio.wait_for(cap.eof.wait(), 2.0)
+                except TimeoutError:
+                    pass
+                cap.drain()
         cap.close()
         out, err = cap.take()
         res = self._classify(done, timed_out, flags["overflow"], limits["cpu_s"])
@@ -536,6 +551,9 @@ class Sandbox:
         timer = loop.call_later(timeout, settle, "timeout")
         try:
             kind, data = await fut
+        except BaseException:  # cancelled by the caller: end the cell (and so the session)
+            self._drop_session(sess, lost=True)
+            raise
         finally:
             timer.cancel()
             sess.exit_fut.remove_done_callback(exited)
