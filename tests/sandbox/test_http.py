@@ -38,6 +38,8 @@ class FakeBackend:
             n = self.attempts[r.code] = self.attempts.get(r.code, 0) + 1
             if r.code.startswith("flaky") and n <= self.fail_first:
                 out.append(ExecResult("infra_error", reason="zygote_died"))
+            elif r.code == "backend-bug":
+                raise RuntimeError("backend exploded")
             elif r.code.startswith("raise"):
                 out.append(ExecResult("error", stderr="boom", exit_code=1))
             else:
@@ -178,3 +180,12 @@ async def test_real_sandbox_over_http(served):
             h = await c.health()
             assert h["status"] == "ok" and h["isolation"]["network"] in (True, False)
         assert (await local.run("2**10")).stdout == "1024\n"
+
+
+async def test_backend_failure_is_a_typed_infra_error(served):
+    url = await served(FakeBackend())
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + "/v1/execute", json={"code": "backend-bug", "session_id": "q"}) as r:
+            d = await r.json()
+            assert r.status == 200 and d["status"] == "infra_error" and "exploded" in d["reason"]
+            assert d["session_id"] == "q"

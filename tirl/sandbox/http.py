@@ -27,7 +27,7 @@ import math
 from aiohttp import web
 
 from tirl.sandbox.config import SandboxConfig
-from tirl.sandbox.types import ExecRequest
+from tirl.sandbox.types import ExecRequest, ExecResult
 
 MAX_SESSION_ID = 256
 _FIELDS = {"code", "stdin", "timeout_s", "session_id"}
@@ -96,6 +96,11 @@ def parse_batch(obj: object, cfg: SandboxConfig) -> list[ExecRequest]:
     return [parse_request(r, cfg, f"requests[{i}].") for i, r in enumerate(reqs)]
 
 
+def _internal(err: Exception, session_id: str | None) -> ExecResult:
+    return ExecResult("infra_error", session_id=session_id,
+                      reason=f"internal: {type(err).__name__}: {err}")
+
+
 def _error(err: RequestError) -> web.Response:
     return web.json_response({"error": err.message, "field": err.field}, status=err.status)
 
@@ -125,7 +130,10 @@ def make_app(backend, cfg: SandboxConfig | None = None) -> web.Application:
             req = parse_request(await _json_body(request), cfg)
         except RequestError as err:
             return _error(err)
-        res = await backend.run(req.code, req.stdin, req.timeout_s, req.session_id)
+        try:
+            res = await backend.run(req.code, req.stdin, req.timeout_s, req.session_id)
+        except Exception as err:  # a typed result even when the backend breaks
+            res = _internal(err, req.session_id)
         return web.json_response(res.to_dict())
 
     async def execute_batch(request: web.Request) -> web.Response:
@@ -133,7 +141,10 @@ def make_app(backend, cfg: SandboxConfig | None = None) -> web.Application:
             reqs = parse_batch(await _json_body(request), cfg)
         except RequestError as err:
             return _error(err)
-        results = await backend.run_batch(reqs)
+        try:
+            results = await backend.run_batch(reqs)
+        except Exception as err:
+            results = [_internal(err, r.session_id) for r in reqs]
         return web.json_response({"results": [r.to_dict() for r in results]})
 
     async def delete_session(request: web.Request) -> web.Response:
