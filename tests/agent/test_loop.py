@@ -206,3 +206,18 @@ async def test_trajectories_round_trip_through_jsonl(tmp_path):
     assert [b.to_dict() for b in back] == [t.to_dict() for t in trajs]
     assert back[0].turns[1].tool_calls[0].result.status == "error"
     assert back[0].tool_errors_by_kind == {"parse_error": 1, "error": 1}
+
+
+async def test_tool_calls_are_parsed_when_the_tags_are_special_tokens():
+    from tokenizers import AddedToken
+
+    tok = tiny_tokenizer()
+    special = tok.__class__(tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
+                            eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    special.add_special_tokens({"additional_special_tokens": [AddedToken("<tool_call>", special=True),
+                                                              AddedToken("</tool_call>", special=True)]})
+    assert special.decode(special.encode("<tool_call>"), skip_special_tokens=True) == ""
+    tools = FakeTools()
+    loop = AgentLoop(ScriptedEngine(special, [call("print(5)"), ANSWER]), special, tools, AgentConfig())
+    [t] = await loop.run("q")
+    assert t.num_tool_calls == 1 and tools.calls[0][0] == "print(5)" and t.finish_reason == "answer"

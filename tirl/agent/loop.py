@@ -194,7 +194,8 @@ class AgentLoop:
             traj.response_ids.extend(ids)
             traj.response_mask.extend([1] * len(ids))
             traj.logprobs.extend(lps)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            # keep special tokens other than the end of turn: some tokenizers make <tool_call> special
+            text = self.tokenizer.decode([t for t in ids if t not in self.stop_ids], skip_special_tokens=False)
             turn = Turn(text=text, gen_ms=gen_ms, n_generated=len(ids), finish=comp.finish_reason)
             traj.turns.append(turn)
             closed = bool(ids) and ids[-1] in self.stop_ids

@@ -268,7 +268,8 @@ class ModelServer:
         n_out = 0
         for i, comp in enumerate(comps):
             n_out += len(comp.token_ids)
-            text = self.tokenizer.decode(comp.token_ids, skip_special_tokens=True)
+            eot = set(fmt.end_of_turn_ids(self.tokenizer))
+            text = self.tokenizer.decode([t for t in comp.token_ids if t not in eot], skip_special_tokens=False)
             calls = []
             for m in _CALL_RE.finditer(text):
                 try:
