@@ -4,9 +4,12 @@ Scenarios (same machine, same total slots):
 
 * ``trivial_64`` — trivial code at 64 in flight: in-process ``Sandbox(slots=S)`` vs the
   fleet (``RedisBackend`` + 2 worker processes with S/2 slots each, real sandbox);
+* ``http_trivial_64`` — the same over HTTP as a trainer sees it: ``SandboxClient`` to
+  ``tirl sandbox serve`` (local pool) vs to ``tirl sandbox serve --redis`` + 2 workers;
 * ``sympy_16`` — a sympy snippet at 16 in flight, same pair;
 * ``plumbing`` — the fleet with no-op workers (no code runs): what the gateway, Redis and
-  the workers' own loops cost per call, and the most calls/s this box can move.
+  the workers' own loops cost per call, the most calls/s this box can move (512 and 64 in
+  flight) and the bare transit latency (1 in flight).
 
 For each run it reports throughput, mean/p50/p99 latency (submit → result) and the CPU
 time spent per call by each component (this process = the gateway or the in-process pool;
@@ -227,6 +230,59 @@ async def bench_plumbing(redis: Redis, n: int, conc: int) -> dict:
         stop_workers(workers)
 
 
+async def _wait_http(url: str, timeout: float = 120) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(f"{url}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} did not become healthy")
+
+
+async def bench_http(redis: Redis, slots: int, code: str, n: int, conc: int, repeat: int) -> dict:
+    """Over HTTP, as a trainer sees it: SandboxClient -> `tirl sandbox serve` (local pool)
+    vs SandboxClient -> `tirl sandbox serve --redis` (gateway) + 2 workers."""
+    from tirl.sandbox.client import SandboxClient
+
+    p_local, p_gw = _free_port(), _free_port()
+    local = subprocess.Popen([sys.executable, "-m", "tirl.cli", "sandbox", "serve", "--port",
+                              str(p_local), "--slots", str(slots)], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = subprocess.Popen([sys.executable, "-m", "tirl.cli", "sandbox", "serve", "--port",
+                           str(p_gw), "--redis", redis.url], start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = spawn_workers(redis.url, 2, max(1, slots // 2), noop=False)
+    out: dict = {"local_serve": [], "fleet_serve": []}
+    try:
+        u_local, u_gw = f"http://127.0.0.1:{p_local}", f"http://127.0.0.1:{p_gw}"
+        await _wait_http(u_local)
+        await _wait_http(u_gw)
+        wp = [p.pid for p in workers]
+        rd = ([redis.proc.pid], set())
+        async with SandboxClient(u_local) as cl, SandboxClient(u_gw) as cg:
+            for c in (cl, cg):
+                await asyncio.gather(*(c.run(code) for _ in range(conc)))
+            for _ in range(repeat):
+                out["local_serve"].append(await measure(cl, code, n, conc, {
+                    "client": ([os.getpid()], {local.pid, gw.pid, redis.proc.pid, *wp}),
+                    "server": ([local.pid], set()), "redis": rd}))
+                out["fleet_serve"].append(await measure(cg, code, n, conc, {
+                    "client": ([os.getpid()], {local.pid, gw.pid, redis.proc.pid, *wp}),
+                    "gateway": ([gw.pid], set()), "workers": (wp, set()), "redis": rd}))
+    finally:
+        stop_workers(workers + [local, gw])
+    out["overhead_ratio"] = [round(f["wall_ms_per_call"] / i["wall_ms_per_call"], 3)
+                             for i, f in zip(out["local_serve"], out["fleet_serve"])]
+    return out
+
+
 # ------------------------------------------------------------------ no-op worker mode
 class _Noop:
     async def run(self, code, stdin="", timeout_s=None, session_id=None):
@@ -264,9 +320,11 @@ async def main() -> None:
         res = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
                "total_slots": slots}
         res["trivial_64"] = await bench_pair(redis, slots, TRIVIAL, n_triv, 64, a.repeat, 2)
+        res["http_trivial_64"] = await bench_http(redis, slots, TRIVIAL, n_triv, 64, a.repeat)
         res["sympy_16"] = await bench_pair(redis, slots, SYMPY, n_sym, 16, max(1, a.repeat - 1), 1)
         res["plumbing_noop_512"] = await bench_plumbing(redis, n_plumb, 512)
         res["plumbing_noop_64"] = await bench_plumbing(redis, n_plumb // 2, 64)
+        res["plumbing_noop_1"] = await bench_plumbing(redis, 300, 1)  # transit latency
         res["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
     finally:
         redis.close()
