@@ -152,6 +152,19 @@ def test_sync_use_and_close():
         g.start()
 
 
+async def test_close_mid_batch_reports_pending_checks_as_timeouts():
+    g = Grader(workers=1, timeout_s=30.0)
+    await asyncio.to_thread(g.start)
+    task = asyncio.create_task(g.grade_batch(
+        [(boxed("1"), "1"), (boxed("2"), "2")],
+        scorers=[Scorer("custom", fn=judges.sleeps_forever), None]))
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(g.close)
+    res = await asyncio.wait_for(task, 30)
+    assert res[0].status == "timeout" and "closed" in res[0].detail
+    assert res[1].status == "correct"
+
+
 def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="timeout_s"):
         Grader(timeout_s=0)

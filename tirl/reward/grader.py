@@ -110,6 +110,7 @@ class Grader:
         self.counts: Counter[str] = Counter()
         self._pool = None
         self._closed = False
+        self._pending: set = set()  # pebble futures in flight, cancelled by close()
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> Grader:
@@ -128,6 +129,8 @@ class Grader:
         """Stop the workers (pending checks are cancelled)."""
         self._closed = True
         pool, self._pool = self._pool, None
+        for fut in list(self._pending):
+            fut.cancel()  # pebble's stop() leaves running futures unresolved
         if pool is not None:
             pool.stop()
             pool.join(timeout=10)
@@ -220,8 +223,17 @@ class Grader:
             raise RuntimeError("this Grader is closed; make a new one")
         fut = self._pool.schedule(worker_check, args=(kind, pred, gold, entry, self.timeout_s, fn),
                                   timeout=self.timeout_s)
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
         try:
             status, detail = await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                # the pool was stopped under a pending check (close() mid-batch)
+                return Grade("timeout", pred, gold, _ms(t0), method=method,
+                             detail="grader closed before the check finished")
+            raise
         except FutureTimeout:
             status, detail = "timeout", f"killed after {self.timeout_s:g}s"
         except ProcessExpired as err:
