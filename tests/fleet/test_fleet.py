@@ -125,6 +125,7 @@ async def test_grading_jobs_run_on_workers(redis_server):
         assert grades[0].reward == 1.0 and grades[1].reward == 0.0
 
 
+@pytest.mark.slow
 async def test_real_reward_grader_on_a_worker(redis_server):
     reward = pytest.importorskip("tirl.reward")
     if not hasattr(reward, "grade"):
@@ -170,3 +171,34 @@ async def test_graceful_worker_stop_answers_its_sessions(redis_server, workers):
         assert r.status == "infra_error" and r.reason == "session_lost"
         h = await gw.health()
         assert h["workers"] == 0 and h["status"] == "degraded"
+
+
+async def test_a_session_call_sent_twice_runs_once(redis_server):
+    """A gateway that retries a send after a broken pipeline may put the same request on
+    Redis twice; a session cell must not run twice (state would change twice)."""
+    from tirl.sandbox.fleet import protocol as P
+
+    keys = P.Keys()
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with inproc_worker(redis_server.url, "d1") as w:
+            job = P.Job(rid="rid-1", kind=P.EXEC, reply="test:replies", queue_timeout_ms=60_000,
+                        code="x", session_id="sd")
+            for _ in range(2):
+                await r.xadd(keys.jobs, {"j": P.encode_job(job)})
+            job2 = P.Job(rid="rid-2", kind=P.EXEC, reply="test:replies", queue_timeout_ms=60_000,
+                         code="x", session_id="sd")
+            await r.xadd(keys.jobs, {"j": P.encode_job(job2)})
+            replies = []
+            for _ in range(100):
+                replies = await r.xrange("test:replies")
+                if len(replies) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a duplicate, if any, would have landed by now
+            replies = await r.xrange("test:replies")
+            assert sorted(f[b"rid"] for _, f in replies) == [b"rid-1", b"rid-2"]
+            assert w.executor.sessions["sd"] == 2  # two distinct cells ran, not three
+            assert await r.xlen(keys.jobs) == 0  # all three entries retired
+    finally:
+        await r.aclose()

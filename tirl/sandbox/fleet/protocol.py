@@ -92,6 +92,9 @@ class Keys:
     def res(self, gid: str) -> str:
         return f"{self.prefix}:res:{gid}"
 
+    def run_marker(self, rid: str) -> str:
+        return f"{self.prefix}:run:{rid}"
+
     def reap_lock(self, wid: str) -> str:
         return f"{self.prefix}:reaplock:{wid}"
 
@@ -192,14 +195,19 @@ local id = redis.call('XADD', prefix .. ':jobs', '*', 'j', ARGV[2])
 return {'shared', id}
 """
 
-# A worker takes a session: KEYS sess, wsess(self). ARGV: self id, prefix, ttl s.
-# Returns 'mine' (now or already), or the live owner's id (caller forwards the call).
+# A worker takes a session call: KEYS sess, wsess(self), run marker of the request.
+# ARGV: self id, prefix, ttl s, sid, '1' if this is a first delivery.
+# Returns 'mine' (now or already), 'dup' (a copy of this request already ran: a retried
+# send must not run a cell twice in a session), or the live owner's id (caller forwards).
 CLAIM_SESSION = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and owner ~= 'lost' then
   if redis.call('EXISTS', ARGV[2] .. ':alive:' .. owner) == 1 then
     return owner
   end
+end
+if ARGV[5] == '1' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 600) then
+  return 'dup'
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[4])

@@ -256,7 +256,8 @@ class FleetWorker:
                                       f"over the {job.queue_timeout_ms / 1000:.1f}s limit")
                        if job.kind != P.CLOSE else {"closed": False})
             elif job.kind == P.EXEC:
-                res = await self._exec(stream, eid, job, age_ms if not redelivered else 0.0)
+                res = await self._exec(stream, eid, job, age_ms if not redelivered else 0.0,
+                                       redelivered)
                 if res is None:  # forwarded to the session's owner
                     return
                 if redelivered:
@@ -272,10 +273,15 @@ class FleetWorker:
             res = P.infra_result("worker_error", job.session_id, f"sandbox fleet worker: {err!r}")
         await self._results.put((stream, eid, job, res))
 
-    async def _exec(self, stream: str, eid: bytes, job: P.Job, queue_ms: float) -> dict | None:
+    async def _exec(self, stream: str, eid: bytes, job: P.Job, queue_ms: float,
+                    redelivered: bool = False) -> dict | None:
         sid = job.session_id
         if sid is not None:
-            owner = await self._claim_session(sid)
+            owner = await self._claim_session(sid, job.rid, first=not redelivered)
+            if owner == "dup":
+                await self._ack_only(stream, eid)
+                self._done(eid)
+                return None
             if owner != "mine":
                 await self._forward(stream, eid, job, owner)
                 return None
@@ -289,12 +295,13 @@ class FleetWorker:
         d["extra"] = extra
         return d
 
-    async def _claim_session(self, sid: str) -> str:
+    async def _claim_session(self, sid: str, rid: str, first: bool) -> str:
         while True:
             try:
-                owner = await self._r.eval(P.CLAIM_SESSION, 2, self.keys.sess(sid),
-                                           self.keys.wsess(self.wid), self.wid, self.opt.prefix,
-                                           int(self.opt.session_ttl_s), sid)
+                owner = await self._r.eval(P.CLAIM_SESSION, 3, self.keys.sess(sid),
+                                           self.keys.wsess(self.wid), self.keys.run_marker(rid),
+                                           self.wid, self.opt.prefix, int(self.opt.session_ttl_s),
+                                           sid, "1" if first else "0")
                 break
             except RedisError as err:
                 log.warning("fleet worker %s: session claim failed (%s); retrying", self.wid, err)
