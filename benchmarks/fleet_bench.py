@@ -283,6 +283,32 @@ async def bench_http(redis: Redis, slots: int, code: str, n: int, conc: int, rep
     return out
 
 
+def capacity_from(res: dict, calls: int = 45_000, latency_s: float = 0.3,
+                  sympy_share: float = 0.2, cores_per_node: int = 16) -> dict:
+    """docs/fleet.md's model fed with this run's measured per-call CPU costs."""
+    from statistics import median
+
+    from tirl.sandbox.fleet.capacity import plan
+
+    triv = median(x["cpu_ms_per_call"]["workers"] for x in res["trivial_64"]["fleet"])
+    sym = median(x["cpu_ms_per_call"]["workers"] for x in res["sympy_16"]["fleet"])
+    gw = res["plumbing_noop_512"]["cpu_ms_per_call"]["gateway"]
+    rd = res["plumbing_noop_512"]["cpu_ms_per_call"]["redis"]
+    mix = (1 - sympy_share) * triv + sympy_share * sym
+    out = {"inputs": {"worker_cpu_ms_trivial": triv, "worker_cpu_ms_sympy": sym,
+                      "sympy_share": sympy_share, "worker_cpu_ms_mix": round(mix, 3),
+                      "gateway_cpu_ms": gw, "redis_cpu_ms": rd, "calls": calls,
+                      "latency_s": latency_s, "cores_per_node": cores_per_node}}
+    for name, window in (("burst", 0.0), ("steady_30s", 30.0), ("steady_120s", 120.0),
+                         ("steady_600s", 600.0)):
+        p = plan(calls, latency_s, mix, exec_s=sym / 1000, window_s=window,
+                 cores_per_node=cores_per_node, gateway_cpu_ms=gw, redis_cpu_ms=rd)
+        out[name] = {"calls_per_s": round(p.calls_per_s), "worker_cores": round(p.worker_cores, 1),
+                     "worker_nodes": p.worker_nodes, "gateway_cores": round(p.gateway_cores, 1),
+                     "redis_instances": p.redis_instances}
+    return out
+
+
 # ------------------------------------------------------------------ no-op worker mode
 class _Noop:
     async def run(self, code, stdin="", timeout_s=None, session_id=None):
@@ -326,6 +352,7 @@ async def main() -> None:
         res["plumbing_noop_64"] = await bench_plumbing(redis, n_plumb // 2, 64)
         res["plumbing_noop_1"] = await bench_plumbing(redis, 300, 1)  # transit latency
         res["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
+        res["capacity_model"] = capacity_from(res)
     finally:
         redis.close()
     print(json.dumps(res, indent=1))
