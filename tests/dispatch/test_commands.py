@@ -27,3 +27,11 @@ def test_simulate_table_and_bad_input(capsys):
     assert "fastest" in capsys.readouterr().err
     assert main(["dispatch", "simulate", "--scenario", "huge"]) == 2
     assert "huge" in capsys.readouterr().err
+
+
+def test_doctor_checks_of_dispatch():
+    from tirl.dispatch.health import checks
+
+    got = {c.feature: c for c in checks()}
+    assert got["dispatch: simulator"].ok and "128 rollouts" in got["dispatch: simulator"].detail
+    assert "dispatch: engines" in got
