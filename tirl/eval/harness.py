@@ -218,9 +218,11 @@ def build_components(cfg: Config) -> tuple[Any, Any]:
     if m.base_url:
         from tirl.engines.openai import OpenAIEngine
 
-        name = m.served_name or m.path
+        name = m.served_name or (m.path if m.path != "scratch" else None)
         engine = OpenAIEngine(m.base_url, name)
         tokenizer = _tokenizer_for_server(cfg, engine)
+        if getattr(engine, "tokenizer", None) is None:
+            engine.tokenizer = tokenizer  # for text-only servers (llama.cpp): decode / re-encode
         return engine, tokenizer
     from tirl.engines.local import LocalEngine
     from tirl.engines.models import load_model
