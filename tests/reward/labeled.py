@@ -286,4 +286,10 @@ LABELED: list[tuple[str, str, str, bool]] = [
     ("integer", r"\$32,\!348", "32348", True),
     ("integer", r"\$36", "35", False),
     ("expression", "xy", "yx", True),
+    ("hedge", r"5 \text{ or 6}", "5", False),
+    ("hedge", r"5\text{ or more}", "5", False),
+    ("units", r"5\text{ km/h}", "5", True),
+    ("units", r"5\text{ m}^2", "5", True),
+    ("hedge", r"\text{at least } 5", "5", False),
+    ("hedge", r"\text{about } 5", "5", False),
 ]

@@ -11,12 +11,13 @@ decide exactly, and ``None`` ("undecided, ask the symbolic checker") otherwise. 
 - answers wrapped in ``$…$``, ``\\text{}``, ``\\mathrm{}``, with a trailing unit
   (``5\\text{ cm}``), degrees (``30^\\circ``), a leading ``x =``, or a trailing period;
 - multiple-choice letters (``B``, ``(B)``, ``\\text{(B)}``) when the gold is a letter;
-- sets (order-free), tuples and intervals (ordered, brackets must match) of plain numbers;
+- sets (order-free), tuples and intervals (ordered, brackets must match) of exact numbers;
+- radicals, π and polynomials in single-letter variables, by exact canonical forms
+  (``tirl.reward.exact``);
+- word answers (``\\text{east}``), case-insensitively;
 - identical strings after this normalization.
 
 It never says ``True`` for two different values; anything it is unsure of is ``None``.
-- radicals, π and polynomials in single-letter variables, by exact canonical forms
-  (``tirl.reward.exact``).
 
 What it does not do: general algebra (functions, logarithms, equations, rationalising
 denominators, matrices) — that is ``tirl.reward.symbolic``'s job, in a worker process.
@@ -36,9 +37,10 @@ _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA
 _WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{(.*)\}$",
                       re.DOTALL)
 _DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z]))\s*(?:\\text\{?\s*[CF]?\s*\}?)?$")
-_UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{\s*[a-zA-Z][a-zA-Z .^/\d]*\}"
+_UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{(\s*[a-zA-Z][a-zA-Z .^/\d]*)\}"
                    r"(?:\s*\^\s*\{?\d\}?)?$", re.DOTALL)
-_ASSIGN = re.compile(r"^\s*[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|:)\s*(?=\S)")
+_NOT_A_UNIT = re.compile(r"\b(?:or|and|to|maybe|either|not|than|plus|minus)\b|(?<!\^)\d", re.IGNORECASE)
+_ASSIGN = re.compile(r"^\s*[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*=\s*(?=\S)")
 _CHOICE = re.compile(r"^\(?([A-J])\)?\.?$")
 _DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
 _WS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
@@ -103,7 +105,7 @@ def clean(ans: str) -> str:
             s = m.group(1).strip()
         s = _DEGREES.sub("", s)
         m = _UNIT.match(s)
-        if m and _balanced(m.group(1)):
+        if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)):
             s = m.group(1).strip()
         if "=" in s and s.count("=") == 1 and "," not in s:
             s = _ASSIGN.sub("", s)

@@ -152,12 +152,17 @@ def _set_vs_tuple(pred: str, gold: str) -> bool:
 
 
 _HEDGE_WORD = re.compile(r"\b(?:or|and|maybe|either)\b", re.IGNORECASE)
+_QUALIFIER = re.compile(r"\b(?:more|less|least|most|greater|fewer|smaller|larger|"
+                        r"approximately|about|around|roughly|nearly)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def _hedges(pred: str, gold: str) -> bool:
-    """``5 \\text{ (or 6)}``: several numbers joined by a word math-verify would drop. Two
-    candidate answers are never one right answer (unless the reference is worded so too)."""
+    """``5 \\text{ (or 6)}``, ``5 \\text{ or more}``: several numbers joined by a word, or a
+    number with a qualifier, which math-verify would drop. A hedge is never one right answer
+    (unless the reference is worded so too)."""
+    if _QUALIFIER.search(pred) and not _QUALIFIER.search(gold):
+        return True
     return (_HEDGE_WORD.search(pred) is not None and _HEDGE_WORD.search(gold) is None
             and len(_NUMBER.findall(pred)) >= 2)
 
