@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = [
     "tirl.rl.commands",  # demo, train
     "tirl.eval.commands",  # eval
+    "tirl.reward.commands",  # grade
     "tirl.engines.commands",  # serve
     "tirl.agent.commands",  # chat
     "tirl.sandbox.commands",  # sandbox serve | worker
