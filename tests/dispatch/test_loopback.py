@@ -171,3 +171,37 @@ async def test_server_that_dies_is_drained_its_calls_retried_and_it_comes_back(c
     finally:
         await d.close()
     assert all(ld.reserved_tokens == 0 and ld.active == 0 for ld in d.loads)
+
+
+class WrappingEngine(HttpEngine):
+    """Like clients that wrap a dead connection in their own error type (no chaining)."""
+
+    async def generate(self, *a, **k):
+        try:
+            return await super().generate(*a, **k)
+        except aiohttp.ClientError:
+            pass
+        raise RuntimeError("the server failed after 2 attempts")
+
+
+async def test_wrapped_connection_errors_are_recognised_by_asking_the_server(cluster):
+    servers, _ = cluster
+    engines = [WrappingEngine(f"http://127.0.0.1:{s.port}/v1") for s in servers]
+    try:
+        async with Dispatcher(engines, "round_robin", metrics_interval_s=30) as d:
+            async with d.lease("t", 100) as eng:
+                first = eng.engine_index
+                await servers[first].stop()
+                c = await eng.generate([1, 2], 3)
+                assert eng.engine_index != first and len(c.token_ids) == 3
+            assert not d.loads[first].healthy and d.stats.retries == 1
+            # an error from a server that still answers is the caller's, not retried
+            bad = WrappingEngine("http://127.0.0.1:1/v1")  # nothing listens: no metrics either
+            d2 = Dispatcher([bad], "round_robin", metrics_urls=[None])
+            with pytest.raises(RuntimeError, match="failed after"):
+                await d2.generate([1], 1)
+            assert d2.loads[0].healthy
+            await bad.close()
+    finally:
+        for e in engines:
+            await e.close()

@@ -28,8 +28,8 @@ trajectory::
   (:mod:`tirl.dispatch.metrics`): it discovers an unconfigured capacity, lowers the free
   estimate when the engine is fuller than our bookings, and holds back an engine that
   queues requests.
-* Failure: a generate call that fails with a connection error or timeout drains its
-  engine (no new leases) and moves the lease to another engine, where the same call is
+* Failure: a generate call that fails with a connection error or timeout (or any error
+  after which the engine's server no longer answers ``/metrics``) drains its engine (no new leases) and moves the lease to another engine, where the same call is
   retried (up to ``max_retries`` times; the prompt carries the whole conversation, only
   the prefix cache is lost). An engine whose metrics stop answering ``fail_after`` times in
   a row is drained too, and comes back when they answer again.
@@ -155,7 +155,10 @@ class LeasedEngine:
                 self._d._progress(self._lease, len(prompt_ids) + len(c.token_ids))
                 return c
             except Exception as exc:
-                if not is_engine_failure(exc) or attempt >= self._d.max_retries:
+                if attempt >= self._d.max_retries:
+                    raise
+                # a client may wrap a dead connection in its own error type: ask the server
+                if not (is_engine_failure(exc) or await self._d._unreachable(k)):
                     raise
                 attempt += 1
                 self._d._drain(k, f"generate failed: {exc!r}")
@@ -446,6 +449,19 @@ class Dispatcher:
         await self._admit(lease, front=True)  # it has work in progress: first in line
 
     # -- health and metrics ---------------------------------------------------------
+    async def _unreachable(self, k: int) -> bool:
+        """True when engine ``k``'s server does not answer at all (connection refused, timeout)."""
+        url = self.metrics_urls[k]
+        if not url or self._session is None:
+            return False
+        try:
+            await fetch_engine_metrics(self._session, url, timeout_s=2.0)
+        except ConnectionError:
+            return True
+        except Exception:  # it answered, just not with metrics we read
+            return False
+        return False
+
     def _drain(self, k: int, why: str) -> None:
         self._failures[k] += 1
         if self.loads[k].healthy:
@@ -519,6 +535,7 @@ def dispatcher_for(cfg: DispatchConfig, engines: Sequence[Any] | None = None, *,
             from tirl.engines.openai import OpenAIEngine  # type: ignore[import-not-found]
         except ImportError as err:  # pragma: no cover - depends on the engines part
             raise RuntimeError(f"tirl.engines.openai is not available ({err}); pass engines=") from err
-        engines = [OpenAIEngine(url, model) for url in cfg.engines]
+        # fail fast (one retry): the dispatcher retries a dead engine's call on another one
+        engines = [OpenAIEngine(url, model, retries=1) for url in cfg.engines]
         kw.setdefault("metrics_urls", list(cfg.engines))
     return Dispatcher.from_config(cfg, engines, **kw)
