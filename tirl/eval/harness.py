@@ -64,7 +64,7 @@ def eval_settings(cfg: Config, model_label: str | None = None) -> dict[str, Any]
     e, a, m = cfg.eval, cfg.agent, cfg.model
     return {
         "model": model_label or m.served_name or m.path,
-        "base_url": m.base_url,
+        "base_url": m.base_url or (", ".join(cfg.dispatch.engines) or None),
         "k": e.k,
         "temperature": e.temperature,
         "top_p": e.top_p,
@@ -215,6 +215,16 @@ async def _run_one(cfg: Config, out: Path, name: str, probs: Sequence[dict], loo
 def build_components(cfg: Config) -> tuple[Any, Any]:
     """(engine, tokenizer) for ``cfg.model``: an OpenAI-compatible server or a local model."""
     m = cfg.model
+    if cfg.dispatch.engines:  # several servers: the KV-aware dispatcher spreads the samples
+        from tirl.dispatch.dispatcher import dispatcher_for
+
+        name = m.served_name or (m.path if m.path != "scratch" else None)
+        tokenizer = _tokenizer_for_server(cfg, None)
+        disp = dispatcher_for(cfg.dispatch, model=name)
+        for eng in disp.engines:
+            if getattr(eng, "tokenizer", None) is None:
+                eng.tokenizer = tokenizer
+        return disp, tokenizer
     if m.base_url:
         from tirl.engines.openai import OpenAIEngine
 
@@ -235,7 +245,7 @@ def build_components(cfg: Config) -> tuple[Any, Any]:
 
 def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
     """The served model's tokenizer: the engine's own if it has one, else from a local path."""
-    tok = getattr(engine, "tokenizer", None)
+    tok = getattr(engine, "tokenizer", None) if engine is not None else None
     if tok is not None:
         return tok
     path = cfg.model.path if cfg.model.path != "scratch" else None
@@ -269,7 +279,7 @@ async def _built_loop(cfg: Config):
     try:
         yield AgentLoop(engine, tokenizer, tools, agent_config_for_eval(cfg))
     finally:
-        for obj in (tools, engine):
+        for obj in (tools, engine, *getattr(engine, "engines", [])):
             close = getattr(obj, "close", None) or getattr(obj, "aclose", None)
             if close is not None:
                 res = close()
