@@ -41,6 +41,7 @@ import traceback
 from tirl.sandbox import isolation, protocol
 from tirl.sandbox.runner import MEMORY_EXIT, SETUP_FAILED_EXIT, run_cell
 
+_MAX_FD = max(1 << 16, os.sysconf("SC_OPEN_MAX"))
 UID_BLOCK = 8192  # uids per zygote (one per live call or session)
 UID_BLOCKS = 256  # zygotes per machine
 WORK_ROOT = "/tmp"  # a private tmpfs inside the zygote's mount namespace
@@ -294,9 +295,9 @@ def _child(msg: dict, fds: list[int], uid: int, workdir: str, info: dict) -> int
     if session:
         os.dup2(ctl_fd, 3)
         os.set_inheritable(3, False)
-        os.closerange(4, 1 << 16)
+        os.closerange(4, _MAX_FD)
     else:
-        os.closerange(3, 1 << 16)
+        os.closerange(3, _MAX_FD)
     os.set_inheritable(0, True)
     lim = msg.get("limits", {})
     try:
