@@ -237,10 +237,25 @@ def build_components(cfg: Config) -> tuple[Any, Any]:
     from tirl.engines.local import LocalEngine
     from tirl.engines.models import load_model
 
+    import torch
+
     model, tokenizer = load_model(m)
-    device = None if cfg.run.device == "auto" else cfg.run.device
-    kwargs = {"device": device} if device else {}
-    return LocalEngine(model, tokenizer, **kwargs), tokenizer
+    device = cfg.run.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    # the KV cache is preallocated (rows × length): size it for this evaluation, not the
+    # model's full context (prompt ≈ system prompt + problem, well under PROMPT_ALLOWANCE)
+    model_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    want = cfg.eval.max_tokens + PROMPT_ALLOWANCE
+    max_seq_len = min(model_len, want) if model_len else want
+    engine = LocalEngine(model, tokenizer, max_batch=min(64, cfg.eval.concurrency), device=device,
+                         max_seq_len=max_seq_len, seed=cfg.run.seed,
+                         threads=cfg.run.threads or None)
+    return engine, tokenizer
+
+
+PROMPT_ALLOWANCE = 4096  # tokens of prompt room the local engine's KV cache keeps beyond max_tokens
 
 
 def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
