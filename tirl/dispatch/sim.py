@@ -18,7 +18,11 @@ Each engine is modelled like a vLLM-style continuous-batching server:
 A dispatcher in front of the engines applies one policy from :mod:`tirl.dispatch.policy`
 (the same function the real :class:`~tirl.dispatch.Dispatcher` uses). ``static`` and
 ``round_robin`` hand every rollout to its engine at t = 0; ``least_requests`` and ``kv``
-keep a global FIFO queue and hand out rollouts as engines have room. Tool calls are
+keep a global FIFO queue and hand out rollouts as engines have room. Under ``kv`` the
+booking is ``max`` (prompt + max response: the paper's rule), ``forecast`` (context so far
++ expected remaining length from the previous step's lengths, re-booked at every turn,
+as the real dispatcher does) or ``peak`` (admit while the engine's expected peak usage
+ahead plus ``kv_peak_z`` standard deviations fits; explored here only). Tool calls are
 asynchronous: a trajectory waiting on its tool leaves the batch to the others.
 
 Speed: the run between two events of an engine (a turn ends, a tool result arrives, the
