@@ -216,12 +216,17 @@ def format_penalty(traj) -> float:
 # the trainer
 
 
+class _Stopped(Exception):
+    """``stop_after`` steps were done (a checkpoint was written; resume continues)."""
+
+
 class Trainer:
     """Holds the model, optimizer, engine, tools and grader of one run; see the module doc."""
 
     def __init__(self, cfg: Config, *, progress: bool = True, engine_factory=None,
-                 tools_factory=None):
+                 tools_factory=None, stop_after: int | None = None):
         self.cfg = cfg
+        self.stop_after = stop_after
         self.progress = progress
         self.rank, self.world = _rank_world()
         self.main = self.rank == 0
@@ -295,7 +300,8 @@ class Trainer:
             from tirl.sandbox import make_executor
 
             self.tools = await make_executor(self.cfg.sandbox)
-        self.grader = Grader(workers=self.cfg.reward.workers or 1, timeout_s=self.cfg.reward.timeout_s).start()
+        # started lazily: integer answers are decided on the fast path without worker processes
+        self.grader = Grader(workers=self.cfg.reward.workers or 1, timeout_s=self.cfg.reward.timeout_s)
 
     async def _stop_services(self):
         if self.engine is not None and hasattr(self.engine, "aclose"):
@@ -583,8 +589,11 @@ class Trainer:
                               enabled=self.progress and self.main) as bar:
                 self._bar = bar
                 bar.advance(self.state.global_step)
-                while self.state.stage_idx < len(cfg.stages):
-                    await self.run_stage(train, held)
+                try:
+                    while self.state.stage_idx < len(cfg.stages):
+                        await self.run_stage(train, held)
+                except _Stopped:
+                    pass
             self._bar = None
         finally:
             await self._stop_services()
@@ -641,6 +650,10 @@ class Trainer:
         self._order = self._make_order(pool)
         while st.stage_step < stage.steps:
             await self.rl_step(pool, stage)
+            if self.stop_after is not None and st.global_step >= self.stop_after \
+                    and st.stage_step < stage.steps:
+                self.checkpoint(f"step_{st.global_step:06d}")
+                raise _Stopped()
         await self.evaluate(held, stage.name)
         st.stage_idx += 1
         st.stage_step = 0
@@ -735,11 +748,18 @@ class Trainer:
             d.barrier()
 
 
-def train(cfg: Config, *, progress: bool = True, engine_factory=None, tools_factory=None) -> dict:
-    """Run ``cfg``'s recipe (SFT, then the GRPO-RoC stages); returns evals and timing."""
+def train(cfg: Config, *, progress: bool = True, engine_factory=None, tools_factory=None,
+          stop_after: int | None = None) -> dict:
+    """Run ``cfg``'s recipe (SFT, then the GRPO-RoC stages); returns evals and timing.
+
+    ``engine_factory(model, tokenizer)`` / ``tools_factory()`` (async) replace the local
+    engine and the sandbox (tests); ``stop_after`` stops after that many RL steps with a
+    checkpoint, as an interruption would (a later call with ``run.resume`` continues).
+    """
     started = _maybe_init_distributed()
     try:
-        trainer = Trainer(cfg, progress=progress, engine_factory=engine_factory, tools_factory=tools_factory)
+        trainer = Trainer(cfg, progress=progress, engine_factory=engine_factory, tools_factory=tools_factory,
+                          stop_after=stop_after)
         return asyncio.run(trainer.arun())
     finally:
         if started:
