@@ -205,3 +205,32 @@ async def test_wrapped_connection_errors_are_recognised_by_asking_the_server(clu
     finally:
         for e in engines:
             await e.close()
+
+
+async def test_new_llamacpp_capacity_comes_from_slots():
+    from pathlib import Path
+
+    fix = Path(__file__).parent / "fixtures"
+    async def metrics(request):
+        return web.Response(text=(fix / "llamacpp_metrics_new.txt").read_text())
+
+    async def slots(request):
+        return web.Response(text=(fix / "llamacpp_slots.json").read_text(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/slots", slots)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as s:
+            from tirl.dispatch.metrics import fetch_engine_metrics
+
+            m = await fetch_engine_metrics(s, f"http://127.0.0.1:{port}/v1")
+        assert m.source == "llamacpp" and m.kv_capacity_tokens == 16384 and m.kv_used_tokens == 311
+        assert (m.running, m.waiting) == (1, 0)
+    finally:
+        await runner.cleanup()

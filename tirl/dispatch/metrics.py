@@ -223,6 +223,8 @@ async def fetch_engine_metrics(session: Any, base_url: str, timeout_s: float = 2
             continue
         if path == "/metrics":
             m = metrics_from_prometheus(body)
+            if m is not None and m.source == "llamacpp" and m.kv_capacity_tokens is None:
+                m = await _with_llamacpp_slots(session, root, timeout, m)
             if m is not None:
                 return m
             last = RuntimeError(f"{root}/metrics has no vllm:, sglang: or llamacpp: metrics")
@@ -234,3 +236,20 @@ async def fetch_engine_metrics(session: Any, base_url: str, timeout_s: float = 2
             last = err
     assert last is not None
     raise last
+
+
+async def _with_llamacpp_slots(session: Any, root: str, timeout: Any, m: EngineMetrics) -> EngineMetrics:
+    """Newer llama.cpp builds export no KV gauges: take capacity and usage from ``/slots``."""
+    import aiohttp
+
+    try:
+        async with session.get(root + "/slots", timeout=timeout) as resp:
+            if resp.status != 200:
+                return m
+            slots = metrics_from_llamacpp_slots(json.loads(await resp.text()))
+    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError):
+        return m
+    m.kv_capacity_tokens = slots.kv_capacity_tokens
+    if m.kv_used_tokens is None:
+        m.kv_used_tokens = slots.kv_used_tokens
+    return m
