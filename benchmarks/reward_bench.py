@@ -9,8 +9,9 @@ Baseline, in the same run: ``math_verify.verify(parse(gold), parse(response))`` 
 after another in this process (how it is usually called). Every answer value is distinct so
 neither side profits from math-verify's parse cache.
 
-Accuracy: both judges on tests/reward/labeled.py (pairs labeled equal / not equal by kind);
-a "different" pair judged equal is a false positive.
+Accuracy: both judges on tests/reward/labeled.py (pairs labeled equal / not equal by kind;
+a "different" pair judged equal is a false positive), and on MATH-500's reference answers
+against re-spellings of themselves and against a changed first or last digit (when the data is there).
 
 Run: ``.venv/bin/python benchmarks/reward_bench.py [--n 2000] [--workers 0] [--repeats 2]``.
 Prints one JSON object. The machine may be shared: run it twice and report the range.
@@ -144,6 +145,47 @@ def accuracy(grader: Grader) -> dict:
     return {"n": len(labeled), "tirl": score(ours), "math_verify": score(mv)}
 
 
+def _bump_digit(s: str, last: bool) -> str | None:
+    idx = range(len(s) - 1, -1, -1) if last else range(len(s))
+    for i in idx:
+        if s[i].isdigit():
+            return s[:i] + str((int(s[i]) + 1) % 10) + s[i + 1:]
+    return None
+
+
+def perturbation_accuracy(grader: Grader, path: Path) -> dict:
+    """Both judges on real reference answers (MATH-500): each gold against re-spellings of
+    itself (``$…$``, ``\\dfrac``, spaces removed: all equal) and against itself with its first
+    or last digit changed (a different value). Not tuned on: the rules were written before this ran."""
+    import re
+
+    from math_verify import parse, verify
+
+    golds = sorted({json.loads(line)["answer"] for line in open(path, encoding="utf-8")})
+    pairs: list[tuple[str, str, bool]] = []
+    for g in golds:
+        for p in {f"${g}$", g.replace("\\frac", "\\dfrac"),
+                  re.sub(r"(?<![A-Za-z]) | (?![A-Za-z])", "", g)}:
+            pairs.append((p, g, True))
+        for last in (False, True):
+            bumped = _bump_digit(g, last)
+            # a changed unit exponent (cm^2 → cm^3) is a different unit, not a different value
+            if bumped is not None and bumped != g and not re.search(r"\\(?:mbox|text)\{[^}]*\}\^\d$", g):
+                pairs.append((bumped, g, False))
+    items = [(f"<answer>\\boxed{{{p}}}</answer>", g) for p, g, _ in pairs]
+    ours = [x.correct for x in asyncio.run(grader.grade_batch(items))]
+    mv = [bool(verify(parse(f"${gold}$"), parse(text))) for text, gold in items]
+
+    def score(verdicts: list[bool]) -> dict:
+        fp = [f"{p} vs {g}" for v, (p, g, lab) in zip(verdicts, pairs) if v and not lab]
+        fn = [f"{p} vs {g}" for v, (p, g, lab) in zip(verdicts, pairs) if lab and not v]
+        return {"accuracy": round(1 - (len(fp) + len(fn)) / len(pairs), 4),
+                "false_positives": len(fp), "false_negatives": len(fn),
+                "examples": (fp + fn)[:8]}
+
+    return {"n": len(pairs), "golds": len(golds), "tirl": score(ours), "math_verify": score(mv)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="items in the typical mix")
@@ -151,6 +193,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="grader workers (0 = default)")
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--data-dir", default="/work/shared/data/benchmarks",
+                    help="where math500.jsonl is (for the perturbation accuracy; skipped if absent)")
     args = ap.parse_args()
 
     report: dict = {"cpus": os.cpu_count(), "timeout_s": args.timeout}
@@ -179,6 +223,9 @@ def main() -> None:
                             "speedup_range": [min(r["speedup"] for r in runs),
                                               max(r["speedup"] for r in runs)]}
         report["accuracy"] = accuracy(grader)
+        math500 = Path(args.data_dir) / "math500.jsonl"
+        if math500.exists():
+            report["math500_perturbations"] = perturbation_accuracy(grader, math500)
         report["decided_by"] = dict(grader.counts)
     print(json.dumps(report, indent=1))
 

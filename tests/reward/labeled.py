@@ -292,4 +292,11 @@ LABELED: list[tuple[str, str, str, bool]] = [
     ("units", r"5\text{ m}^2", "5", True),
     ("hedge", r"\text{at least } 5", "5", False),
     ("hedge", r"\text{about } 5", "5", False),
+    # numerals with a base: math-verify drops the subscript
+    ("base", "204_5", "204_{5}", True),
+    ("base", "204", "204_5", True),
+    ("base", "204_6", "204_5", False),
+    ("base", "10_2", "2_3", True),
+    ("base", "205", "204_5", False),
+    ("base", "40_0", "40_9", False),
 ]

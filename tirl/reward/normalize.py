@@ -46,7 +46,7 @@ _DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
 _WS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
 
 _SIGN = r"[-+]?"
-_UINT = r"(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:_\d{3})+|\d+)"
+_UINT = r"(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:'\d{3})+|\d+)"
 _UDEC = rf"(?:{_UINT}\.\d*|\.\d+|{_UINT})"
 _INT_RE = re.compile(rf"^({_SIGN})({_UINT})$")
 _DEC_RE = re.compile(rf"^({_SIGN})({_UDEC})$")
@@ -112,7 +112,7 @@ def clean(ans: str) -> str:
         s = _strip_delims(s)
         if s == before:
             break
-    s = _DIGIT_GAP.sub("_", s)  # "1 000" may be a number, "2 3/4" is not 23/4: keep a mark
+    s = _DIGIT_GAP.sub("'", s)  # "1 000" may be a number, "2 3/4" is not 23/4: keep a mark
     return _WS.sub("", s)
 
 
@@ -122,11 +122,11 @@ def parse_number(s: str) -> Fraction | None:
         return None
     m = _INT_RE.match(s)
     if m:
-        v = Fraction(int(m.group(2).replace(",", "").replace("_", "")))
+        v = Fraction(int(m.group(2).replace(",", "").replace("'", "")))
         return -v if m.group(1) == "-" else v
     m = _DEC_RE.match(s)
     if m:
-        body = m.group(2).replace(",", "").replace("_", "")
+        body = m.group(2).replace(",", "").replace("'", "")
         if body in (".",):
             return None
         v = Fraction(body if not body.endswith(".") else body[:-1])
@@ -179,6 +179,40 @@ def _words(pred: str, p: str, gold: str, g: str) -> bool | None:
     if not texty and (len(p) < 4 or len(g) < 4):
         return None
     return p.replace(" ", "").lower() == g.replace(" ", "").lower()
+
+
+_BASED = re.compile(r"^([0-9A-Za-z]+)_\{?([2-9]|[12]\d|3[0-6])\}?$")
+
+
+def _based(s: str) -> tuple[str, int] | None:
+    m = _BASED.match(s)
+    if m is None:
+        return None
+    try:
+        int(m.group(1), int(m.group(2)))
+    except ValueError:
+        return None  # not a numeral in that base (x_1 is a variable)
+    return m.group(1).upper(), int(m.group(2))
+
+
+def _same_based(p: str, g: str) -> bool | None:
+    """Numerals with a base (``204_5``): equal values in their bases; a bare numeral against
+    a based one is read in that base (the question named it). math-verify drops the base."""
+    pb, gb = _based(p), _based(g)
+    if pb is None and gb is None:
+        return None
+    if pb is not None and gb is not None:
+        return int(pb[0], pb[1]) == int(gb[0], gb[1])
+    digits, base = pb or gb  # type: ignore[misc]
+    other = g if pb is not None else p
+    if re.fullmatch(r"[0-9A-Za-z]+_\{?\d+\}?", other):
+        return False  # a subscript that is no base (40_0): not the based numeral asked for
+    if re.fullmatch(r"[0-9A-Za-z]+", other) is None:
+        return None
+    try:
+        return int(other, base) == int(digits, base)
+    except ValueError:
+        return False  # a digit that base does not have
 
 
 def _choice(s: str) -> str | None:
@@ -254,6 +288,9 @@ def fast_equal(pred: str, gold: str) -> bool | None:
         if pc is not None:
             return pc == gc
         return None
+    based = _same_based(p, g)
+    if based is not None:
+        return based
     pn, gn = parse_number(p), parse_number(g)
     if pn is not None and gn is not None:
         return pn == gn
