@@ -209,6 +209,11 @@ def _fmt_num(x: float, digits: int = 0) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
 
+def _fmt_pct(x: float) -> str:
+    """A fraction as a percentage, "–" when undefined (e.g. no tool calls at all)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
 def markdown_report(summaries: Sequence[BenchmarkSummary], settings: dict[str, Any],
                     warnings: Sequence[str]) -> str:
     lines = ["# Evaluation report", ""]
@@ -236,7 +241,7 @@ def markdown_report(summaries: Sequence[BenchmarkSummary], settings: dict[str, A
         lines.append(
             f"| {s.benchmark} | {s.problems} | {s.avg_at_k.fmt()} | {s.maj_at_k.fmt()} | "
             f"{pk.fmt() if pk else '–'} | {_fmt_num(s.response_tokens_mean)} | "
-            f"{_fmt_num(s.tool_calls_per_sample, 2)} | {_fmt_num(100 * s.tool_error_rate, 1)}% |"
+            f"{_fmt_num(s.tool_calls_per_sample, 2)} | {_fmt_pct(s.tool_error_rate)} |"
         )
     for s in summaries:
         lines += ["", f"## {s.benchmark}", ""]
@@ -259,7 +264,7 @@ def markdown_report(summaries: Sequence[BenchmarkSummary], settings: dict[str, A
             f"| length of correct responses (mean) | {_fmt_num(s.correct_response_tokens_mean)} |",
             f"| tool calls per problem / per sample | {_fmt_num(s.tool_calls_per_problem, 2)} / "
             f"{_fmt_num(s.tool_calls_per_sample, 2)} |",
-            f"| tool-error rate | {_fmt_num(100 * s.tool_error_rate, 1)}% |",
+            f"| tool-error rate | {_fmt_pct(s.tool_error_rate)} |",
             f"| finish reasons | {', '.join(f'{k}: {v}' for k, v in s.finish_reasons.items())} |",
             f"| grades | {', '.join(f'{k}: {v}' for k, v in s.statuses.items())} |",
         ]
