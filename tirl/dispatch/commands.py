@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Simulate one RL step's rollouts on K engines under each dispatch policy "
         "(same workload for all) and print makespan, busy fraction, preemption and latency. "
         "Settings: a scenario, then key=value overrides of the simulator config, e.g. "
-        "n_engines=8 engine.kv_capacity_tokens=800000 workload.max_response_tokens=12288.",
+        "n_engines=8 engine.kv_capacity_tokens=800000 workload.max_response_tokens=12288 "
+        "kv_booking=forecast (how kv books: max | forecast | peak). See docs/dispatch.md.",
     )
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="simulator config overrides")
     s.add_argument("--scenario", default="paper-8k", help="paper-8k (default), paper-12k or small")
