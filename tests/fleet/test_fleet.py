@@ -49,6 +49,9 @@ async def test_two_workers_answer_every_request_with_its_own_result(redis_server
         assert all(r.queue_ms >= 0 for r in res)
         h = await gw.health()
         assert h["status"] == "ok" and h["workers"] == 2 and h["slots"] == 8
+        m = gw.metrics_text()
+        assert 'tirl_fleet_results_total{status="ok"} 300' in m
+        assert 'tirl_fleet_latency_seconds_bucket{le="+Inf"} 300' in m
 
 
 async def test_sessions_stick_to_their_worker_and_keep_state(redis_server):

@@ -70,6 +70,11 @@ async def test_cli_gateway_and_worker_run_real_code(redis_server):
             assert await c.close_session("s1") is False
             res = await c.run_batch([ExecRequest(f"print({i} * {i})") for i in range(40)])
             assert [x.stdout for x in res] == [f"{i * i}\n" for i in range(40)]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+        assert resp.status == 200 and "tirl_fleet_latency_seconds_count" in text
+        assert 'tirl_fleet_results_total{status="ok"}' in text
         for p in procs:
             p.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0, worker.stderr.read().decode()[-2000:]

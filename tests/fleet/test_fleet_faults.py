@@ -99,3 +99,18 @@ async def test_ten_thousand_requests_all_answered(redis_server, workers):
         assert not bad, collections.Counter((r.status, r.reason) for r in bad)
         assert [r.stdout for r in res] == [f"{i}|" for i in range(n)]
         assert gw.stats.answered == n and not gw._pending
+
+
+async def test_gateway_and_worker_started_before_redis(redis_server):
+    from tests.fleet.test_fleet import inproc_worker
+
+    redis_server.stop()
+    async with _gw(redis_server.url, queue_timeout_s=30) as gw:
+        async with inproc_worker(redis_server.url, "early"):
+            fut = asyncio.ensure_future(gw.run_batch([ExecRequest(f"e{i}") for i in range(20)]))
+            await asyncio.sleep(1.0)
+            assert not fut.done()
+            assert (await gw.health())["status"] == "down"
+            redis_server.start()
+            res = await asyncio.wait_for(fut, 60)
+            assert [r.stdout for r in res] == [f"e{i}|" for i in range(20)]

@@ -62,6 +62,10 @@ class _Pending:
     stream: str | None = None  # where it was put
     entry_id: bytes | None = None
     timer: asyncio.TimerHandle | None = None
+    t0: float = 0.0  # loop time at submit
+
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
@@ -71,6 +75,18 @@ class FleetStats:
     duplicates_dropped: int = 0
     resubmitted: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    latency_sum_s: float = 0.0
+
+    def observe(self, status: str, latency_s: float) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.latency_sum_s += latency_s
+        for i, b in enumerate(LATENCY_BUCKETS_S):
+            if latency_s <= b:
+                self.latency_counts[i] += 1
+                return
+        self.latency_counts[-1] += 1
 
 
 class RedisBackend:
@@ -106,6 +122,7 @@ class RedisBackend:
         self._epoch: bytes | None = None
         self._last_id = b"0-0"
         self._started = False
+        self._gauges = {"queue_depth": 0, "workers": 0, "slots": 0}  # refreshed by maintenance
         self._closing = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -205,7 +222,7 @@ class RedisBackend:
                     "waiting": len(self._pending)}
         return {"status": "ok" if alive else "degraded", "backend": "redis-fleet",
                 "workers": len(alive), "slots": sum(i.get("slots", 0) for i in alive.values()),
-                "queue_depth": depth, "waiting": len(self._pending),
+                "queue_depth": depth, "worker_ids": sorted(alive), "waiting": len(self._pending),
                 "answered": self.stats.answered, "duplicates_dropped": self.stats.duplicates_dropped,
                 "infra_errors": dict(self.stats.by_reason)}
 
@@ -219,9 +236,23 @@ class RedisBackend:
             f"tirl_fleet_duplicates_dropped_total {s.duplicates_dropped}",
             "# TYPE tirl_fleet_resubmitted_total counter", f"tirl_fleet_resubmitted_total {s.resubmitted}",
             "# TYPE tirl_fleet_waiting gauge", f"tirl_fleet_waiting {len(self._pending)}",
+            "# TYPE tirl_fleet_queue_depth gauge", f"tirl_fleet_queue_depth {self._gauges['queue_depth']}",
+            "# TYPE tirl_fleet_workers gauge", f"tirl_fleet_workers {self._gauges['workers']}",
+            "# TYPE tirl_fleet_slots gauge", f"tirl_fleet_slots {self._gauges['slots']}",
             "# TYPE tirl_fleet_infra_errors_total counter",
         ]
         lines += [f'tirl_fleet_infra_errors_total{{reason="{k}"}} {v}' for k, v in s.by_reason.items()]
+        lines.append("# TYPE tirl_fleet_results_total counter")
+        lines += [f'tirl_fleet_results_total{{status="{k}"}} {v}' for k, v in s.by_status.items()]
+        lines.append("# TYPE tirl_fleet_latency_seconds histogram")
+        acc = 0
+        for b, c in zip(LATENCY_BUCKETS_S, s.latency_counts):
+            acc += c
+            lines.append(f'tirl_fleet_latency_seconds_bucket{{le="{b}"}} {acc}')
+        acc += s.latency_counts[-1]
+        lines.append(f'tirl_fleet_latency_seconds_bucket{{le="+Inf"}} {acc}')
+        lines.append(f"tirl_fleet_latency_seconds_sum {s.latency_sum_s:.6f}")
+        lines.append(f"tirl_fleet_latency_seconds_count {acc}")
         return "\n".join(lines) + "\n"
 
     # ---------------------------------------------------------------- submit / resolve
@@ -233,7 +264,7 @@ class RedisBackend:
                   * self.max_deliveries + self.grace_s)
         now = loop.time()
         p = _Pending(job=job, payload=P.encode_job(job), future=loop.create_future(),
-                     deadline=now + budget)
+                     deadline=now + budget, t0=now)
         p.timer = loop.call_at(now + self.queue_timeout_s + self.grace_s, self._on_deadline, job.rid)
         self._pending[job.rid] = p
         self.stats.submitted += 1
@@ -248,6 +279,8 @@ class RedisBackend:
             p.timer.cancel()
         if not p.future.done():
             self.stats.answered += 1
+            status = d.get("status") or ("grade" if "grade" in d else p.job.kind)
+            self.stats.observe(status, asyncio.get_running_loop().time() - p.t0)
             if d.get("status") == "infra_error" and d.get("reason"):
                 self.stats.by_reason[d["reason"]] = self.stats.by_reason.get(d["reason"], 0) + 1
             p.future.set_result(d)
@@ -361,7 +394,7 @@ class RedisBackend:
 
     # ---------------------------------------------------------------- maintenance
     async def _maintenance_loop(self) -> None:
-        last_reap = 0.0
+        last_reap = last_gauges = 0.0
         while not self._closing:
             await asyncio.sleep(0.5)
             try:
@@ -370,6 +403,12 @@ class RedisBackend:
                     await self._init_redis()
                 elif epoch != self._epoch:
                     await self._on_data_loss()
+                if time.monotonic() - last_gauges > 2.0:
+                    last_gauges = time.monotonic()
+                    h = await self.health()
+                    if h["status"] != "down":
+                        for k in self._gauges:
+                            self._gauges[k] = h.get(k, 0)
                 if time.monotonic() - last_reap > self.worker_ttl_s:
                     last_reap = time.monotonic()
                     await reap_dead_workers(self._r, self.keys, post_result=self._post_script)
