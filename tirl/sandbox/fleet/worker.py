@@ -500,12 +500,16 @@ def _redact(url: str) -> str:
 def run_worker(url: str, slots: int = 0, **options: Any) -> int:
     """Run one fleet worker until SIGINT/SIGTERM; returns the process exit status.
 
-    ``slots`` = 0 takes the CPU count. Options are :class:`WorkerOptions` fields."""
+    ``slots`` = 0 takes the sandbox's default (2 per core). Options are
+    :class:`WorkerOptions` fields."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         log.error("fleet worker: --redis must be a redis:// URL, got %r", url)
         return 2
-    slots = slots or (os.cpu_count() or 1)
+    if not slots:
+        from tirl.sandbox.pool import default_slots
+
+        slots = default_slots()
     try:
         opts = WorkerOptions(**options)
     except TypeError as err:
