@@ -169,6 +169,28 @@ async def bench(quick: bool, slots: int) -> dict:
         b = await _capped(mix(n(200)), 64, lambda it: naive_run(it[0], it[1] or 60.0))
         sc["mix_timeouts_c64"] = _compare(o, b)
 
+        # the same trivial calls over HTTP: SandboxClient micro-batches them onto /v1/execute/batch
+        import socket
+
+        from tirl.sandbox.client import SandboxClient
+        from tirl.sandbox.http import serve
+
+        with socket.socket() as s_:
+            s_.bind(("127.0.0.1", 0))
+            port = s_.getsockname()[1]
+        runner = await serve(sb, "127.0.0.1", port)
+        try:
+            async with SandboxClient(f"http://127.0.0.1:{port}") as client:
+                async def via_http(code):
+                    return (await client.run(code)).status
+
+                await _capped([TRIVIAL] * 32, 64, via_http)
+                o = await _capped([TRIVIAL] * n(2000), 64, via_http)
+        finally:
+            await runner.cleanup()
+        sc["trivial_c64_over_http"] = {"ours": o, "vs_in_process": round(
+            o["per_s"] / sc["trivial_c64"]["ours"]["per_s"], 2)}
+
         t0 = time.monotonic()
         res = await sb.run_batch([ExecRequest(TRIVIAL)] * 4096)
         wall = time.monotonic() - t0

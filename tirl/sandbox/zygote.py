@@ -95,6 +95,7 @@ class Zygote:
             os.environ.clear()
             os.environ.update(CHILD_ENV)
         self.info = info
+        self.work_root = WORK_ROOT if info.get("mounts") else tempfile.mkdtemp(prefix="tirl-sandbox-")
         gc.collect()
         gc.freeze()  # keep the warm heap shared with children (no copy-on-write from GC)
 
@@ -161,7 +162,7 @@ class Zygote:
             elif op == "kill":
                 pid = self.by_id.get(int(msg["id"]))
                 if pid is not None:
-                    isolation.kill_uid(self.children[pid][1])
+                    self.kill_tree(pid, self.children[pid][1])
             elif op == "ping":
                 self.send({"op": "pong", "live": len(self.children)})
         finally:
@@ -177,10 +178,11 @@ class Zygote:
             self.send({"op": "error", "id": cid, "reason": "no_free_uid"})
             return
         uid = self.free_uids.popleft()
-        workdir = os.path.join(WORK_ROOT, f"c{cid}")
+        workdir = os.path.join(self.work_root, f"c{cid}")
         try:
             os.mkdir(workdir, 0o700)
-            os.chown(workdir, uid, uid)
+            if self.info.get("uid_drop"):
+                os.chown(workdir, uid, uid)
         except OSError as err:
             self.free_uids.append(uid)
             self.send({"op": "error", "id": cid, "reason": f"workdir: {err}"})
@@ -205,6 +207,18 @@ class Zygote:
         self.children[pid] = (cid, uid, workdir)
         self.by_id[cid] = pid
 
+    def kill_tree(self, pid: int, uid: int) -> None:
+        """Kill a call's processes: every process of its uid (as root), or else only its
+        process group (not root: descendants that left the group can survive — reported as
+        uid_drop=False in /healthz)."""
+        if self.info.get("uid_drop"):
+            isolation.kill_uid(uid)
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def send(self, obj: dict) -> None:
         try:
             protocol.send(self.sock, obj)
@@ -225,7 +239,7 @@ class Zygote:
                 continue  # an orphaned descendant handed to us as subreaper
             cid, uid, workdir = entry
             self.by_id.pop(cid, None)
-            isolation.kill_uid(uid)  # the rest of its process tree, wherever it went
+            self.kill_tree(pid, uid)  # the rest of its process tree, wherever it went
             try:
                 os.rmdir(workdir)
             except OSError:
@@ -236,7 +250,9 @@ class Zygote:
 
     def shutdown(self) -> None:
         for pid, (_cid, uid, _w) in list(self.children.items()):
-            isolation.kill_uid(uid)
+            self.kill_tree(pid, uid)
+        if getattr(self, "work_root", WORK_ROOT) != WORK_ROOT:
+            shutil.rmtree(self.work_root, ignore_errors=True)
 
 
 def _python_paths() -> list[str]:

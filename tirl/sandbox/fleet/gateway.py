@@ -123,6 +123,7 @@ class RedisBackend:
         self._last_id = b"0-0"
         self._started = False
         self._gauges = {"queue_depth": 0, "workers": 0, "slots": 0}  # refreshed by maintenance
+        self._expiring: set[asyncio.Future] = set()
         self._closing = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -288,7 +289,9 @@ class RedisBackend:
     def _on_deadline(self, rid: str) -> None:
         p = self._pending.get(rid)
         if p is not None:
-            asyncio.ensure_future(self._expire(p))
+            t = asyncio.ensure_future(self._expire(p))
+            self._expiring.add(t)  # keep a reference until it finishes
+            t.add_done_callback(self._expiring.discard)
 
     async def _expire(self, p: _Pending) -> None:
         """At the queue deadline: withdraw a job no worker took (``queue_timeout``); at the
