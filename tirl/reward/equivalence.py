@@ -82,4 +82,5 @@ def grade(response_text: str, gold: str, timeout_s: float = 2.0) -> Grade:
     if pred is None:
         return Grade("no_answer", None, gold, (time.perf_counter() - t0) * 1e3, method="extract")
     status, method = check(pred, gold, timeout_s)
-    return Grade(status, pred, gold, (time.perf_counter() - t0) * 1e3, method=method)  # type: ignore[arg-type]
+    ms = (time.perf_counter() - t0) * 1e3
+    return Grade(status, pred, gold, ms, method=method)  # type: ignore[arg-type]

@@ -84,7 +84,8 @@ def _check(v: Value) -> Value:
     if len(v) > _MAX_TERMS:
         raise _NotExact  # an expansion this large is no answer form; keep the caller fast
     for (n, k, mono), q in v.items():
-        if abs(k) > _MAX_PI or len(mono) > 8 or any(abs(e) > 64 for _, e in mono) or q.numerator.bit_length() > _MAX_BITS or \
+        if abs(k) > _MAX_PI or len(mono) > 8 or any(abs(e) > 64 for _, e in mono) or \
+                q.numerator.bit_length() > _MAX_BITS or \
                 q.denominator.bit_length() > _MAX_BITS:
             raise _NotExact
     return {key: q for key, q in v.items() if q != 0}

@@ -11,8 +11,9 @@ reasoning-gym scores in [0, 1] (partial credit); the reward is binary, so only a
 1 is correct, and the score is kept in ``Grade.detail``.
 
 The trainer passes scorers per item: ``grader.grade_batch(items,
-scorers=[scorer_for(p, cfg.reward.scorer) for p in problems])``. What this module does not do: run scorers under a time limit (the
-grader runs them in its worker processes) or install reasoning-gym datasets.
+scorers=[scorer_for(p, cfg.reward.scorer) for p in problems])``. What this module does not
+do: run scorers under a time limit (the grader runs them in its worker processes) or
+install reasoning-gym datasets.
 """
 
 from __future__ import annotations
