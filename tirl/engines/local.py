@@ -121,6 +121,13 @@ class _LlamaRunner:
         self.has_qk_norm = hasattr(attn, "q_norm")
 
     @staticmethod
+    def _norm(mod, x):
+        eps = getattr(mod, "variance_epsilon", None)
+        if eps is not None and x.dtype == torch.float32 and type(mod).__name__.endswith("RMSNorm"):
+            return F.rms_norm(x, (x.shape[-1],), mod.weight, eps)
+        return mod(x)
+
+    @staticmethod
     def supports(model) -> bool:
         cfg = getattr(model, "config", None)
         if cfg is None or getattr(cfg, "model_type", None) not in FAST_MODEL_TYPES:
@@ -139,24 +146,24 @@ class _LlamaRunner:
         p = next(self.model.parameters())
         return _KVCache(len(self.layers), self.n_kv, self.head_dim, p.dtype, p.device, max_rows, max_len)
 
-    def _qkv(self, layer, x, cos, sin):
+    def _qkv(self, i, layer, x, cos, sin):
         a = layer.self_attn
         b, n, _ = x.shape
         q = a.q_proj(x).view(b, n, -1, self.head_dim)
         k = a.k_proj(x).view(b, n, -1, self.head_dim)
         v = a.v_proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
         if self.has_qk_norm:
-            q, k = a.q_norm(q), a.k_norm(k)
+            q, k = self._norm(a.q_norm, q), self._norm(a.k_norm, k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         c, s = cos.unsqueeze(1), sin.unsqueeze(1)
         q = q * c + _rotate_half(q) * s
         k = k * c + _rotate_half(k) * s
         return q, k, v
 
-    def _finish_layer(self, layer, h, attn):
+    def _finish_layer(self, i, layer, h, attn):
         b, _, n, _ = attn.shape
         h = h + layer.self_attn.o_proj(attn.transpose(1, 2).reshape(b, n, -1))
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        return h + layer.mlp(self._norm(layer.post_attention_layernorm, h))
 
     def _attend(self, q, k, v, mask=None, causal=False):
         gqa = self.n_heads != self.n_kv
@@ -175,13 +182,13 @@ class _LlamaRunner:
         h = self.base.embed_tokens(tokens)
         cos, sin = self.base.rotary_emb(h, pos)
         for i, layer in enumerate(self.layers):
-            x = layer.input_layernorm(h)
-            q, k, v = self._qkv(layer, x, cos, sin)
+            x = self._norm(layer.input_layernorm, h)
+            q, k, v = self._qkv(i, layer, x, cos, sin)
             cache.k[i][row0:row0 + n, :, :p] = k
             cache.v[i][row0:row0 + n, :, :p] = v
-            h = self._finish_layer(layer, h, self._attend(q, k, v, causal=True))
+            h = self._finish_layer(i, layer, h, self._attend(q, k, v, causal=True))
         last = h[torch.arange(n, device=h.device), lengths - 1]
-        return self.model.lm_head(self.base.norm(last))
+        return self.model.lm_head(self._norm(self.base.norm, last))
 
     def decode(self, cache: _KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per row (rows 0..B-1) at ``positions``; returns logits [B, V]."""
@@ -193,14 +200,14 @@ class _LlamaRunner:
         h = self.base.embed_tokens(tokens.unsqueeze(1))
         cos, sin = self.base.rotary_emb(h, positions.unsqueeze(1))
         for i, layer in enumerate(self.layers):
-            x = layer.input_layernorm(h)
-            q, k, v = self._qkv(layer, x, cos, sin)
+            x = self._norm(layer.input_layernorm, h)
+            q, k, v = self._qkv(i, layer, x, cos, sin)
             cache.k[i][rows, :, positions] = k[:, :, 0]
             cache.v[i][rows, :, positions] = v[:, :, 0]
             keys = cache.k[i][:b, :, :length]
             vals = cache.v[i][:b, :, :length]
-            h = self._finish_layer(layer, h, self._attend(q, keys, vals, mask=mask))
-        return self.model.lm_head(self.base.norm(h[:, 0]))
+            h = self._finish_layer(i, layer, h, self._attend(q, keys, vals, mask=mask))
+        return self.model.lm_head(self._norm(self.base.norm, h[:, 0]))
 
 
 class _GenericRunner:
