@@ -170,3 +170,8 @@ def test_bad_arguments_name_the_value():
         Grader(timeout_s=0)
     with pytest.raises(ValueError, match="workers"):
         Grader(workers=-1)
+
+
+async def test_bad_scorer_fails_before_any_work(grader):
+    with pytest.raises(ValueError, match="unknown scorer 'sympy'"):
+        await grader.grade_batch([(boxed(r"\ln 2"), r"\ln 2"), (boxed("1"), "1")], scorers=[None, "sympy"])

@@ -37,7 +37,7 @@ from typing import Any
 from tirl.reward.config import RewardConfig
 from tirl.reward.extract import extract_answer
 from tirl.reward.normalize import fast_equal
-from tirl.reward.scorers import Scorer, answer_for_source, as_scorer, source_score
+from tirl.reward.scorers import MATH, Scorer, answer_for_source, as_scorer, source_score
 from tirl.reward.symbolic import CheckTimeout, symbolic_equal, time_limit, warm_up
 from tirl.reward.types import Grade
 
@@ -163,13 +163,14 @@ class Grader:
         if scorers is not None and len(scorers) != len(items):
             raise ValueError(f"scorers has {len(scorers)} entries for {len(items)} items; "
                              "pass one scorer (or None) per item")
+        specs = [as_scorer(s) for s in scorers] if scorers is not None else None  # fail early
         out: list[Grade | None] = [None] * len(items)
         waits = []
         for i, item in enumerate(items):
             if i and i % _CHUNK == 0:
                 await asyncio.sleep(0)  # let the event loop breathe between chunks
             text, gold = item
-            scorer = as_scorer(scorers[i] if scorers is not None else None)
+            scorer = specs[i] if specs is not None else MATH
             t0 = time.perf_counter()
             done, job = self._prepare(text, str(gold), scorer, t0)
             if done is not None:
