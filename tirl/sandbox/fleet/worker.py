@@ -88,7 +88,7 @@ class FleetWorker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._closed = False  # redis-py may turn a cancelled read into ConnectionError
-        self._sessions: set[str] = set()
+        self._sessions: dict[str, float] = {}  # sid -> last use (monotonic), pruned after the TTL
         self._epoch: bytes | None = None
         self._clock_offset_ms = 0.0
         self._r: aioredis.Redis | None = None
@@ -167,6 +167,12 @@ class FleetWorker:
         _, _, _, epoch, (sec, usec) = await pipe.execute()
         t1 = time.time()
         self._clock_offset_ms = (sec * 1000 + usec / 1000) - (t0 + t1) * 500
+        idle = time.monotonic() - self.opt.session_ttl_s
+        expired = [k for k, t in self._sessions.items() if t < idle]
+        if expired:  # the local pool has evicted them too; their sess keys have expired
+            await r.srem(self.keys.wsess(self.wid), *expired)
+            for sid in expired:
+                del self._sessions[sid]
         if epoch != self._epoch:
             if self._epoch is not None:
                 log.warning("fleet worker %s: redis lost its data (new epoch); re-registering "
@@ -308,7 +314,7 @@ class FleetWorker:
                 await asyncio.sleep(0.5)
         owner = owner.decode() if isinstance(owner, bytes) else owner
         if owner == "mine":
-            self._sessions.add(sid)
+            self._sessions[sid] = time.monotonic()
         return owner
 
     async def _forward(self, stream: str, eid: bytes, job: P.Job, owner: str) -> None:
@@ -336,7 +342,7 @@ class FleetWorker:
     async def _close(self, job: P.Job) -> dict:
         sid = job.session_id or ""
         closed = bool(await self.executor.close_session(sid))
-        self._sessions.discard(sid)
+        self._sessions.pop(sid, None)
         await self._r.eval(P.RELEASE_SESSION, 2, self.keys.sess(sid), self.keys.wsess(self.wid),
                            self.wid, sid)
         return {"closed": closed}
