@@ -40,6 +40,8 @@ class FakeLoop:
         self.gate_after = gate_after
         self.release = asyncio.Event()
         self.kwargs: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     async def run(self, problem, *, n=1, problem_id=None, gold=None, max_turns=None,
                   max_tokens=None, temperature=None):
@@ -48,9 +50,14 @@ class FakeLoop:
         self.per_problem[problem_id] = j + 1
         self.calls.append((problem_id, j))
         self.kwargs.append(dict(max_turns=max_turns, max_tokens=max_tokens, temperature=temperature))
-        if self.gate_after is not None and len(self.calls) > self.gate_after:
-            await self.release.wait()
-        await asyncio.sleep(0)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate_after is not None and len(self.calls) > self.gate_after:
+                await self.release.wait()
+            await asyncio.sleep(0.001)
+        finally:
+            self.in_flight -= 1
         if self.fail_for(problem_id, j):
             raise ConnectionError("engine at http://127.0.0.1:1 refused the connection")
         ans = self.answer_for(problem_id, j)

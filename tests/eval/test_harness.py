@@ -234,3 +234,17 @@ async def test_breakdown_by_level_and_subject(tmp_path, data_dir, fake_grader):
     assert "By level:" in (tmp_path / "run" / "report.md").read_text()
     # aime24 problems carry no grouping field: no breakdown
     assert "By " not in (tmp_path / "run" / "report.md").read_text().split("## math500")[0]
+
+
+async def test_benchmarks_run_together_under_one_concurrency_limit(tmp_path, data_dir, fake_grader):
+    loop = FakeLoop(lambda pid, j: str(j))
+    cfg = make_cfg(data_dir, 'eval.benchmarks=["aime24", "aime25"]', "eval.concurrency=3",
+                   "eval.save_trajectories=true")
+    res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
+    assert loop.max_in_flight == 3
+    assert [s.benchmark for s in res.summaries] == ["aime24", "aime25"]
+    assert [s.samples for s in res.summaries] == [12, 12]
+    assert {r.benchmark for r in res.runs["aime25"].records} == {"aime25"}
+    for name in ("aime24", "aime25"):
+        lines = (tmp_path / "run" / "trajectories" / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 12 and "response_ids" in json.loads(lines[0])

@@ -157,9 +157,7 @@ async def evaluate(
             loop = await stack.enter_async_context(_built_loop(cfg))
         if grader is None:
             grader = await stack.enter_async_context(_built_grader(cfg))
-        runs: dict[str, BenchmarkRun] = {}
-        for name, probs in problems.items():
-            runs[name] = await _run_one(cfg, out, name, probs, loop, grader, progress)
+        runs = await _run_all(cfg, out, problems, loop, grader, progress)
 
     summaries = [summarize(name, r.records, cfg.eval.k, cfg.eval.bootstrap_samples, cfg.run.seed)
                  for name, r in runs.items()]
@@ -171,41 +169,50 @@ async def evaluate(
     return EvalResult(out, summaries, runs, warnings, paths)
 
 
-async def _run_one(cfg: Config, out: Path, name: str, probs: Sequence[dict], loop: Any, grader: Any,
-                   progress: bool) -> BenchmarkRun:
+async def _run_all(cfg: Config, out: Path, problems: dict[str, list[dict]], loop: Any, grader: Any,
+                   progress: bool) -> dict[str, BenchmarkRun]:
+    """All benchmarks at once under one concurrency limit (no idle tail between benchmarks),
+    one progress bar whose status shows each benchmark's running accuracy."""
     from tirl.runs import progress_bar
 
     k = cfg.eval.k
-    total = len(probs) * k
-    store = SampleStore(out / "samples" / f"{name}.jsonl")
-    traj_file = None
+    total = sum(len(p) for p in problems.values()) * k
+    sem = asyncio.Semaphore(cfg.eval.concurrency)
+    seen = {name: [0, 0] for name in problems}  # samples, correct
+    traj_files: dict[str, Any] = {}
     if cfg.eval.save_trajectories:
         (out / "trajectories").mkdir(parents=True, exist_ok=True)
-        traj_file = (out / "trajectories" / f"{name}.jsonl").open("a", encoding="utf-8", buffering=1)
-    seen = {"n": 0, "correct": 0}
+        traj_files = {name: (out / "trajectories" / f"{name}.jsonl").open("a", encoding="utf-8", buffering=1)
+                      for name in problems}
+    label = ", ".join(problems) if len(problems) <= 3 else f"{len(problems)} benchmarks"
+    with progress_bar(total, f"eval {label}", enabled=progress) as bar:
+        def on_sample_for(name: str):
+            def on_sample(rec: SampleRecord, reused: bool) -> None:
+                seen[name][0] += 1
+                seen[name][1] += rec.correct
+                bar.status(" · ".join(f"{n} {100 * c / s:.1f}% ({s})" for n, (s, c) in seen.items() if s))
+                bar.advance(1)
+            return on_sample
 
-    def on_traj(traj) -> None:
-        if traj_file is not None:
-            traj_file.write(json.dumps(traj.to_dict()) + "\n")
+        def on_traj_for(name: str):
+            f = traj_files.get(name)
+            return (lambda traj: f.write(json.dumps(traj.to_dict()) + "\n")) if f is not None else None
 
-    with progress_bar(total, f"eval {name}", enabled=progress) as bar:
-        def on_sample(rec: SampleRecord, reused: bool) -> None:
-            seen["n"] += 1
-            seen["correct"] += rec.correct
-            bar.status(f"acc {100 * seen['correct'] / seen['n']:.1f}% over {seen['n']} samples")
-            bar.advance(1)
-
+        tasks = {name: asyncio.create_task(run_benchmark(
+            name, probs, loop, grader, SampleStore(out / "samples" / f"{name}.jsonl"), k,
+            max_turns=cfg.eval.max_turns, max_tokens=cfg.eval.max_tokens,
+            temperature=cfg.eval.temperature, keep_text=cfg.eval.save_text,
+            on_sample=on_sample_for(name), on_trajectory=on_traj_for(name), semaphore=sem,
+        )) for name, probs in problems.items()}
         try:
-            run = await run_benchmark(
-                name, probs, loop, grader, store, k, concurrency=cfg.eval.concurrency,
-                max_turns=cfg.eval.max_turns, max_tokens=cfg.eval.max_tokens,
-                temperature=cfg.eval.temperature, keep_text=cfg.eval.save_text,
-                on_sample=on_sample, on_trajectory=on_traj,
-            )
+            await asyncio.gather(*tasks.values())
         finally:
-            if traj_file is not None:
-                traj_file.close()
-    return run
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for f in traj_files.values():
+                f.close()
+    return {name: t.result() for name, t in tasks.items()}
 
 
 # ---------------------------------------------------------------------------------------

@@ -113,11 +113,12 @@ async def run_benchmark(
     on_sample: Callable[[SampleRecord, bool], None] | None = None,
     on_trajectory: Callable[[Trajectory], None] | None = None,
     abort_after_failures: int = 5,
+    semaphore: asyncio.Semaphore | None = None,
 ) -> BenchmarkRun:
     """Produce k graded samples per problem, reusing finished ones from ``store``.
 
     ``on_sample(record, reused)`` is called for every sample (reused ones first), for
-    progress bars. If the first ``abort_after_failures`` samples all raise, the run stops
+    progress bars. ``semaphore`` (shared between benchmarks) replaces ``concurrency``. If the first ``abort_after_failures`` samples all raise, the run stops
     with :class:`EvalAborted` carrying the first error (a dead server, a wrong model name).
     """
     if k < 1:
@@ -137,7 +138,8 @@ async def run_benchmark(
         for rec in done.values():
             on_sample(rec, True)
 
-    sem = asyncio.Semaphore(max(1, concurrency))
+    # a shared semaphore lets several benchmarks run at once without exceeding the concurrency
+    sem = semaphore if semaphore is not None else asyncio.Semaphore(max(1, concurrency))
     state = {"ok": 0, "failed": 0, "first_error": None}
 
     async def one(p: dict, i: int) -> None:
