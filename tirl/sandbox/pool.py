@@ -38,7 +38,10 @@ KILL_GRACE_S = 10.0  # after asking for a kill, how long until the zygote counts
 
 
 def default_slots() -> int:
-    return max(2, 2 * (os.cpu_count() or 1))
+    """4 per core: a call spends part of its life in fork/exit and IPC, not on a CPU, and
+    session cells are mostly round trips (measured: 4 → 8 slots on 2 cores took 64 live
+    sessions from ~2,600 to ~4,000 cells/s, with trivial one-shot throughput unchanged)."""
+    return max(2, 4 * (os.cpu_count() or 1))
 
 
 class _Capture:
