@@ -211,6 +211,9 @@ async def test_unknown_benchmark_fails_before_any_sampling(tmp_path, data_dir, f
     with pytest.raises(BenchmarkError, match="aime42"):
         await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
     assert loop.calls == []
+    cfg = make_cfg(data_dir, f'eval.benchmarks=["aime24", "{data_dir / "aime24.jsonl"}"]')
+    with pytest.raises(BenchmarkError, match="aime24 given twice"):
+        await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
 
 
 async def test_breakdown_by_level_and_subject(tmp_path, data_dir, fake_grader):

@@ -98,7 +98,8 @@ def check_settings(out_dir: Path, settings: dict[str, Any], fresh: bool) -> None
     samples = out_dir / "samples"
     if fresh and samples.exists():
         shutil.rmtree(samples)
-        (out_dir / "trajectories").exists() and shutil.rmtree(out_dir / "trajectories")
+        if (out_dir / "trajectories").exists():
+            shutil.rmtree(out_dir / "trajectories")
     if path.exists() and samples.exists() and any(samples.glob("*.jsonl")):
         old = json.loads(path.read_text())
         diff = [f"{k}: saved {old.get(k)!r}, now {settings.get(k)!r}"
@@ -148,7 +149,16 @@ async def evaluate(
     for w in warnings:
         warn_loudly(w)
     # load every benchmark before any sampling: a typo fails in a second, not after an hour
-    problems = {benchmark_name(b): load_benchmark(cfg, b) for b in cfg.eval.benchmarks}
+    names = [benchmark_name(b) for b in cfg.eval.benchmarks]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        from tirl.data.benchmarks import BenchmarkError
+
+        raise BenchmarkError(
+            f"benchmark name(s) {', '.join(dup)} given twice (files are named by their stem, "
+            "and samples/<name>.jsonl must be unique): drop the repeat or rename one file"
+        )
+    problems = {name: load_benchmark(cfg, b) for name, b in zip(names, cfg.eval.benchmarks)}
     check_settings(out, settings, fresh)
     (out / "config.toml").write_text(config_to_toml(cfg))
 
