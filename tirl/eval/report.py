@@ -46,7 +46,7 @@ class BenchmarkSummary:
     correct_response_tokens_mean: float
     tool_calls_per_sample: float
     tool_calls_per_problem: float
-    tool_error_rate: float  # failed calls / calls (model's failures; infra excluded)
+    tool_error_rate: float  # failed calls / calls run (infra failures and unrun calls excluded)
     finish_reasons: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     infra_errors: int = 0
@@ -110,6 +110,9 @@ def summarize(
     lengths = [r.response_tokens for r in rs_all]
     calls = sum(r.tool_calls for r in rs_all)
     errors = sum(r.tool_errors for r in rs_all)
+    # the rate is over calls the model is accountable for: run (or unparseable), not failed by
+    # the sandbox service, not cut by the turn limit
+    judged = calls - sum(r.infra_tool_errors + r.unexecuted_tool_calls for r in rs_all)
     correct_lengths = [r.response_tokens for r in rs_all if r.correct]
     return BenchmarkSummary(
         benchmark=benchmark,
@@ -126,7 +129,7 @@ def summarize(
         correct_response_tokens_mean=_mean(correct_lengths),
         tool_calls_per_sample=calls / len(rs_all) if rs_all else math.nan,
         tool_calls_per_problem=calls / len(pids) if pids else math.nan,
-        tool_error_rate=errors / calls if calls else math.nan,
+        tool_error_rate=errors / judged if judged > 0 else math.nan,
         finish_reasons=dict(Counter(r.finish_reason or "none" for r in rs_all).most_common()),
         statuses=dict(Counter(r.status for r in rs_all).most_common()),
         infra_errors=sum(r.status == "infra_error" for r in rs_all),

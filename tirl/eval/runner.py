@@ -79,8 +79,11 @@ def record_from_trajectory(
         generated_tokens=traj.num_policy_tokens if traj.response_mask else len(traj.response_ids),
         turns=len(traj.turns),
         tool_calls=len(calls),
-        tool_errors=sum(1 for c in calls if c.failed and not c.infra_failed),
+        # parse errors, exceptions, timeouts, limits; not the service's failures, not unrun calls
+        tool_errors=sum(1 for c in calls if c.parse_error is not None
+                        or (c.result is not None and not c.result.ok and not c.infra_failed)),
         infra_tool_errors=infra_calls,
+        unexecuted_tool_calls=sum(1 for c in calls if c.parse_error is None and c.result is None),
         wall_s=round(wall_s, 3),
         error=traj.meta.get("error") if status == "infra_error" else None,
         text=traj.text if keep_text else None,

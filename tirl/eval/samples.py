@@ -40,6 +40,7 @@ class SampleRecord:
     tool_calls: int = 0
     tool_errors: int = 0  # failed calls (parse error, exception, timeout), excluding infra
     infra_tool_errors: int = 0  # calls the sandbox service failed (never the model's fault)
+    unexecuted_tool_calls: int = 0  # calls of a last turn cut by the turn limit (never run)
     wall_s: float = 0.0
     error: str | None = None  # an exception's text when the sample could not be produced
     text: str | None = None  # the response text (None when not kept)
