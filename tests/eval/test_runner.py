@@ -69,3 +69,27 @@ def test_store_skips_a_torn_line_and_keeps_the_last_record(tmp_path):
     loaded = SampleStore(path).load()
     assert set(loaded) == {("p1", 0), ("p1", 1)}
     assert loaded[("p1", 0)].status == "correct"
+
+
+def test_compare_pairs_common_problems_and_counts_the_rest(tmp_path):
+    from tirl.eval.compare import compare_runs, comparison_markdown
+
+    def write(run, rows):
+        store = SampleStore(tmp_path / run / "samples" / "bench.jsonl")
+        for pid, i, ok in rows:
+            store.append(SampleRecord("bench", pid, i, "1", "correct" if ok else "incorrect", ok,
+                                      answer="1" if ok else "2"))
+        store.close()
+
+    # A: p1 2/2, p2 0/2, p3 1/2 (only in A); B: p1 1/2, p2 1/2, p4 2/2 (only in B)
+    write("a", [("p1", 0, 1), ("p1", 1, 1), ("p2", 0, 0), ("p2", 1, 0), ("p3", 0, 1), ("p3", 1, 0)])
+    write("b", [("p1", 0, 1), ("p1", 1, 0), ("p2", 0, 0), ("p2", 1, 1), ("p4", 0, 1), ("p4", 1, 1)])
+    rows, sa, sb = compare_runs(tmp_path / "a", tmp_path / "b", 200, 0)
+    r = rows[0]
+    assert (r.problems, r.only_a, r.only_b, r.k_a, r.k_b) == (2, 1, 1, 2, 2)
+    assert (r.avg_a, r.avg_b) == (0.5, 0.5)  # p1, p2 only
+    assert r.avg_diff.diff == 0.0 and r.avg_diff.lo < 0 < r.avg_diff.hi
+    # maj: A p1 right (2-0), p2 wrong; B p1 tie 1-1 -> 1/2, p2 tie -> 1/2
+    assert (r.maj_a, r.maj_b) == (0.5, 0.5)
+    md = comparison_markdown(rows, "a", "b", sa, sb)
+    assert "| bench | 2 |" in md and "1 problems only in A, 1 only in B" in md
