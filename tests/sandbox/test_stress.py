@@ -101,3 +101,20 @@ async def test_metrics_count_results_by_status():
         assert 'tirl_sandbox_results_total{status="ok"} 2' in text
         assert 'tirl_sandbox_results_total{status="error"} 1' in text
         assert "tirl_sandbox_exec_ms_count 3" in text and "tirl_sandbox_queue_depth 0" in text
+
+
+async def test_light_zygote_crash_spares_full_zygote_sessions():
+    async with Sandbox(slots=4, preload=["math", "numpy"]) as sb:
+        pids = sb.isolation["pids"]
+        assert set(pids) == {"full", "light"}
+        await sb.run("import numpy as np\nkept = np.arange(3)", session_id="keep")
+        plain = asyncio.create_task(sb.run("import time; time.sleep(30)"))  # stdlib only: light
+        await asyncio.sleep(0.5)
+        os.kill(pids["light"], signal.SIGKILL)
+        r = await asyncio.wait_for(plain, 30)
+        assert (r.status, r.reason) == ("infra_error", "zygote_died")
+        r = await sb.run("int(kept.sum())", session_id="keep")
+        assert r.ok and r.stdout == "3\n" and not r.session_reset
+        r = await asyncio.wait_for(sb.run("print('back')"), 60)
+        assert r.ok and sb.isolation["pids"]["light"] != pids["light"]
+        await sb.close_session("keep")
