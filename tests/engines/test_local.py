@@ -145,3 +145,60 @@ async def test_agent_loop_on_a_random_model_is_token_exact():
     assert torch.allclose(ref[mask], torch.tensor(t.logprobs)[mask], atol=1e-4)
     assert loop.prefix_mismatches == 0
     eng.close()
+
+
+async def test_next_turn_reuses_the_parked_prefix_and_matches_hf():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok, max_batch=3, prefix_cache_rows=4)
+    prompts = [tok.encode("What is 6 times 7? Let me think. " * (i + 1)) for i in range(4)]
+    refs = [hf_greedy(model, p, 12) for p in prompts]
+    # turn 1 of four trajectories, each ending on its own stop token (so its K/V is parked)
+    firsts = await asyncio.gather(*(eng.generate(p, 12, 0.0, [r[8]]) for p, r in zip(prompts, refs)))
+    assert all(c.finish_reason == "stop" for c in firsts)
+    computed = eng.prefill_tokens_computed
+    # turn 2: context = prompt + turn 1 + "tool" tokens; only the new tokens are prefilled
+    extra = tok.encode(" tool says 42.")
+    seconds = [p + c.token_ids + extra for p, c in zip(prompts, firsts)]
+    outs = await asyncio.gather(*(eng.generate(s, 6, 0.0) for s in seconds))
+    assert eng.prefix_hit_tokens > 0
+    assert eng.prefill_tokens_computed - computed < sum(len(s) for s in seconds) / 2
+    for s, c in zip(seconds, outs):
+        assert c.token_ids == hf_greedy(model, s, 6)
+        assert torch.allclose(torch.tensor(c.logprobs), ref_logprobs(model, s, c.token_ids), atol=1e-4)
+    eng.close()
+
+
+async def test_prefix_cache_off_gives_the_same_tokens():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    p = tok.encode("A long enough prompt for the prefix cache to matter here.")
+    a, b = LocalEngine(model, tok, prefix_cache_rows=0), LocalEngine(model, tok)
+    first = await a.generate(p, 10, 0.0)
+    stop = first.token_ids[5]
+    outs = []
+    for eng in (a, b):
+        c1 = await eng.generate(p, 10, 0.0, [stop])
+        c2 = await eng.generate(p + c1.token_ids + p[:7], 10, 0.0)
+        outs.append((c1.token_ids, c2.token_ids))
+    assert outs[0] == outs[1] and a.prefix_hit_tokens == 0 and b.prefix_hit_tokens > 0
+    a.close()
+    b.close()
+
+
+async def test_parked_prefixes_are_dropped_after_a_training_step():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok)
+    p = tok.encode("A long enough prompt for the prefix cache to matter here.")
+    ref = hf_greedy(model, p, 10)
+    c1 = await eng.generate(p, 10, 0.0, [ref[5]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(torch.tensor([p])).logits.sum().backward()
+    opt.step()
+    model.eval()
+    nxt = p + c1.token_ids + p[:7]
+    c2 = await eng.generate(nxt, 6, 0.0)
+    assert eng.prefix_hit_tokens == 0
+    assert c2.token_ids == hf_greedy(model, nxt, 6)
+    eng.close()

@@ -190,6 +190,29 @@ class _LlamaRunner:
         last = h[torch.arange(n, device=h.device), lengths - 1]
         return self.model.lm_head(self._norm(self.base.norm, last))
 
+    def extend(self, cache: _KVCache, row0: int, tokens: torch.Tensor, offsets: torch.Tensor,
+               lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded suffixes [n, S] after ``offsets`` cached tokens in rows row0..; logits
+        at each suffix's last token (the prefix K/V are already in those rows)."""
+        n, sl = tokens.shape
+        dev = tokens.device
+        pos = offsets.unsqueeze(1) + torch.arange(sl, device=dev).unsqueeze(0)  # [n, S]
+        length = int(pos.max()) + 1
+        mask = (torch.arange(length, device=dev).view(1, 1, length) <= pos.unsqueeze(2)).unsqueeze(1)
+        rows = torch.arange(row0, row0 + n, device=dev).unsqueeze(1)
+        h = self.base.embed_tokens(tokens)
+        cos, sin = self.base.rotary_emb(h, pos)
+        for i, layer in enumerate(self.layers):
+            x = self._norm(layer.input_layernorm, h)
+            q, k, v = self._qkv(i, layer, x, cos, sin)
+            cache.k[i][rows, :, pos] = k.transpose(1, 2)
+            cache.v[i][rows, :, pos] = v.transpose(1, 2)
+            keys = cache.k[i][row0:row0 + n, :, :length]
+            vals = cache.v[i][row0:row0 + n, :, :length]
+            h = self._finish_layer(i, layer, h, self._attend(q, keys, vals, mask=mask))
+        last = h[torch.arange(n, device=dev), lengths - 1]
+        return self.model.lm_head(self._norm(self.base.norm, last))
+
     def decode(self, cache: _KVCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One token per row (rows 0..B-1) at ``positions``; returns logits [B, V]."""
         b = tokens.shape[0]
@@ -239,7 +262,7 @@ class LocalEngine:
 
     def __init__(self, model, tokenizer, max_batch: int = 64, device: str | torch.device | None = None,
                  max_seq_len: int | None = None, prefill_tokens: int = 8192, seed: int = 0,
-                 threads: int | None = None):
+                 threads: int | None = None, prefix_cache_rows: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -262,7 +285,15 @@ class LocalEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self._fast = _LlamaRunner(model) if _LlamaRunner.supports(model) else None
         self._generic = None if self._fast else _GenericRunner(model, pad if pad is not None else 0)
-        self._cache = self._fast.new_cache(max_batch, self.max_seq_len) if self._fast else None
+        # finished turns park their K/V in extra rows; a later prompt that extends one (the
+        # next turn of the same trajectory) copies it back and prefills only the new tokens
+        self.prefix_cache_rows = (max_batch if prefix_cache_rows is None else prefix_cache_rows) if self._fast else 0
+        self._parked: dict[int, tuple[list[int], float]] = {}  # cache row -> (tokens, last use)
+        self._cache = (self._fast.new_cache(max_batch + self.prefix_cache_rows, self.max_seq_len)
+                       if self._fast else None)
+        self._parked_version: tuple | None = None
+        self.prefix_hit_tokens = 0
+        self.prefill_tokens_computed = 0
         self._waiting: deque[_Seq] = deque()
         self._active: list[_Seq] = []
         self._cv = threading.Condition()
@@ -372,8 +403,7 @@ class LocalEngine:
         if self._was_training is not None:
             self.model.train(self._was_training)
             self._was_training = None
-            if self._cache is not None:
-                self._cache.release()
+
 
     def _fail_all(self, err: BaseException) -> None:
         for s in list(self._active) + list(self._waiting):
@@ -393,16 +423,22 @@ class LocalEngine:
                 while j < len(admit) and (j + 1 - i) * len(admit[j].prompt) <= self.prefill_tokens:
                     j += 1
                 chunk = admit[i:j]
-                p = max(len(s.prompt) for s in chunk)
                 row0 = len(self._active)
-                cache.ensure(row0 + len(chunk), p + 1)
+                cache.ensure(row0 + len(chunk), max(len(s.prompt) for s in chunk) + 1)
+                offsets = [self._reuse_prefix(s, row0 + r) for r, s in enumerate(chunk)]
+                p = max(len(s.prompt) - o for s, o in zip(chunk, offsets))
+                cache.ensure(row0 + len(chunk), max(offsets) + p + 1)
                 toks = torch.zeros((len(chunk), p), dtype=torch.long, device=dev)
-                for r, s in enumerate(chunk):
-                    toks[r, :len(s.prompt)] = torch.tensor(s.prompt, dtype=torch.long)
+                for r, (s, o) in enumerate(zip(chunk, offsets)):
+                    toks[r, :len(s.prompt) - o] = torch.tensor(s.prompt[o:], dtype=torch.long)
                     s.cached = len(s.prompt)
                     s.t_start = time.perf_counter()
-                lengths = torch.tensor([len(s.prompt) for s in chunk], device=dev)
-                logits = self._fast.prefill(cache, row0, toks, lengths)
+                lengths = torch.tensor([len(s.prompt) - o for s, o in zip(chunk, offsets)], device=dev)
+                self.prefill_tokens_computed += int(lengths.sum())
+                if any(offsets):
+                    logits = self._fast.extend(cache, row0, toks, torch.tensor(offsets, device=dev), lengths)
+                else:
+                    logits = self._fast.prefill(cache, row0, toks, lengths)
                 with self._cv:
                     self._active.extend(chunk)
                 self._sample_and_finish(chunk, logits, row_offset=row0)
@@ -463,12 +499,69 @@ class LocalEngine:
                 return True
         return False
 
+    def _reuse_prefix(self, s: _Seq, row: int) -> int:
+        """Copy the longest parked prefix of ``s.prompt`` into ``row``; the reused length."""
+        if not self._parked:
+            return 0
+        if self._weights_version() != self._parked_version:  # trained since: stale K/V
+            self._parked.clear()
+            return 0
+        best_row, best = -1, 0
+        limit = len(s.prompt) - 1  # at least one token must be computed for the logits
+        for prow, (toks, _) in self._parked.items():
+            m = _common_prefix(toks, s.prompt, limit)
+            if m > best:
+                best_row, best = prow, m
+        if best < 16:  # not worth a copy
+            return 0
+        self._cache.move(best_row, row, best)
+        self._parked[best_row] = (self._parked[best_row][0], time.perf_counter())
+        self.prefix_hit_tokens += best
+        return best
+
+    def _park(self, s: _Seq, row: int) -> None:
+        """Keep a finished turn's K/V in a spare row for the trajectory's next turn."""
+        n = s.cached  # K/V of prompt + out[:-1]
+        if n < 16 or n > self._cache.cap:
+            return
+        base = self.max_batch
+        free = [r for r in range(base, base + self.prefix_cache_rows) if r not in self._parked]
+        if free:
+            slot = free[0]
+        else:
+            slot = min(self._parked, key=lambda r: self._parked[r][1])  # least recently used
+        self._cache.ensure(base + self.prefix_cache_rows, self._cache.cap)
+        version = self._weights_version()
+        if version != self._parked_version:
+            self._parked.clear()
+            self._parked_version = version
+        self._cache.move(row, slot, n)
+        self._parked[slot] = ((s.prompt + s.out)[:n], time.perf_counter())
+
+    def _weights_version(self) -> tuple:
+        """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict)."""
+        return tuple(p._version for p in self.model.parameters()) + tuple(
+            p.data_ptr() for p in self.model.parameters())
+
+    def release_cache(self) -> None:
+        """Free the KV cache and the parked prefixes (e.g. before a training step needs the memory).
+
+        Safe to call any time: the next request allocates again."""
+        with self._cv:
+            if self._active or self._waiting:
+                raise RuntimeError("release_cache() while requests are running; call it when idle")
+            if self._cache is not None:
+                self._cache.release()
+            self._parked.clear()
+
     def _retire(self) -> None:
         """Resolve finished sequences and compact the batch (move the last rows into the holes)."""
         now = time.perf_counter()
         with self._cv:
             rows = self._active
-            for s in rows:
+            for r, s in enumerate(rows):
+                if s.finish == "stop" and self.prefix_cache_rows:
+                    self._park(s, r)
                 if s.finish is not None:
                     meta = {"prompt_tokens": len(s.prompt), "queue_ms": (s.t_start - s.t_submit) * 1000,
                             "gen_ms": (now - s.t_start) * 1000,
@@ -494,6 +587,24 @@ class LocalEngine:
                     rows.pop()
                     break
             self._active = [s for s in rows if s.finish is None]
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b`` (at most ``limit``), by bisection on
+    C-speed slice comparisons."""
+    hi = min(len(a), len(b), limit)
+    if hi <= 0 or a[0] != b[0]:
+        return 0
+    if a[:hi] == b[:hi]:
+        return hi
+    lo = 1  # a[:lo] == b[:lo] holds; a[:hi] == b[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:
