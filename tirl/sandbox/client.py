@@ -64,6 +64,11 @@ class SandboxClient:
     async def close(self) -> None:
         if self._local is not None:
             await self._local.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self._queue and self._http is not None:
+            self._flush()  # answer what was queued before closing
         for t in list(self._inflight):
             await asyncio.gather(t, return_exceptions=True)
         if self._http is not None:
