@@ -12,6 +12,9 @@ batching, slot KV cache) against ``transformers`` ``model.generate`` on the same
 static batches of the same size, both on one torch thread; once with equal response lengths
 and once with varied ones (as rollouts have: a static batch decodes until its longest row ends).
 
+Part 3 (prefix reuse): three-turn contexts (each turn = the previous context + the model's
+tokens + tool tokens) on LocalEngine with and without reusing the previous turn's K/V.
+
 Prints one JSON object. Usage: ``python benchmarks/rollout_bench.py [--trajectories 128]
 [--seed 0] [--skip-engine]``.
 """
@@ -228,6 +231,57 @@ def bench_engine(tok, n: int = 64, batch: int = 32, lengths: tuple[int, int] = (
     return out
 
 
+def bench_prefix_reuse(tok, n: int = 48, turns: int = 3, new: int = 32, tool_tokens: int = 24,
+                       rounds: int = 3) -> dict:
+    """Multi-turn contexts on LocalEngine with and without prefix reuse (same prompts, same run)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tirl.engines.local import LocalEngine
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        tie_word_embeddings=True, eos_token_id=None, bos_token_id=None, pad_token_id=0)).eval()
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, len(tok)) for _ in range(rng.randrange(100, 200))] for _ in range(n)]
+    tool = [[rng.randrange(3, len(tok)) for _ in range(tool_tokens)] for _ in range(n * turns)]
+
+    def run(rows: int) -> tuple[float, int, int]:
+        eng = LocalEngine(model, tok, max_batch=32, threads=1, prefix_cache_rows=rows)
+
+        async def traj(i: int) -> int:
+            ctx, made = list(prompts[i]), 0
+            for t in range(turns):
+                c = await eng.generate(ctx, new, 1.0)
+                made += len(c.token_ids)
+                ctx = ctx + c.token_ids + tool[i * turns + t]
+            return made
+
+        async def go():
+            return await asyncio.gather(*(traj(i) for i in range(n)))
+
+        t0 = time.perf_counter()
+        made = sum(asyncio.run(go()))
+        dt = time.perf_counter() - t0
+        eng.close()
+        return made / dt, eng.prefill_tokens_computed, eng.prefix_hit_tokens
+
+    run(2 * n)  # warm-up
+    on, off = [], []
+    for _ in range(rounds):
+        on.append(run(2 * n))
+        off.append(run(0))
+    ratios = sorted(a[0] / b[0] for a, b in zip(on, off))
+    return {"trajectories": n, "turns": turns, "new_tokens_per_turn": new, "tool_tokens_per_turn": tool_tokens,
+            "with_reuse_tokens_per_s": round(statistics.median(x[0] for x in on), 1),
+            "without_reuse_tokens_per_s": round(statistics.median(x[0] for x in off), 1),
+            "prefill_tokens_with": on[0][1], "prefill_tokens_without": off[0][1],
+            "ratio_median": round(statistics.median(ratios), 2),
+            "ratio_range": [round(ratios[0], 2), round(ratios[-1], 2)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trajectories", type=int, default=128)
@@ -245,6 +299,7 @@ def main() -> None:
     }
     if not args.skip_engine:
         out["engine"] = bench_engine(tok)
+        out["prefix_reuse"] = bench_prefix_reuse(tok)
     print(json.dumps(out, indent=2))
 
 

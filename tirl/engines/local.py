@@ -287,7 +287,12 @@ class LocalEngine:
         self._generic = None if self._fast else _GenericRunner(model, pad if pad is not None else 0)
         # finished turns park their K/V in extra rows; a later prompt that extends one (the
         # next turn of the same trajectory) copies it back and prefills only the new tokens
-        self.prefix_cache_rows = (max_batch if prefix_cache_rows is None else prefix_cache_rows) if self._fast else 0
+        if prefix_cache_rows is None and self._fast is not None:  # default: what fits in 1 GiB
+            f = self._fast
+            elem = next(model.parameters()).element_size()
+            per_row = len(f.layers) * 2 * f.n_kv * f.head_dim * elem * self.max_seq_len
+            prefix_cache_rows = min(4 * max_batch, (1 << 30) // max(1, per_row))
+        self.prefix_cache_rows = (prefix_cache_rows or 0) if self._fast else 0
         self._parked: dict[int, tuple[list[int], float]] = {}  # cache row -> (tokens, last use)
         self._cache = (self._fast.new_cache(max_batch + self.prefix_cache_rows, self.max_seq_len)
                        if self._fast else None)
@@ -560,7 +565,7 @@ class LocalEngine:
         with self._cv:
             rows = self._active
             for r, s in enumerate(rows):
-                if s.finish == "stop" and self.prefix_cache_rows:
+                if s.finish in ("stop", "length") and self.prefix_cache_rows:
                     self._park(s, r)
                 if s.finish is not None:
                     meta = {"prompt_tokens": len(s.prompt), "queue_ms": (s.t_start - s.t_submit) * 1000,
