@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tirl.agent import format as fmt
 from tirl.agent.config import AgentConfig
@@ -284,4 +284,4 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
     }
 
 
-__all__ = ["AgentLoop", "PrefixMismatch", "summarize", "Awaitable"]
+__all__ = ["AgentLoop", "PrefixMismatch", "summarize"]
