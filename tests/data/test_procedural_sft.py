@@ -23,7 +23,7 @@ def test_sft_material_never_shows_the_rl_operation():
     texts = [e["problem"] for e in exs]
     assert not any("times" in t for t in texts)
     codes = [e["turns"][0][0] for e in exs if e["turns"][0][1]]
-    assert codes and all("*" not in c or "square" in p or "twice" in p
+    assert codes and all("*" not in c or "square" in p or "twice" in p or "area" in p
                          for c, p in zip(codes, [e["problem"] for e in exs if e["turns"][0][1]]))
     with pytest.raises(ValueError, match="tool_format"):
         load_sft_examples("missing.txt", 1, 0)

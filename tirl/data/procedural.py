@@ -7,9 +7,11 @@ head but can do with one line of Python:
 * ``multiply_large`` — 4-digit × 4-digit
 * ``mod`` — "What is the remainder when 98213 is divided by 47?"
 
-SFT tasks (format material, see :mod:`tirl.data.sft`) are *other* operations — ``add``,
-``subtract``, ``square``, ``double`` — so that SFT teaches how to call the tool, not which
-code solves an RL problem.
+SFT tasks (format material, see :mod:`tirl.data.sft`) are *other* problems — ``add``,
+``subtract``, ``square``, ``double``, ``rect_area`` (2-digit sides) — so that SFT teaches
+how to call the tool, not which code solves an RL problem: the SFT model has ``*`` in its
+repertoire but answers "What is 482 times 317?" mostly with ``+`` or ``-``; RL has to find
+that "times" means ``*``.
 
 A problem is a dict ``{"id", "problem", "answer", "source"}`` (docs/interfaces.md).
 Training and held-out sets are drawn from disjoint streams and held-out problems are
@@ -61,6 +63,11 @@ def _square(rng: random.Random) -> tuple[str, int, str]:
     return f"What is the square of {a}?", a * a, f"print({a}*{a})"
 
 
+def _rect_area(rng: random.Random) -> tuple[str, int, str]:
+    a, b = _n(rng, 2), _n(rng, 2)
+    return f"What is the area of a {a} by {b} rectangle?", a * b, f"print({a}*{b})"
+
+
 def _double(rng: random.Random) -> tuple[str, int, str]:
     a = _n(rng, rng.randint(3, 5))
     return f"What is twice {a}?", 2 * a, f"print(2*{a})"
@@ -74,9 +81,10 @@ GENERATORS: dict[str, Generator] = {
     "subtract": _subtract,
     "square": _square,
     "double": _double,
+    "rect_area": _rect_area,
 }
 RL_TASKS = ("multiply", "multiply_large", "mod")
-SFT_TASKS = ("add", "subtract", "square", "double")
+SFT_TASKS = ("add", "subtract", "square", "double", "rect_area")
 
 
 def _check_tasks(tasks: list[str] | tuple[str, ...]) -> None:
