@@ -202,3 +202,14 @@ async def test_parked_prefixes_are_dropped_after_a_training_step():
     assert eng.prefix_hit_tokens == 0
     assert c2.token_ids == hf_greedy(model, nxt, 6)
     eng.close()
+
+
+async def test_train_mode_is_back_when_the_last_result_arrives():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    model.train()
+    eng = LocalEngine(model, tok)
+    for _ in range(3):
+        await asyncio.gather(*(eng.generate(tok.encode("x y z"), 4, 1.0) for _ in range(3)))
+        assert model.training  # no waiting: restored before the futures resolved
+    eng.close()

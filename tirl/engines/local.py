@@ -562,6 +562,7 @@ class LocalEngine:
     def _retire(self) -> None:
         """Resolve finished sequences and compact the batch (move the last rows into the holes)."""
         now = time.perf_counter()
+        done: list[tuple[_Seq, Completion]] = []
         with self._cv:
             rows = self._active
             for r, s in enumerate(rows):
@@ -574,7 +575,7 @@ class LocalEngine:
                     comp = Completion(token_ids=s.out, logprobs=s.lps,
                                       finish_reason="abort" if s.finish == "abort" else s.finish,
                                       stop_reason=s.stop_reason, meta=meta)
-                    s.loop.call_soon_threadsafe(_set_result, s.future, comp)
+                    done.append((s, comp))
             i = 0
             while i < len(rows):
                 if rows[i].finish is None:
@@ -592,6 +593,10 @@ class LocalEngine:
                     rows.pop()
                     break
             self._active = [s for s in rows if s.finish is None]
+            if not self._active and not self._waiting:
+                self._restore_mode()  # before the caller resumes (and perhaps trains)
+            for s, comp in done:
+                s.loop.call_soon_threadsafe(_set_result, s.future, comp)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
