@@ -8,7 +8,7 @@ head but can do with one line of Python:
 * ``mod`` — "What is the remainder when 98213 is divided by 47?"
 
 SFT tasks (format material, see :mod:`tirl.data.sft`) are *other* problems — ``add``,
-``subtract``, ``square``, ``double``, ``rect_area`` (2-digit sides) — so that SFT teaches
+``subtract``, ``square``, ``double``, ``rect_area``, all with operands of 2-4 digits — so that SFT teaches
 how to call the tool, not which code solves an RL problem: the SFT model has ``*`` in its
 repertoire but answers "What is 482 times 317?" mostly with ``+`` or ``-``; RL has to find
 that "times" means ``*``.
@@ -48,13 +48,19 @@ def _mod(rng: random.Random) -> tuple[str, int, str]:
     return f"What is the remainder when {a} is divided by {b}?", a % b, f"print({a}%{b})"
 
 
+def _two(rng: random.Random) -> tuple[int, int]:
+    """Two operands of 2-4 digits: every two-number SFT task draws the same sizes, so the
+    operand sizes never tell which operation a problem wants — only its words do."""
+    return _n(rng, rng.randint(2, 4)), _n(rng, rng.randint(2, 4))
+
+
 def _add(rng: random.Random) -> tuple[str, int, str]:
-    a, b = _n(rng, rng.randint(3, 5)), _n(rng, rng.randint(3, 5))
+    a, b = _two(rng)
     return f"What is {a} plus {b}?", a + b, f"print({a}+{b})"
 
 
 def _subtract(rng: random.Random) -> tuple[str, int, str]:
-    a, b = _n(rng, rng.randint(3, 5)), _n(rng, rng.randint(3, 5))
+    a, b = _two(rng)
     return f"What is {a} minus {b}?", a - b, f"print({a}-{b})"
 
 
@@ -64,7 +70,7 @@ def _square(rng: random.Random) -> tuple[str, int, str]:
 
 
 def _rect_area(rng: random.Random) -> tuple[str, int, str]:
-    a, b = _n(rng, 2), _n(rng, 2)
+    a, b = _two(rng)
     return f"What is the area of a {a} by {b} rectangle?", a * b, f"print({a}*{b})"
 
 
