@@ -11,7 +11,9 @@ SFT tasks (format material, see :mod:`tirl.data.sft`) are *other* problems — `
 ``subtract``, ``square``, ``double``, ``rect_area``, all with operands of 2-4 digits — so that SFT teaches
 how to call the tool, not which code solves an RL problem: the SFT model has ``*`` in its
 repertoire but answers "What is 482 times 317?" mostly with ``+`` or ``-``; RL has to find
-that "times" means ``*``.
+that "times" means ``*``. ``unknown_op`` ("What is 48 zorp 317?") uses made-up words whose
+code is +, - or * at random: format practice on questions whose operation the model cannot
+know, so that an unfamiliar word ("times") gets a spread of guesses, not one confident one.
 
 A problem is a dict ``{"id", "problem", "answer", "source"}`` (docs/interfaces.md).
 Training and held-out sets are drawn from disjoint streams and held-out problems are
@@ -74,6 +76,20 @@ def _rect_area(rng: random.Random) -> tuple[str, int, str]:
     return f"What is the area of a {a} by {b} rectangle?", a * b, f"print({a}*{b})"
 
 
+UNKNOWN_WORDS = ("zorp", "blick", "frob", "wug")
+
+
+def _unknown_op(rng: random.Random) -> tuple[str, int, str]:
+    """A made-up operation word whose meaning the data does not fix: the code uses +, -
+    or * uniformly at random. It teaches the format for a question the model cannot know
+    the operation of — and so that such a question deserves a spread of guesses."""
+    a, b = _two(rng)
+    word = rng.choice(UNKNOWN_WORDS)
+    op = rng.choice("+-*")
+    val = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"What is {a} {word} {b}?", val, f"print({a}{op}{b})"
+
+
 def _double(rng: random.Random) -> tuple[str, int, str]:
     a = _n(rng, rng.randint(3, 5))
     return f"What is twice {a}?", 2 * a, f"print(2*{a})"
@@ -88,9 +104,10 @@ GENERATORS: dict[str, Generator] = {
     "square": _square,
     "double": _double,
     "rect_area": _rect_area,
+    "unknown_op": _unknown_op,
 }
 RL_TASKS = ("multiply", "multiply_large", "mod")
-SFT_TASKS = ("add", "subtract", "square", "double", "rect_area")
+SFT_TASKS = ("add", "subtract", "square", "double", "rect_area", "unknown_op")
 
 
 def _check_tasks(tasks: list[str] | tuple[str, ...]) -> None:
