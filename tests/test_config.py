@@ -48,7 +48,7 @@ def test_parse_override(text, keys, value):
 
 
 def test_overrides_apply_and_validate():
-    cfg = load_config("demo", ["rl.lr=0.01", "stages.1.steps=3", "run.name=x"])
+    cfg = load_config("rstar2-14b", ["rl.lr=0.01", "stages.1.steps=3", "run.name=x"])
     assert cfg.rl.lr == 0.01 and cfg.stages[1].steps == 3 and cfg.run.name == "x"
 
 
