@@ -756,7 +756,7 @@ def train(cfg: Config, *, progress: bool = True, engine_factory=None, tools_fact
     engine and the sandbox (tests); ``stop_after`` stops after that many RL steps with a
     checkpoint, as an interruption would (a later call with ``run.resume`` continues).
     """
-    started = _maybe_init_distributed()
+    started = _maybe_init_distributed()  # joins torchrun; a group made by the caller is kept
     try:
         trainer = Trainer(cfg, progress=progress, engine_factory=engine_factory, tools_factory=tools_factory,
                           stop_after=stop_after)
