@@ -669,7 +669,9 @@ class Trainer:
         t0 = time.perf_counter()
         groups, stats = await self.collect_batch(pool, stage)
         t1 = time.perf_counter()
-        upd = self.update(groups) if groups else {}
+        # every rank must join the update's collectives when any rank has groups
+        any_groups = _all_sum([float(len(groups))])[0] > 0
+        upd = self.update(groups) if any_groups else {}
         t_update = time.perf_counter() - t1
         st.global_step += 1
         st.stage_step += 1
