@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = SandboxConfig(**overrides)
     if args.redis:
         fleet = _fleet("`tirl sandbox serve --redis` (the Redis fleet gateway)")
-        backend = fleet.RedisBackend(args.redis)
+        backend = fleet.RedisBackend(args.redis, default_timeout_s=cfg.timeout_s)
     else:
         from tirl.sandbox.pool import Sandbox
 
