@@ -218,3 +218,19 @@ async def test_server_environment_never_reaches_zygote():
                     assert b"s3cret" not in f.read()
     finally:
         del os.environ["TIRL_ZYGOTE_SECRET"]
+
+
+def test_paths_under_world_writable_dirs_are_carried(tmp_path):
+    """A venv or checkout under /tmp (a CI clone) must survive the empty tmpfs over /tmp:
+    `_under` picks the top-most such directories to carry across."""
+    from tirl.sandbox.isolation import _under
+
+    venv = tmp_path / "repo" / ".venv"
+    site = venv / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    root = str(tmp_path.parent)
+    assert _under([str(site), str(venv), "/usr/lib", str(other)], [root]) == sorted(
+        [os.path.realpath(venv), os.path.realpath(other)])
+    assert _under(["/usr/lib"], [root]) == []

@@ -16,12 +16,15 @@ only (other machines run without it and say so).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import platform
 import signal
 import struct
+import tempfile
+from typing import Iterator
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -137,6 +140,48 @@ def expose_to_others(paths: list[str], stage_root: str = "/tmp") -> list[str]:
     return done
 
 
+def _under(paths: list[str], roots: list[str]) -> list[str]:
+    """The top-most of ``paths`` (resolved) that lie below one of ``roots``."""
+    roots = [os.path.realpath(r) for r in roots]
+    found: list[str] = []
+    for p in sorted({os.path.realpath(x) for x in paths if x and os.path.isdir(x)}):
+        if any(p.startswith(r + "/") for r in roots) and not any(
+            p == f or p.startswith(f + "/") for f in found
+        ):
+            found.append(p)
+    return found
+
+
+@contextlib.contextmanager
+def _carried_across(paths: list[str]) -> Iterator[None]:
+    """Bind ``paths`` aside, let the body mount over their parents, then move them back
+    into place (inside this private mount namespace only). The stage directory is made in
+    /run (root-only) and removed again."""
+    if not paths:
+        yield
+        return
+    stage = tempfile.mkdtemp(prefix=".tirl-carry-", dir="/run" if os.path.isdir("/run") else "/")
+    stages: list[str] = []
+    try:
+        for i, p in enumerate(paths):
+            st = os.path.join(stage, str(i))
+            os.mkdir(st)
+            stages.append(st)
+            mount(p, st, None, MS_BIND | MS_REC, None)
+        yield
+        for st, p in zip(stages, paths):
+            os.makedirs(p, mode=0o755, exist_ok=True)
+            mount(st, p, None, MS_MOVE, None)
+    finally:
+        # rmdir only (never a recursive delete: a stage may still be a bind mount of the
+        # real installation if something failed half-way; rmdir then fails harmlessly)
+        for d in [*stages, stage]:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 def isolate_zygote(tmp_size_mb: int = 1024, expose: list[str] | None = None) -> dict[str, str | bool]:
     """Put the calling process (the zygote, before it forks anything) into a fresh network
     namespace and a private mount namespace with empty root-only tmpfs over the
@@ -151,8 +196,11 @@ def isolate_zygote(tmp_size_mb: int = 1024, expose: list[str] | None = None) -> 
     try:
         unshare(CLONE_NEWNS)
         mount("none", "/", None, MS_REC | MS_PRIVATE, None)
-        for d in WORLD_WRITABLE:
-            if os.path.isdir(d) and not os.path.islink(d):
+        hidden = [d for d in WORLD_WRITABLE if os.path.isdir(d) and not os.path.islink(d)]
+        # the Python installation or the repository may itself live under /tmp (a CI clone,
+        # a venv in a temp dir): carry those directories across the empty tmpfs
+        with _carried_across(_under(expose or [], hidden)):
+            for d in hidden:
                 mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV,
                       f"mode=0711,size={tmp_size_mb}m")
         out["mounts"] = True
