@@ -78,3 +78,18 @@ def test_sft_segments_match_rollout_text():
                                                 ("<answer>\\boxed{2}</answer>", [])])
     assert [t for _, t in segs] == [True, False, True]
     assert segs[1][0] == fmt.tool_turn_text(None, [fmt.tool_result_body(ExecResult(status="ok", stdout="2"))])
+
+
+def test_tool_response_timing_off_leaves_the_time_out():
+    from tirl.sandbox.types import ExecResult
+
+    fast = ExecResult(status="ok", stdout="42\n", exec_ms=10.0)
+    slow = ExecResult(status="ok", stdout="42\n", exec_ms=130.0)
+    assert fmt.tool_result_body(fast) != fmt.tool_result_body(slow)  # the paper's default shows it
+    assert "in 0.01s" in fmt.tool_result_body(fast)
+    off = fmt.tool_result_body(fast, timing=False)
+    assert off == fmt.tool_result_body(slow, timing=False) == "Execution succeeded.\nstdout:\n42"
+    err = ExecResult(status="error", stderr="Traceback\nValueError", exit_code=2, exec_ms=55.0)
+    assert fmt.tool_result_body(err, timing=False).startswith("Execution failed with an error (exit code 2).")
+    timeout = ExecResult(status="timeout", exec_ms=5000.0)
+    assert fmt.tool_result_body(timeout, timing=False) == "Execution timed out."

@@ -221,3 +221,48 @@ async def test_tool_calls_are_parsed_when_the_tags_are_special_tokens():
     loop = AgentLoop(ScriptedEngine(special, [call("print(5)"), ANSWER]), special, tools, AgentConfig())
     [t] = await loop.run("q")
     assert t.num_tool_calls == 1 and tools.calls[0][0] == "print(5)" and t.finish_reason == "answer"
+
+
+async def test_tool_response_timing_false_reaches_the_rollout():
+    from tirl.sandbox.types import ExecResult
+
+    class TimedTools(FakeTools):
+        def __init__(self, ms):
+            super().__init__()
+            self.ms = ms
+
+        async def run(self, code, stdin="", timeout_s=None, session_id=None):
+            return ExecResult(status="ok", stdout="42\n", exec_ms=self.ms)
+
+    responses = {}
+    for timing in (True, False):
+        for ms in (10.0, 70.0):
+            tok, eng, loop = make([call("print(6*7)"), ANSWER], TimedTools(ms), tool_response_timing=timing)
+            [t] = await loop.run("What is 6*7?", problem_id="p1", gold="42")
+            responses[timing, ms] = tok.decode(t.response_ids, skip_special_tokens=False)
+    assert responses[True, 10.0] != responses[True, 70.0] and "in 0.07s" in responses[True, 70.0]
+    assert responses[False, 10.0] == responses[False, 70.0]
+    assert "Execution succeeded.\nstdout:\n42" in responses[False, 10.0]
+
+
+async def test_turn_seeds_derive_from_the_base_seed_problem_sample_and_turn():
+    from tirl.agent.loop import derive_seed
+
+    items = [{"problem": "What is 6*7?", "answer": "42", "id": i} for i in range(3)]
+
+    async def seeds_of(seed, order):
+        tok, eng, loop = make(lambda text, turn: call("print(6*7)") if turn == 0 else ANSWER,
+                              max_turns=2)
+        await loop.run_many([items[i] for i in order], n=2, seed=seed)
+        return sorted(eng.seeds)
+
+    a = await seeds_of(5, [0, 1, 2])
+    b = await seeds_of(5, [2, 0, 1])
+    c = await seeds_of(6, [0, 1, 2])
+    assert len(a) == 12 and len(set(a)) == 12  # 3 problems x 2 samples x 2 turns, all distinct
+    assert a == b and a != c  # the input order does not matter, the base seed does
+    want = sorted(derive_seed(derive_seed(5, str(i), s), k) for i in range(3) for s in range(2) for k in range(2))
+    assert a == want
+    tok, eng, loop = make([ANSWER])
+    await loop.run("What is 6*7?", problem_id="p1")
+    assert eng.seeds == [None]  # no base seed: the engine's own randomness

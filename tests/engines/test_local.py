@@ -213,3 +213,72 @@ async def test_train_mode_is_back_when_the_last_result_arrives():
         await asyncio.gather(*(eng.generate(tok.encode("x y z"), 4, 1.0) for _ in range(3)))
         assert model.training  # no waiting: restored before the futures resolved
     eng.close()
+
+
+async def test_a_seeded_request_gets_the_same_tokens_alone_or_batched_in_any_order():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    target = tok.encode("What is 6 times 7?")
+    others = [tok.encode("q: 1+1 " * (i + 1)) for i in range(5)]
+
+    alone_eng = LocalEngine(model, tok, max_batch=8, seed=0)
+    alone = await alone_eng.generate(target, 20, 1.0, seed=1234)
+    again = await alone_eng.generate(target, 20, 1.0, seed=1234)
+    other_seed = await alone_eng.generate(target, 20, 1.0, seed=4321)
+    alone_eng.close()
+    assert again.token_ids == alone.token_ids
+    assert other_seed.token_ids != alone.token_ids  # the seed is used
+
+    async def late(coro, delay_steps):
+        for _ in range(delay_steps):
+            await asyncio.sleep(0)
+        return await coro
+
+    for shared_seed, order in ((7, [0, 1, 2, 3, 4]), (99, [4, 2, 0, 3, 1])):
+        # another engine seed, 3 rows for 6 requests (the target joins a running batch), other
+        # requests seeded and unseeded, arriving in another order
+        eng = LocalEngine(model, tok, max_batch=3, seed=shared_seed)
+        reqs = [eng.generate(others[i], 8 + i, 1.0, seed=None if i % 2 else 50 + i) for i in order]
+        reqs.insert(2, late(eng.generate(target, 20, 1.0, seed=1234), 3))
+        comps = await asyncio.gather(*reqs)
+        eng.close()
+        got = comps[2]
+        assert got.token_ids == alone.token_ids
+        assert torch.allclose(torch.tensor(got.logprobs), torch.tensor(alone.logprobs), atol=1e-4)
+    assert torch.allclose(torch.tensor(alone.logprobs), ref_logprobs(model, target, alone.token_ids), atol=1e-4)
+
+
+async def test_without_a_seed_the_tokens_depend_on_the_batch():
+    # what the per-request seed fixes: the shared generator's draws go to whoever is in the batch
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    target = tok.encode("What is 6 times 7?")
+    eng = LocalEngine(model, tok, max_batch=8, seed=0)
+    alone = await eng.generate(target, 20, 1.0)
+    eng.close()
+    eng = LocalEngine(model, tok, max_batch=8, seed=0)
+    other = eng.generate(tok.encode("q: 1+1"), 20, 1.0)
+    batched = (await asyncio.gather(other, eng.generate(target, 20, 1.0)))[1]
+    eng.close()
+    assert batched.token_ids != alone.token_ids
+
+
+def test_row_generators_make_each_row_independent_of_the_others():
+    from tirl.engines.sampling import row_generator
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    ones, zeros = torch.ones(4), torch.zeros(4, dtype=torch.long)
+    tok, lp = sample_tokens(logits, ones, ones, zeros, row_generators=[row_generator(s) for s in range(4)])
+    perm = [2, 0, 3, 1]
+    tok2, lp2 = sample_tokens(logits[perm], ones, ones, zeros, torch.Generator().manual_seed(5),
+                              row_generators=[row_generator(perm[i]) if i != 1 else None for i in range(4)])
+    for j, i in enumerate(perm):
+        if j != 1:  # row 1 of the permuted batch uses the shared generator
+            assert int(tok2[j]) == int(tok[i]) and float(lp2[j]) == float(lp[i])
+    # top-k filtered tokens are never picked by the inverse CDF
+    k = torch.full((4,), 3, dtype=torch.long)
+    top3 = torch.topk(logits, 3, dim=-1).indices
+    for s in range(20):
+        t, _ = sample_tokens(logits, ones, ones, k, row_generators=[row_generator(100 * s + r) for r in range(4)])
+        assert all(int(t[r]) in top3[r].tolist() for r in range(4))

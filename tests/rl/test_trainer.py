@@ -63,3 +63,60 @@ def test_resume_two_plus_one_equals_three_straight(tmp_path, tools_factory):
     ma = [r for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if r.get("phase") == "rl"]
     mb = [r for r in read_metrics(tmp_path / "split" / "metrics.jsonl") if r.get("phase") == "rl"]
     assert [(r["step"], r["reward"], r["grad_norm"]) for r in ma] == [(r["step"], r["reward"], r["grad_norm"]) for r in mb]
+
+
+class _RecordingGrader:
+    def __init__(self):
+        self.scorers = None
+
+    async def grade_batch(self, items, scorers=None):
+        from tirl.reward.types import Grade
+
+        self.scorers = list(scorers) if scorers is not None else None
+        return [Grade(status="correct") for _ in items]
+
+
+@pytest.mark.parametrize("mode", ["source", "math"])
+def test_rollouts_are_graded_by_each_problems_scorer_and_seeded(tmp_path, mode):
+    import asyncio
+
+    from tirl.agent.loop import AgentLoop
+    from tirl.engines.scripted import ScriptedEngine
+    from tirl.reward.scorers import MATH, scorer_for
+    from tirl.rl.trainer import Trainer
+    from tests.agent.tiny import tiny_tokenizer
+    from tests.rl.conftest import InstantTools
+
+    tr = Trainer(tiny_config(tmp_path, **{"reward.scorer": mode}), progress=False)
+    tr.tokenizer = tiny_tokenizer()
+    tr.engine = ScriptedEngine(tr.tokenizer, ["<reason>x</reason><answer>\\boxed{42}</answer>"])
+    tr.tools, tr.grader = InstantTools(), _RecordingGrader()
+    tr._t_gen = tr._t_tools = tr._t_grade = 0.0
+    rg = {"id": "rg0", "problem": "What is 40 + 2?", "answer": "42", "source": "reasoning_gym:basic_arithmetic"}
+    plain = {"id": "p0", "problem": "What is 6 times 7?", "answer": "42"}
+    groups = asyncio.run(tr.rollout_and_grade([rg, plain], 2, 1, 64, seed=tr._seed("step", 0, 0)))
+    assert [len(g) for g in groups] == [2, 2]
+    names = [s.name for s in tr.grader.scorers]
+    if mode == "source":
+        assert names == [scorer_for(rg, "source").name] * 2 + ["math"] * 2
+        assert names[0] != "math"
+    else:
+        assert tr.grader.scorers == [MATH] * 4
+    assert None not in tr.engine.seeds and len(set(tr.engine.seeds)) == 4
+
+
+def test_sft_text_follows_tool_response_timing(tmp_path):
+    from tirl.data.sft import example_texts, load_sft_examples, render_example_text
+    from tirl.rl.trainer import Trainer
+
+    ex = load_sft_examples("tool_format", 20, 0)
+    timed = [e for e in ex if "Execution succeeded in" in example_texts(e)]
+    assert timed  # the SFT data shows run times by default
+    tr = Trainer(tiny_config(tmp_path, **{"agent.tool_response_timing": "false"}), progress=False)
+    for e in timed:
+        prompt, segs = tr._sft_text_untimed(e)
+        text = prompt + "".join(t for t, _ in segs)
+        assert "Execution succeeded.\nstdout:" in text and "Execution succeeded in" not in text
+        # only the status line changed: the trained (assistant) segments are the same
+        _, ref = render_example_text(e)
+        assert [t for t, m in segs if m] == [t for t, m in ref if m]

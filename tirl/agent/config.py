@@ -24,6 +24,12 @@ class AgentConfig(Section):
     tool_response_max_chars: int = Field(
         2048, ge=64, description="Tool output longer than this keeps its head and tail."
     )
+    tool_response_timing: bool = Field(
+        True,
+        description="Tool responses state the measured run time ('Execution succeeded in 0.01s.', "
+        "the paper's format); false = 'Execution succeeded.', so a rollout does not depend on "
+        "how fast the sandbox happened to be (needed for runs that repeat exactly).",
+    )
     stateful_tool: bool = Field(
         False, description="One sandbox session per trajectory (globals persist across calls)."
     )

@@ -119,29 +119,33 @@ def truncate_middle(text: str, max_chars: int) -> str:
     return f"{text[:head]}\n...[{cut} characters cut]...\n{text[-tail:]}"
 
 
-def tool_result_body(result: ExecResult | str, max_chars: int = 2048) -> str:
+def tool_result_body(result: ExecResult | str, max_chars: int = 2048, timing: bool = True) -> str:
     """The body of one tool response (without the tags), like the paper's outcomes.
 
     A string is a parse error (or any message for the model) and is returned as is. An
     :class:`ExecResult` becomes a status line (success / error / timeout / …, with the time)
     followed by stdout and stderr, each cut to ``max_chars`` keeping head and tail.
+    ``timing=False`` (``[agent] tool_response_timing = false``) leaves the measured time out
+    of the status line, so the text depends only on what the code did.
     """
     if isinstance(result, str):
         return truncate_middle(result, max_chars)
     secs = result.exec_ms / 1000.0
+    t_in = f" in {secs:.2f}s" if timing else ""
+    t_after = f" after {secs:.2f}s" if timing else ""
     if result.status == "ok":
-        head = f"Execution succeeded in {secs:.2f}s."
+        head = f"Execution succeeded{t_in}."
     elif result.status == "error":
         code = f" (exit code {result.exit_code})" if result.exit_code not in (None, 1) else ""
-        head = f"Execution failed with an error{code} after {secs:.2f}s."
+        head = f"Execution failed with an error{code}{t_after}."
     elif result.status == "timeout":
-        head = f"Execution timed out after {secs:.2f}s."
+        head = f"Execution timed out{t_after}."
     elif result.status == "memory":
-        head = f"Execution ran out of memory after {secs:.2f}s."
+        head = f"Execution ran out of memory{t_after}."
     elif result.status == "output_limit":
-        head = f"Execution stopped: output too long after {secs:.2f}s."
+        head = f"Execution stopped: output too long{t_after}."
     elif result.status == "killed":
-        head = f"Execution was killed after {secs:.2f}s."
+        head = f"Execution was killed{t_after}."
     else:
         head = "The code execution service failed; this is not a problem with the code."
     parts = [head]
@@ -155,9 +159,9 @@ def tool_result_body(result: ExecResult | str, max_chars: int = 2048) -> str:
     return "\n".join(parts)
 
 
-def format_tool_response(result: ExecResult | str, max_chars: int = 2048) -> str:
+def format_tool_response(result: ExecResult | str, max_chars: int = 2048, timing: bool = True) -> str:
     """One ``<tool_response>`` block, exactly as the rollout inserts it."""
-    return "<tool_response>\n" + tool_result_body(result, max_chars) + "\n</tool_response>"
+    return "<tool_response>\n" + tool_result_body(result, max_chars, timing) + "\n</tool_response>"
 
 
 def tool_responses_text(bodies: Sequence[str]) -> str:
@@ -332,9 +336,10 @@ def tool_turn_text(tokenizer, bodies: Sequence[str], fmt: str = "rstar2",
 
 
 def render_tool_responses(tokenizer, results: Sequence[ExecResult | str], fmt: str = "rstar2", *,
-                          max_chars: int = 2048, turn_closed: bool = True) -> list[int]:
+                          max_chars: int = 2048, turn_closed: bool = True,
+                          timing: bool = True) -> list[int]:
     """Token ids of the tool-response turn for ``results`` (strings are parse errors)."""
-    bodies = [tool_result_body(r, max_chars) for r in results]
+    bodies = [tool_result_body(r, max_chars, timing) for r in results]
     return _encode(tokenizer, tool_turn_text(tokenizer, bodies, fmt, turn_closed))
 
 
@@ -346,7 +351,7 @@ def user_turn_text(message: str, turn_closed: bool = True) -> str:
 
 def render_sft_example(problem: str, turns: Sequence[tuple[str, Sequence[ExecResult | str]]], *,
                        stateful: bool = False, max_chars: int = 2048,
-                       system: str | None = None) -> tuple[str, list[tuple[str, bool]]]:
+                       system: str | None = None, timing: bool = True) -> tuple[str, list[tuple[str, bool]]]:
     """An rstar2-format SFT example as text segments ``(text, trained)``.
 
     ``turns`` is a list of (assistant text, tool results of that turn); the last turn should
@@ -360,6 +365,6 @@ def render_sft_example(problem: str, turns: Sequence[tuple[str, Sequence[ExecRes
     for text, results in turns:
         segs.append((text + IM_END, True))
         if results:
-            bodies = [tool_result_body(r, max_chars) for r in results]
+            bodies = [tool_result_body(r, max_chars, timing) for r in results]
             segs.append((tool_turn_text(None, bodies, "rstar2", turn_closed=True), False))
     return prompt, segs

@@ -24,6 +24,7 @@ retry failed engines.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import time
 import uuid
@@ -42,6 +43,12 @@ class PrefixMismatch(AssertionError):
 Callback = Callable[..., Any]
 
 
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from ``parts`` (stable across processes and Python versions, unlike hash())."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
 async def _maybe_await(x: Any) -> None:
     if inspect.isawaitable(x):
         await x
@@ -53,7 +60,9 @@ class AgentLoop:
     ``engine``: anything with ``async generate(prompt_ids, max_new_tokens, temperature, stop,
     *, top_p, top_k) -> Completion``; if it also has ``lease(key, reserve_tokens, group=None)``
     (the dispatcher), one lease is taken per trajectory and every turn runs on the leased
-    engine. ``tools``: anything with ``async run(code, stdin="", timeout_s=None,
+    engine. Given a base ``seed`` (``run``/``run_many``/``rollout``), every turn is generated
+with ``seed=derive_seed(seed, problem id, sample index, turn)``, so a trajectory's random
+numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``tools``: anything with ``async run(code, stdin="", timeout_s=None,
     session_id=None) -> ExecResult`` (and ``close_session(id)`` for the stateful tool), or
     None (every call is then answered with an ``infra_error``).
     """
@@ -85,15 +94,17 @@ class AgentLoop:
     async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
                   gold: str | None = None, max_turns: int | None = None,
                   max_tokens: int | None = None, temperature: float | None = None,
-                  on_done: Callback | None = None) -> list[Trajectory]:
-        """``n`` trajectories of one problem, generated concurrently."""
+                  on_done: Callback | None = None, seed: int | None = None) -> list[Trajectory]:
+        """``n`` trajectories of one problem, generated concurrently. With ``seed``, sample
+        ``i`` is seeded from (seed, problem_id, i): give a ``problem_id`` for repeatable runs."""
         prompt_ids = self.render_prompt(problem)
         group = problem_id if problem_id is not None else uuid.uuid4().hex[:12]
 
         async def one(i: int) -> Trajectory:
             t = await self.rollout(prompt_ids, problem_id=problem_id, gold=gold, max_turns=max_turns,
                                    max_tokens=max_tokens, temperature=temperature,
-                                   key=f"{group}/{i}", group=group, sample_index=i)
+                                   key=f"{group}/{i}", group=group, sample_index=i,
+                                   seed=None if seed is None else derive_seed(seed, group, i))
             if on_done is not None:
                 await _maybe_await(on_done(t))
             return t
@@ -103,7 +114,8 @@ class AgentLoop:
     async def run_many(self, items: Iterable[dict], n: int = 1, on_done: Callback | None = None,
                        **overrides: Any) -> list[Trajectory]:
         """All trajectories of ``items`` (dicts with ``problem``, ``answer``, ``id``), grouped
-        by problem in input order; ``on_done(traj)`` is called as each one finishes."""
+        by problem in input order; ``on_done(traj)`` is called as each one finishes.
+        ``seed=`` (with the other ``run`` keywords) seeds every trajectory by its problem id."""
         items = list(items)
         groups = await asyncio.gather(*(
             self.run(it["problem"], n=n, problem_id=str(it["id"]) if it.get("id") is not None else None,
@@ -117,8 +129,9 @@ class AgentLoop:
                       gold: str | None = None, max_turns: int | None = None,
                       max_tokens: int | None = None, temperature: float | None = None,
                       key: str | None = None, group: str | None = None, sample_index: int = 0,
-                      on_turn: Callback | None = None) -> Trajectory:
-        """One trajectory from a rendered prompt (the loop's unit of work)."""
+                      on_turn: Callback | None = None, seed: int | None = None) -> Trajectory:
+        """One trajectory from a rendered prompt (the loop's unit of work); with ``seed``,
+        turn ``k`` is generated with ``seed=derive_seed(seed, k)``."""
         traj = Trajectory(prompt_ids=list(prompt_ids), problem_id=problem_id, gold=gold,
                           meta={"sample_index": sample_index})
         max_turns = max_turns or self.cfg.max_turns
@@ -135,10 +148,10 @@ class AgentLoop:
                                                  len(traj.prompt_ids) + max_tokens,
                                                  group=group) as eng:
                         await self._turns(eng, traj, max_turns, max_tokens, temperature,
-                                          session_id, on_turn)
+                                          session_id, on_turn, seed)
                 else:
                     await self._turns(self.engine, traj, max_turns, max_tokens, temperature,
-                                      session_id, on_turn)
+                                      session_id, on_turn, seed)
             except PrefixMismatch:
                 raise
             except asyncio.CancelledError:
@@ -169,7 +182,8 @@ class AgentLoop:
             )
 
     async def _turns(self, eng: Any, traj: Trajectory, max_turns: int, max_tokens: int,
-                     temperature: float, session_id: str | None, on_turn: Callback | None) -> None:
+                     temperature: float, session_id: str | None, on_turn: Callback | None,
+                     seed: int | None = None) -> None:
         cfg = self.cfg
         previous: list[int] = list(traj.prompt_ids)
         for turn_idx in range(max_turns):
@@ -182,8 +196,9 @@ class AgentLoop:
             self._check_prefix(traj, context, previous)
             previous = context
             t0 = time.perf_counter()
+            extra = {} if seed is None else {"seed": derive_seed(seed, turn_idx)}
             comp = await eng.generate(list(context), max_new, temperature, list(self.stop_ids),
-                                      top_p=cfg.top_p, top_k=cfg.top_k)
+                                      top_p=cfg.top_p, top_k=cfg.top_k, **extra)
             gen_ms = (time.perf_counter() - t0) * 1000.0
             ids = list(comp.token_ids)[:max_new]
             if comp.logprobs is None:
@@ -227,7 +242,8 @@ class AgentLoop:
                 return
             bodies = [fmt.parse_error_message(c) if c.result is None else c.result for c in calls]
             resp = fmt.render_tool_responses(self.tokenizer, bodies, cfg.format,
-                                             max_chars=cfg.tool_response_max_chars, turn_closed=closed)
+                                             max_chars=cfg.tool_response_max_chars, turn_closed=closed,
+                                             timing=cfg.tool_response_timing)
             if len(traj.response_ids) + len(resp) >= max_tokens:
                 traj.finish_reason = "max_tokens"  # the response would leave no room: not appended
                 traj.meta["dropped_tool_tokens"] = len(resp)
@@ -284,4 +300,4 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
     }
 
 
-__all__ = ["AgentLoop", "PrefixMismatch", "summarize"]
+__all__ = ["AgentLoop", "PrefixMismatch", "derive_seed", "summarize"]

@@ -142,6 +142,7 @@ class LeasedEngine:
         *,
         top_p: float = 1.0,
         top_k: int = 0,
+        seed: int | None = None,
     ) -> Completion:
         if self._lease.closed:
             raise RuntimeError(f"lease {self._lease.key!r} has ended; take a new lease to generate")
@@ -149,8 +150,9 @@ class LeasedEngine:
         while True:
             k = self._lease.engine
             try:
+                extra = {"seed": seed} if seed is not None else {}  # engines without seeds keep working
                 c = await self._d.engines[k].generate(
-                    prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k
+                    prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, **extra
                 )
                 self._d._progress(self._lease, len(prompt_ids) + len(c.token_ids))
                 return c
@@ -314,6 +316,7 @@ class Dispatcher:
         *,
         top_p: float = 1.0,
         top_k: int = 0,
+        seed: int | None = None,
         key: str | None = None,
         group: Any = None,
     ) -> Completion:
@@ -321,7 +324,7 @@ class Dispatcher:
         key = key or f"oneshot-{next(self._ordinal)}"
         async with self.lease(key, len(prompt_ids) + max_new_tokens, group=group) as eng:
             return await eng.generate(
-                prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k
+                prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, seed=seed
             )
 
     def snapshot(self) -> list[EngineStatus]:

@@ -6,6 +6,11 @@ An engine is any object with::
 
 ``stop`` is a list of stop strings and/or token ids; the engine stops *after* emitting a
 stop token or the last token of a stop string, and includes it in ``token_ids``.
+
+``seed`` (optional) seeds this request's own sampling: the same prompt, parameters and seed
+give the same tokens whatever else the engine is running at the time (``LocalEngine``: a
+per-request generator; vLLM / SGLang: the request's ``seed`` field; scripted engines ignore
+it). ``None`` = the engine's shared random state.
 """
 
 from __future__ import annotations
@@ -36,4 +41,5 @@ class Engine(Protocol):
         *,
         top_p: float = 1.0,
         top_k: int = 0,
+        seed: int | None = None,
     ) -> Completion: ...

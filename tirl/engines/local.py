@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from tirl.engines.base import Completion
-from tirl.engines.sampling import sample_tokens
+from tirl.engines.sampling import row_generator, sample_tokens
 
 FAST_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 
@@ -65,6 +65,7 @@ class _Seq:
     stop_reason: str | int | None = None
     t_submit: float = 0.0
     t_start: float = 0.0
+    generator: torch.Generator | None = None  # this request's own sampling RNG (``seed``)
 
 
 class _KVCache:
@@ -257,7 +258,12 @@ class LocalEngine:
 
     ``max_batch``: sequences decoded together; ``max_seq_len``: context limit (default: the
     model's ``max_position_embeddings``); ``prefill_tokens``: padded prompt tokens per
-    prefill forward; ``seed``: the sampling generator's seed.
+    prefill forward; ``seed``: the shared sampling generator's seed (requests without their own).
+
+    ``generate(..., seed=s)`` gives the request its own generator: it draws one uniform per
+    sampled token and picks by inverse CDF, so which random numbers it gets no longer depends
+    on when it arrived or what it was batched with. Its logits still come from a batched
+    forward whose float rounding can differ in the last bits with the batch (see docs/rl.md).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 64, device: str | torch.device | None = None,
@@ -317,7 +323,7 @@ class LocalEngine:
 
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0) -> Completion:
+                       top_k: int = 0, seed: int | None = None) -> Completion:
         if self._closed:
             raise RuntimeError("LocalEngine is closed")
         prompt = [int(t) for t in prompt_ids]
@@ -333,7 +339,8 @@ class LocalEngine:
                    stop_ids=frozenset(int(s) for s in stop if isinstance(s, int)),
                    stop_strs=tuple(s for s in stop if isinstance(s, str) and s),
                    future=loop.create_future(), loop=loop,
-                   context_limited=max_new_tokens > room, t_submit=time.perf_counter())
+                   context_limited=max_new_tokens > room, t_submit=time.perf_counter(),
+                   generator=None if seed is None else row_generator(seed))
         if seq.max_new == 0:
             return Completion([], [], "length", meta={"prompt_tokens": len(prompt)})
         with self._cv:
@@ -475,7 +482,9 @@ class LocalEngine:
         temp = torch.tensor([s.temperature for s in seqs], device=dev)
         top_p = torch.tensor([s.top_p for s in seqs], device=dev)
         top_k = torch.tensor([s.top_k for s in seqs], dtype=torch.long, device=dev)
-        tokens, lps = sample_tokens(logits, temp, top_p, top_k, self.generator)
+        gens = [s.generator for s in seqs]
+        tokens, lps = sample_tokens(logits, temp, top_p, top_k, self.generator,
+                                    row_generators=gens if any(g is not None for g in gens) else None)
         tokens, lps = tokens.tolist(), lps.tolist()
         self.steps += 1
         self.tokens_generated += len(seqs)

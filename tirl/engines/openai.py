@@ -149,7 +149,7 @@ class OpenAIEngine:
 
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0) -> Completion:
+                       top_k: int = 0, seed: int | None = None) -> Completion:
         self.requests += 1
         stop = list(stop or [])
         body: dict[str, Any] = {
@@ -168,6 +168,8 @@ class OpenAIEngine:
         }
         if top_k and top_k > 0:
             body["top_k"] = int(top_k)
+        if seed is not None:  # vLLM and SGLang take a per-request sampling seed
+            body["seed"] = int(seed)
         use_ids = self.token_ids is True or (self.token_ids == "auto")
         if use_ids:
             body["prompt"] = [int(t) for t in prompt_ids]
@@ -178,7 +180,7 @@ class OpenAIEngine:
                     raise EngineError(f"{self.base_url}/v1/completions answered {err.status}: {err.text[:300]}") from None
                 self.token_ids = False  # this server wants text prompts
                 return await self.generate(prompt_ids, max_new_tokens, temperature, stop,
-                                           top_p=top_p, top_k=top_k)
+                                           top_p=top_p, top_k=top_k, seed=seed)
         else:
             body["prompt"] = self._text_of(prompt_ids)
             try:

@@ -29,10 +29,36 @@ def filter_logits(logits: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor
     return logits
 
 
+def row_generator(seed: int) -> torch.Generator:
+    """A CPU generator for one request's sampling (any int seed; the same on every device)."""
+    g = torch.Generator()
+    g.manual_seed(int(seed) % (1 << 63))
+    return g
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token per row of ``probs`` [B, V] at uniform ``u`` [B] in [0, 1) (float64 CDF); never a
+    zero-probability token. A tiny change of ``probs`` moves the pick only when ``u`` sits on a
+    boundary, unlike a fresh multinomial draw."""
+    p = probs.double()
+    cdf = p.cumsum(-1)
+    target = (u.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf, target, right=True).clamp(max=p.shape[-1] - 1)
+    last_nz = p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1, keepdim=True)
+    ok = p.gather(-1, idx) > 0
+    return torch.where(ok, idx, last_nz).squeeze(-1)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
-                  top_k: torch.Tensor, generator: torch.Generator | None = None
+                  top_k: torch.Tensor, generator: torch.Generator | None = None,
+                  row_generators: list[torch.Generator | None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B])."""
+    """Sample one token per row of ``logits`` [B, V]; returns (tokens [B], logprobs [B]).
+
+    ``row_generators[i]`` (a CPU generator, see :func:`row_generator`) makes row ``i`` draw
+    its own uniform and pick by inverse CDF, so its token depends on that row's logits and
+    generator only, not on the other rows or their order. Rows without one share
+    ``generator`` (one ``torch.multinomial`` over those rows)."""
     logits = logits.float()
     greedy = temperature <= 0
     safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
@@ -41,7 +67,21 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
     if bool(greedy.all()):
         tokens = logits.argmax(-1)
     else:
-        tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        probs = logp.exp()
+        seeded = [i for i, g in enumerate(row_generators or []) if g is not None]
+        if not seeded:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            tokens = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            mine = set(seeded)
+            shared = [i for i in range(logits.shape[0]) if i not in mine]
+            if shared:
+                ix = torch.tensor(shared, device=logits.device)
+                tokens[ix] = torch.multinomial(probs[ix], 1, generator=generator).squeeze(-1)
+            ix = torch.tensor(seeded, device=logits.device)
+            u = torch.stack([torch.rand((), generator=row_generators[i], dtype=torch.float64)
+                             for i in seeded])  # one draw per row and step, greedy rows too
+            tokens[ix] = inverse_cdf(probs[ix], u)
         if bool(greedy.any()):
             tokens = torch.where(greedy, logits.argmax(-1), tokens)
     lp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

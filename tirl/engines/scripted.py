@@ -5,7 +5,8 @@ a list of turn texts (turn *k* of every trajectory gets ``script[k]``, the last 
 or a callable ``script(prompt_text, turn_index) -> str``. The text is encoded, the
 end-of-turn token appended, and ``max_new_tokens`` honoured (``finish_reason="length"``).
 ``latency_s`` (a number or a callable returning one) simulates generation time without
-using the CPU. Every prompt it receives is recorded in ``prompts`` (for prefix checks).
+using the CPU. Every prompt it receives is recorded in ``prompts`` (for prefix checks), and its
+``seed`` argument in ``seeds``.
 
 What it is not: a model. Logprobs are a fixed ``logprob`` per token.
 """
@@ -32,6 +33,7 @@ class ScriptedEngine:
         self.record = record
         self.prompts: list[list[int]] = []
         self.calls = 0
+        self.seeds: list[int | None] = []  # the ``seed`` of every call (the script ignores it)
 
     def _text_for(self, prompt_text: str) -> str:
         turn = max(0, prompt_text.count(ASSISTANT_HEADER) - 1)
@@ -41,10 +43,11 @@ class ScriptedEngine:
 
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0) -> Completion:
+                       top_k: int = 0, seed: int | None = None) -> Completion:
         self.calls += 1
         if self.record:
             self.prompts.append(list(prompt_ids))
+            self.seeds.append(seed)
         lat = self.latency_s() if callable(self.latency_s) else self.latency_s
         if lat > 0:
             await asyncio.sleep(lat)

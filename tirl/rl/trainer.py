@@ -20,10 +20,11 @@ counted as tool errors.
 
 What it does not do: asynchronous (off-policy) rollouts, FSDP or tensor parallelism — under
 torchrun each rank rolls out its share of problems and gradients are all-reduced (data
-parallel). Determinism for a seed holds for rollouts whose tool results do not vary; the
-sandbox's measured execution time is shown to the model (``Execution succeeded in 0.01s``)
-and the local engine batches concurrently arriving requests, so two runs of the demo can
-differ slightly.
+parallel). Rollouts are seeded: every call passes the agent loop a base seed derived from
+``run.seed`` and the step (and refill round), and each turn's request carries its own seed
+(``tirl.agent.loop.derive_seed``), so which random numbers a trajectory gets does not depend
+on scheduling. With ``[agent] tool_response_timing = false`` the tool text does not depend
+on the sandbox's speed either; see docs/rl.md "Limits" for what can still differ.
 """
 
 from __future__ import annotations
@@ -256,12 +257,15 @@ class Trainer:
         sys = self.cfg.agent.system_prompt
         if self.cfg.sft.enabled:
             exs = load_sft_examples(self.cfg.sft.data, min(self.cfg.sft.size, 500), self.cfg.run.seed)
-            texts += [example_texts(e, sys) for e in exs]
+            if self.cfg.agent.tool_response_timing:
+                texts += [example_texts(e, sys) for e in exs]
+            else:
+                texts += [p + "".join(t for t, _ in segs) for p, segs in map(self._sft_text_untimed, exs)]
         for p in train[:500]:
             texts.append(fmt.render_prompt_text(None, p["problem"], "rstar2", system=sys))
         for r in (ExecResult(status="ok", stdout="1\n"), ExecResult(status="error", stderr="Traceback\nError"),
                   ExecResult(status="timeout")):
-            texts.append(fmt.format_tool_response(r))
+            texts.append(fmt.format_tool_response(r, timing=self.cfg.agent.tool_response_timing))
         return texts
 
     def build_model(self, train: list[dict], held: list[dict]):
@@ -322,17 +326,30 @@ class Trainer:
 
     # ---------------------------------------------------------------- rollouts and grading
 
+    def _seed(self, *parts) -> int:
+        from tirl.agent.loop import derive_seed
+
+        return derive_seed("tirl-rollout", self.cfg.run.seed, *parts)
+
     async def rollout_and_grade(self, problems: list[dict], n: int, max_turns: int, max_tokens: int,
-                                temperature: float | None = None, on_done=None) -> list[list]:
-        """``n`` graded trajectories per problem (``traj.reward``; None for infra errors)."""
+                                temperature: float | None = None, on_done=None,
+                                seed: int | None = None) -> list[list]:
+        """``n`` graded trajectories per problem (``traj.reward``; None for infra errors).
+        ``seed``: the agent loop's base seed (per problem id, sample and turn below it).
+        Each problem is judged by ``scorer_for(problem, [reward] scorer)``."""
+        from tirl.reward.scorers import scorer_for
+
         loop = self._loop(max_turns, max_tokens)
         t0 = time.perf_counter()
-        trajs = await loop.run_many(problems, n=n, on_done=on_done, temperature=temperature)
+        trajs = await loop.run_many(problems, n=n, on_done=on_done, temperature=temperature, seed=seed)
         self._t_gen += time.perf_counter() - t0
         self._t_tools += sum(t.tool_ms for tr in trajs for t in tr.turns) / 1000.0
         t1 = time.perf_counter()
         to_grade = [i for i, t in enumerate(trajs) if not t.has_infra_error and not t.truncated]
-        grades = await self.grader.grade_batch([(assistant_text(trajs[i]), trajs[i].gold or "") for i in to_grade])
+        mode = self.cfg.reward.scorer
+        judges = [scorer_for(p, mode) for p in problems]  # one per problem; trajs are grouped by problem
+        grades = await self.grader.grade_batch([(assistant_text(trajs[i]), trajs[i].gold or "") for i in to_grade],
+                                               scorers=[judges[i // n] for i in to_grade])
         for t in trajs:
             if t.has_infra_error:
                 t.reward, t.grade_status = None, "infra_error"
@@ -374,7 +391,8 @@ class Trainer:
             # every rank walks the same problem order; rank r takes its own slice
             batch = self._next_problems(pool, need * self.world)[self.rank::self.world]
             groups = await self.rollout_and_grade(batch, n, stage.max_turns, stage.max_tokens,
-                                                  on_done=self._on_traj_done)
+                                                  on_done=self._on_traj_done,
+                                                  seed=self._seed("step", self.state.global_step, rounds))
             for g in groups:
                 stats["groups_sampled"] += 1
                 sampled.extend(g)
@@ -518,7 +536,7 @@ class Trainer:
         mine = held[self.rank::self.world]
         self._t_gen = self._t_tools = self._t_grade = 0.0
         groups = await self.rollout_and_grade(mine, ev.k, ev.max_turns, ev.max_tokens,
-                                              temperature=ev.temperature)
+                                              temperature=ev.temperature, seed=self._seed("eval", label))
         trajs = [t for g in groups for t in g]
         correct, total, tool_pos, calls = _all_sum([
             sum(1 for t in trajs if t.reward == 1.0), float(len(trajs)),
@@ -540,7 +558,8 @@ class Trainer:
         """Offline filter before a stage: sample k per problem, drop those solved k/k."""
         mine = pool[self.rank::self.world]
         self._t_gen = self._t_tools = self._t_grade = 0.0
-        groups = await self.rollout_and_grade(mine, k, stage.max_turns, stage.max_tokens)
+        groups = await self.rollout_and_grade(mine, k, stage.max_turns, stage.max_tokens,
+                                              seed=self._seed("filter", self.state.stage_idx, stage.name))
         solved_local = [p["id"] for p, g in zip(mine, groups) if all(t.reward == 1.0 for t in g)]
         solved = {i for part in _all_gather_objects(solved_local) for i in part}
         return [p for p in pool if p["id"] not in solved]
@@ -614,7 +633,10 @@ class Trainer:
 
         s = self.cfg.sft
         exs = load_sft_examples(s.data, s.size, self.cfg.run.seed)
-        toks = [tokenize_example(self.tokenizer, e, self.cfg.agent.system_prompt, s.max_length) for e in exs]
+        if self.cfg.agent.tool_response_timing:
+            toks = [tokenize_example(self.tokenizer, e, self.cfg.agent.system_prompt, s.max_length) for e in exs]
+        else:  # SFT shows the tool responses the rollouts will show: without the run time
+            toks = [self._tokenize_untimed(e, s.max_length) for e in exs]
         steps_total = math.ceil(len(toks) / s.batch_size) * s.epochs
         with progress_bar(steps_total, "SFT", enabled=self.progress and self.main) as bar:
             def on_step(step, total, loss):
@@ -629,6 +651,27 @@ class Trainer:
         if self.metrics:
             self.metrics.write({"phase": "sft_done", "step": 0, "sft_final_loss": res.final_loss,
                                 "sft_seconds": res.seconds, "sft_examples": len(toks)})
+
+    def _sft_text_untimed(self, example: dict) -> tuple[str, list[tuple[str, bool]]]:
+        """``tirl.data.sft.render_example_text`` with ``[agent] tool_response_timing = false``."""
+        from tirl.agent.format import render_sft_example
+        from tirl.data.sft import _result
+
+        turns = [(text, [_result(r) for r in results]) for text, results in example["turns"]]
+        return render_sft_example(example["problem"], turns, system=self.cfg.agent.system_prompt,
+                                  timing=False)
+
+    def _tokenize_untimed(self, example: dict, max_length: int | None) -> tuple[list[int], list[int]]:
+        prompt, segs = self._sft_text_untimed(example)
+        ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
+        mask = [0] * len(ids)
+        for text, trained in segs:
+            seg = list(self.tokenizer.encode(text, add_special_tokens=False))
+            ids += seg
+            mask += [1 if trained else 0] * len(seg)
+        if max_length is not None:
+            ids, mask = ids[:max_length], mask[:max_length]
+        return ids, mask
 
     async def run_stage(self, train: list[dict], held: list[dict]) -> None:
         cfg = self.cfg
