@@ -118,6 +118,19 @@ class ModelServer:
 
     # ------------------------------------------------------------------ completions
 
+    async def _read_body(self, request: web.Request) -> dict:
+        """The request's JSON object, for this server's model, not streamed (else BadRequest)."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        self._check_model(body)
+        if body.get("stream"):
+            raise BadRequest("stream=true is not supported by tirl serve; send stream=false")
+        return body
+
     def _check_model(self, body: dict) -> None:
         m = body.get("model")
         if m not in (None, "", self.name):
@@ -179,13 +192,7 @@ class ModelServer:
 
     async def completions(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _err(400, "the request body is not JSON")
-        try:
-            self._check_model(body)
-            if body.get("stream"):
-                raise BadRequest("stream=true is not supported by tirl serve; send stream=false")
+            body = await self._read_body(request)
             if body.get("echo"):
                 raise BadRequest("echo=true is not supported by tirl serve")
             prompts = self._prompts(body.get("prompt"))
@@ -241,13 +248,7 @@ class ModelServer:
 
     async def chat(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _err(400, "the request body is not JSON")
-        try:
-            self._check_model(body)
-            if body.get("stream"):
-                raise BadRequest("stream=true is not supported by tirl serve; send stream=false")
+            body = await self._read_body(request)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("'messages' must be a non-empty list")

@@ -139,13 +139,8 @@ def bootstrap_mean(
     mean = float(x.mean())
     if n_resamples <= 0:
         return Estimate(mean)
-    _check_confidence(confidence)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_resamples, x.size))
-    means = x[idx].mean(axis=1)
-    a = (1.0 - confidence) / 2
-    lo, hi = np.quantile(means, [a, 1 - a])
-    return Estimate(mean, float(lo), float(hi))
+    means, lo, hi = _bootstrap_means(x, n_resamples, confidence, seed)
+    return Estimate(mean, lo, hi)
 
 
 @dataclass(frozen=True)
@@ -183,14 +178,22 @@ def paired_bootstrap(
     diff = float(d.mean())
     if n_resamples <= 0:
         return PairedDiff(diff, None, None, None, int(d.size))
+    means, lo, hi = _bootstrap_means(d, n_resamples, confidence, seed)
+    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return PairedDiff(diff, lo, hi, p, int(d.size))
+
+
+def _bootstrap_means(x: np.ndarray, n_resamples: int, confidence: float, seed: int
+                     ) -> tuple[np.ndarray, float, float]:
+    """Means of ``n_resamples`` seeded resamples of ``x`` (with replacement) and the
+    central ``confidence`` interval of them."""
     _check_confidence(confidence)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    means = d[idx].mean(axis=1)
-    al = (1.0 - confidence) / 2
-    lo, hi = np.quantile(means, [al, 1 - al])
-    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return PairedDiff(diff, float(lo), float(hi), p, int(d.size))
+    idx = rng.integers(0, x.size, size=(n_resamples, x.size))
+    means = x[idx].mean(axis=1)
+    a = (1.0 - confidence) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return means, float(lo), float(hi)
 
 
 def _check_confidence(confidence: float) -> None:
