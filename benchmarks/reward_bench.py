@@ -199,7 +199,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="grader workers (0 = default)")
     ap.add_argument("--timeout", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--data-dir", default="/work/shared/data/benchmarks",
+    ap.add_argument("--data-dir", default=None,
                     help="where math500.jsonl is (for the perturbation accuracy; skipped if absent)")
     args = ap.parse_args()
 
@@ -229,7 +229,7 @@ def main() -> None:
                             "speedup_range": [min(r["speedup"] for r in runs),
                                               max(r["speedup"] for r in runs)]}
         report["accuracy"] = accuracy(grader)
-        sets = [p for p in (Path(args.data_dir) / f for f in ("math500.jsonl", "hmmt_feb25.jsonl"))
+        sets = [p for p in (Path(args.data_dir or DEFAULT_DATA_DIR) / f for f in ("math500.jsonl", "hmmt_feb25.jsonl"))
                 if p.exists()]
         if sets:
             report["reference_perturbations"] = perturbation_accuracy(grader, sets)

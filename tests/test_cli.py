@@ -49,10 +49,11 @@ def test_config_error_exits_2_with_message(capsys):
 
 
 def test_run_dir_and_metrics(tmp_path):
-    from tirl.config import load_config
+    from tirl.config import config_to_toml, load_config
 
     cfg = load_config("demo", [f"run.output_dir={tmp_path}", "run.name=r1"])
-    run = RunDir.for_config(cfg)
+    run = RunDir(tmp_path / "r1")
+    run.write_config(config_to_toml(cfg))
     for sub in ("plots", "checkpoints", "trajectories"):
         assert (run.root / sub).is_dir()
     assert load_config(run.root / "config.toml") == cfg

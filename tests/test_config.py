@@ -5,14 +5,17 @@ from pathlib import Path
 import pytest
 
 from tirl.config import (Config, ConfigError, available_recipes, config_to_toml, load_config,
-                         parse_override)
+                         parse_override, resolve_sampling)
 
 
 def test_defaults_are_the_papers():
     cfg = load_config(None)
     assert cfg.rl.clip_low == 0.2 and cfg.rl.clip_high == 0.28
     assert cfg.rl.group_size == 16 and cfg.rl.oversample == 2
-    assert cfg.eval.temperature == 0.6 and cfg.eval.k == 16 and cfg.eval.max_turns == 30
+    ev = resolve_sampling(cfg, "eval")
+    assert ev.temperature == 0.6 and cfg.eval.k == 16 and ev.max_turns == 30 and ev.max_tokens == 30000
+    tr = resolve_sampling(cfg, "train")
+    assert tr.temperature == 1.0 and tr.max_turns == 10 and tr.max_tokens == 8192
 
 
 @pytest.mark.parametrize("recipe", ["demo", "rstar2-14b", "smollm2-135m"])
@@ -26,8 +29,10 @@ def test_bundled_recipes_validate(recipe):
 def test_rstar2_recipe_carries_paper_settings():
     cfg = load_config("rstar2-14b")
     assert [s.steps for s in cfg.stages] == [300, 85, 125]
-    assert [s.max_tokens for s in cfg.stages] == [8192, 12288, 12288]
-    assert cfg.stages[2].max_turns == 15 and cfg.stages[2].reset_optimizer
+    per_stage = [resolve_sampling(cfg, "train", s) for s in cfg.stages]
+    assert [s.max_tokens for s in per_stage] == [8192, 12288, 12288]
+    assert [s.max_turns for s in per_stage] == [10, 10, 15] and cfg.stages[2].reset_optimizer
+    assert resolve_sampling(cfg, "eval").max_tokens == 30000
     assert cfg.rl.problems_per_step == 512 and cfg.rl.lr == 1e-6
 
 
@@ -65,7 +70,7 @@ def test_override_coerces_int_to_float():
         ("rl.lr=fast", ["rl.lr", "fast"]),
         ("rl.roc_mode=best", ["rl.roc_mode", "best", "weighted", "topk"]),
         ("rl.group_size=1", ["rl.group_size", "greater than or equal to 2"]),
-        ("agent.max_turns=2.5", ["agent.max_turns", "2.5"]),
+        ("sampling.max_turns=2.5", ["sampling.max_turns", "2.5"]),
         ("rl.lr", ["section.key=value"]),
         ("=3", ["empty key"]),
         ("rl.lr.x=1", ["rl.lr", "not a section"]),
@@ -105,3 +110,58 @@ def test_resolved_config_roundtrips(tmp_path: Path):
     f = tmp_path / "resolved.toml"
     f.write_text(config_to_toml(cfg))
     assert load_config(f) == cfg
+
+
+def test_stage_and_eval_override_only_the_keys_they_set():
+    cfg = load_config("demo")
+    base = resolve_sampling(cfg, "train", 0)
+    ev = resolve_sampling(cfg, "eval")
+    assert (base.max_turns, base.max_tokens, base.temperature) == (2, 96, 1.0)
+    assert (ev.max_turns, ev.max_tokens, ev.temperature) == (2, 96, 0.0)  # only temperature set
+    cfg = load_config("demo", ["stages.0.sampling.max_tokens=64", "sampling.top_p=0.9"])
+    st = resolve_sampling(cfg, "train", 0)
+    assert st.max_tokens == 64 and st.top_p == 0.9 and st.max_turns == 2
+
+
+def _walk_fields(model, path=""):
+    from tirl.config import _submodel
+
+    for name, f in model.model_fields.items():
+        yield f"{path}{name}", f
+        sub, _ = _submodel(f.annotation)
+        if sub is not None:
+            yield from _walk_fields(sub, f"{path}{name}.")
+
+
+def test_every_setting_is_described():
+    missing = [k for k, f in _walk_fields(Config) if not (f.description or "").strip()]
+    assert not missing, f"config fields without a description: {missing}"
+
+
+def test_print_config_shows_descriptions_and_round_trips():
+    import tomllib
+
+    from tirl.config import validate_config
+
+    for recipe in ("demo", "rstar2-14b"):
+        cfg = load_config(recipe)
+        text = config_to_toml(cfg, comments=True)
+        assert "# Assistant turns per trajectory (T in the paper)." in text
+        assert validate_config(tomllib.loads(text)) == cfg
+
+
+def test_empty_config_file_is_refused(tmp_path):
+    f = tmp_path / "empty.toml"
+    f.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(f)
+
+
+def test_shipped_configs_repeat_no_sampling_key():
+    """One place per setting: a stage or eval override never restates [sampling]'s value."""
+    for recipe in available_recipes():
+        cfg = load_config(recipe)
+        base = cfg.sampling.model_dump()
+        for sec in [s.sampling for s in cfg.stages]:
+            same = {k for k, v in sec.model_dump(exclude_none=True).items() if base[k] == v}
+            assert not same, f"{recipe}: a stage repeats {same}"

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from tirl.config import Config, config_to_toml
 
 
 class RunDir:
@@ -32,11 +31,6 @@ class RunDir:
         for sub in ("plots", "checkpoints", "trajectories"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
-    @classmethod
-    def for_config(cls, cfg: Config) -> RunDir:
-        run = cls(Path(cfg.run.output_dir) / cfg.run.name)
-        run.write_config(cfg)
-        return run
 
     @property
     def metrics_path(self) -> Path:
@@ -54,9 +48,10 @@ class RunDir:
     def trajectories(self) -> Path:
         return self.root / "trajectories"
 
-    def write_config(self, cfg: Config) -> Path:
+    def write_config(self, toml_text: str) -> Path:
+        """Write the run's resolved config (TOML text, e.g. ``tirl.config.config_to_toml``)."""
         path = self.root / "config.toml"
-        path.write_text(config_to_toml(cfg))
+        path.write_text(toml_text)
         return path
 
     def metrics(self) -> MetricsWriter:
@@ -205,3 +200,28 @@ def progress_bar(total: int | None, description: str, enabled: bool = True) -> I
 
     with prog:
         yield _Bar()
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) per line of a JSONL file, read as bytes: a torn last line (a
+    write cut short, even inside a multi-byte character) is skipped with a warning naming the
+    file; a bad line before the end raises ``ValueError`` naming file and line."""
+    import sys
+
+    raw = Path(path).read_bytes().split(b"\n")
+    out = []
+    last = max((i for i, line in enumerate(raw) if line.strip()), default=-1)
+    for i, line in enumerate(raw):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if i == last:
+                print(f"tirl: {path}: skipping a torn last line {i + 1} ({type(err).__name__})", file=sys.stderr)
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}, line {i + 1}: a JSON object was expected, got {type(obj).__name__}")
+        out.append((i + 1, obj))
+    return out

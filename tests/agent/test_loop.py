@@ -4,7 +4,7 @@ import contextlib
 import pytest
 
 from tirl.agent import format as fmt
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.agent.loop import AgentLoop, PrefixMismatch, summarize
 from tirl.agent.trajectory import Trajectory, load_trajectories, save_trajectories
 from tirl.engines.scripted import ScriptedEngine
@@ -22,7 +22,9 @@ def call(code, input=""):
 def make(script, tools=None, **cfg):
     tok = tiny_tokenizer()
     eng = ScriptedEngine(tok, script)
-    loop = AgentLoop(eng, tok, tools if tools is not None else FakeTools(), AgentConfig(**cfg))
+    sp = {k: cfg.pop(k) for k in list(cfg) if k in SamplingConfig.model_fields}
+    loop = AgentLoop(eng, tok, tools if tools is not None else FakeTools(), AgentConfig(**cfg),
+                     sampling=SamplingConfig(**sp))
     return tok, eng, loop
 
 
@@ -162,7 +164,8 @@ async def test_lease_is_taken_once_per_trajectory():
             raise AssertionError("must generate on the leased engine")
 
     d = Dispatcher()
-    trajs = await AgentLoop(d, tok, FakeTools(), AgentConfig(max_tokens=300)).run("q", n=3, problem_id="g")
+    trajs = await AgentLoop(d, tok, FakeTools(), AgentConfig(),
+                            sampling=SamplingConfig(max_tokens=300)).run("q", n=3, problem_id="g")
     assert all(t.finish_reason == "answer" for t in trajs)
     assert len(d.leases) == 3 and {g for _, _, g in d.leases} == {"g"}
     assert len({k for k, _, _ in d.leases}) == 3

@@ -2,7 +2,7 @@ import pytest
 
 from tirl.data.procedural import UNKNOWN_WORDS, generate, train_and_held_out
 from tirl.data.sft import load_sft_examples, tokenize_example, tool_format_examples
-from tirl.data.tokenizer import build_tokenizer
+from tirl.engines.tokenizer import build_tokenizer
 
 
 def test_procedural_is_deterministic_disjoint_and_correct():

@@ -4,9 +4,9 @@ import asyncio
 import contextlib
 
 from tirl.agent import format as fmt
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.agent.loop import AgentLoop
-from tirl.data.tokenizer import build_tokenizer
+from tirl.engines.tokenizer import build_tokenizer
 from tirl.dispatch import Dispatcher
 from tirl.engines.scripted import ScriptedEngine
 from tirl.sandbox.types import ExecResult
@@ -71,7 +71,7 @@ async def test_agent_loop_runs_every_turn_of_a_trajectory_on_one_engine():
     engines = [Tagged(ScriptedEngine(tok, script), i, log) for i in range(3)]
     budget = 600
     d = RecordingDispatcher(engines, "kv", capacity_tokens=4 * 2000)
-    loop = AgentLoop(d, tok, EchoTools(), AgentConfig(max_tokens=budget))
+    loop = AgentLoop(d, tok, EchoTools(), AgentConfig(), sampling=SamplingConfig(max_tokens=budget))
     items = [{"problem": f"What is {i} times 7?", "answer": str(7 * i), "id": f"p{i}"} for i in range(6)]
     groups = await loop.run_many(items, n=4)
     trajs = [t for g in groups for t in (g if isinstance(g, list) else [g])]

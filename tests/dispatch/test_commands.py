@@ -34,4 +34,3 @@ def test_doctor_checks_of_dispatch():
 
     got = {c.feature: c for c in checks()}
     assert got["dispatch: simulator"].ok and "128 rollouts" in got["dispatch: simulator"].detail
-    assert "dispatch: engines" in got

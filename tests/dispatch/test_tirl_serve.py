@@ -33,8 +33,10 @@ def servers(tmp_path_factory):
     from tirl.engines.models import load_model
 
     root = tmp_path_factory.mktemp("tiny")
+    from tirl.agent.format import tokenizer_sample_texts
+
     model, tok = load_model(ModelConfig(path="scratch", vocab_size=320, hidden_size=32, num_layers=1,
-                                        num_heads=2, max_position=512))
+                                        num_heads=2, max_position=512), texts=tokenizer_sample_texts())
     model.save_pretrained(root)
     tok.save_pretrained(root)
     procs, urls = [], []

@@ -118,14 +118,15 @@ def test_filter_logits_top_k_and_top_p():
 
 
 async def test_agent_loop_on_a_random_model_is_token_exact():
-    from tirl.agent.config import AgentConfig
+    from tirl.agent.config import AgentConfig, SamplingConfig
     from tirl.agent.loop import AgentLoop
     from tests.agent.fakes import FakeTools
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, max_pos=1024)
     eng = LocalEngine(model, tok, max_batch=8)
-    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(max_tokens=40, max_turns=3, system_prompt="short"))
+    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(system_prompt="short"),
+                     sampling=SamplingConfig(max_tokens=40, max_turns=3))
     trajs = await loop.run_many([{"problem": f"{i}*7?", "answer": "7", "id": i} for i in range(4)], n=3)
     assert len(trajs) == 12
     for t in trajs:

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from tirl.agent import format as fmt
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.agent.loop import AgentLoop
 from tirl.engines.local import LocalEngine
 from tirl.engines.openai import EngineError, OpenAIEngine
@@ -81,7 +81,8 @@ async def test_openai_engine_through_tirl_serve_is_token_exact():
             async with s.post(url + "/v1/completions", json={"prompt": [10**9]}) as resp:
                 assert resp.status == 400
         # the agent loop runs unchanged over HTTP
-        loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(max_tokens=30, max_turns=2, system_prompt="short"))
+        loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(system_prompt="short"),
+                         sampling=SamplingConfig(max_tokens=30, max_turns=2))
         trajs = await loop.run("2+2?", n=2)
         assert all(len(t.response_ids) == len(t.logprobs) <= 30 for t in trajs)
         await eng.close()

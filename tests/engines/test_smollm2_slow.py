@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tirl.agent import format as fmt
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.agent.loop import AgentLoop
 from tirl.engines.config import ModelConfig
 from tirl.engines.models import load_model
@@ -84,7 +84,8 @@ async def test_smollm2_through_tirl_serve_openai_engine_and_sandbox():
         await wait_up(url, proc)
         engine = OpenAIEngine(url + "/v1", "smollm2", require_logprobs=True)
         tools = await make_executor()
-        loop = AgentLoop(engine, tok, tools, AgentConfig(max_turns=2, max_tokens=128, temperature=0.0))
+        loop = AgentLoop(engine, tok, tools, AgentConfig(),
+                         sampling=SamplingConfig(max_turns=2, max_tokens=128, temperature=0.0))
         prompt = few_shot_prompt(tok, "What is 123 * 45?")
         traj = await loop.rollout(prompt)
         await engine.close()

@@ -17,10 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def data_dir() -> Path:
-    for cand in (REPO / "../shared/data/benchmarks", Path("/work/shared/data/benchmarks")):
-        if (cand / "aime24.jsonl").is_file():
-            return cand.resolve()
-    pytest.skip("benchmark data not found at ../shared/data/benchmarks (relative to the repo root)")
+    """The benchmark files shipped in the repository (tirl/data/files)."""
+    from tirl.data.benchmarks import DEFAULT_DATA_DIR
+
+    assert (DEFAULT_DATA_DIR / "aime24.jsonl").is_file(), "the repo ships its benchmark files"
+    return DEFAULT_DATA_DIR
 
 
 class FakeLoop:
@@ -43,13 +44,12 @@ class FakeLoop:
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def run(self, problem, *, n=1, problem_id=None, gold=None, max_turns=None,
-                  max_tokens=None, temperature=None):
+    async def run(self, problem, *, n=1, problem_id=None, gold=None, seed=None):
         assert n == 1
         j = self.per_problem.get(problem_id, 0)
         self.per_problem[problem_id] = j + 1
         self.calls.append((problem_id, j))
-        self.kwargs.append(dict(max_turns=max_turns, max_tokens=max_tokens, temperature=temperature))
+        self.kwargs.append(dict(seed=seed))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

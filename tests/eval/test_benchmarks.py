@@ -31,12 +31,19 @@ def test_math500_keeps_subject_and_level_and_limit(data_dir):
     assert len(probs) == 5 and probs[0]["level"] == 2 and probs[0]["subject"] == "Precalculus"
 
 
-def test_relative_data_dir_resolves_from_the_repo_root(data_dir, monkeypatch, tmp_path):
-    if not (bm.repo_root() / bm.DEFAULT_DATA_DIR).is_dir():
-        pytest.skip("no ../shared/data/benchmarks beside this checkout")
-    monkeypatch.chdir(tmp_path)  # "../shared/data/benchmarks" is not there from here
-    rel = bm.resolve_data_dir(bm.DEFAULT_DATA_DIR)
+def test_relative_data_dir_resolves_from_the_repo_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # "tirl/data/files" is not there from here
+    rel = bm.resolve_data_dir("tirl/data/files")
     assert rel is not None and (rel / "aime24.jsonl").is_file()
+
+
+def test_default_data_dir_is_the_repos_own_and_lists_offline_benchmarks(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    probs = bm.load_problems("aime24", hub=False)  # no data_dir: the shipped files
+    assert len(probs) == 30
+    listed = {b["name"]: b for b in bm.list_benchmarks()}
+    assert listed["aime24"]["problems"] == 30 and listed["math500"]["problems"] == 500
+    assert listed["gsm8k"]["problems"] > 1000 and listed["aime24"]["source"].endswith("aime24.jsonl")
 
 
 def test_jsonl_and_parquet_files_with_custom_fields(tmp_path):

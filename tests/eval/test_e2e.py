@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 
 from tirl.cli import main
-from tirl.config import load_config
-from tirl.eval.harness import agent_config_for_eval, evaluate
+from tirl.config import load_config, resolve_sampling
+from tirl.eval.harness import evaluate
 from tests.eval.conftest import FakeLoop, InProcessGrader
 from tirl.sandbox.types import ExecResult
 
@@ -36,7 +36,7 @@ def load_slice(data_dir, n=3):
 async def test_real_agent_loop_scripted_engine_real_grader(tmp_path, data_dir):
     from tirl.agent.format import format_tool_call
     from tirl.agent.loop import AgentLoop
-    from tirl.data.tokenizer import build_tokenizer
+    from tirl.engines.tokenizer import build_tokenizer
     from tirl.engines.scripted import ScriptedEngine
     from tirl.reward import Grader
 
@@ -56,10 +56,10 @@ async def test_real_agent_loop_scripted_engine_real_grader(tmp_path, data_dir):
 
     cfg = load_config(None, [f'data.data_dir="{data_dir}"', 'eval.benchmarks=["aime24"]', "eval.k=4",
                              "eval.limit=3", "eval.concurrency=4", "eval.bootstrap_samples=300",
-                             "eval.max_turns=5", "eval.max_tokens=4000", "model.served_name=scripted"])
+                             "eval.sampling.max_turns=5", "eval.sampling.max_tokens=4000", "model.served_name=scripted"])
     engine = ScriptedEngine(tok, script)
     tools = EchoTools()
-    loop = AgentLoop(engine, tok, tools, agent_config_for_eval(cfg))
+    loop = AgentLoop(engine, tok, tools, cfg.agent, sampling=resolve_sampling(cfg, "eval"))
     with Grader(workers=1, timeout_s=10) as grader:
         res = await evaluate(cfg, tmp_path / "a", loop=loop, grader=grader, progress=False)
     s = res.summaries[0]
@@ -112,7 +112,7 @@ def test_cli_errors_name_the_problem(tmp_path, data_dir, capsys):
 def test_cli_flags_become_validated_overrides():
     import argparse
 
-    from tirl.eval.commands import overrides_from_args, register
+    from tirl.cli.eval import overrides_from_args, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -122,12 +122,12 @@ def test_cli_flags_become_validated_overrides():
     cfg = load_config(None, overrides_from_args(args))
     assert cfg.eval.benchmarks == ["aime24", "math500", "x.jsonl"]
     assert cfg.model.base_url == "http://h:8000/v1" and cfg.model.served_name == "Qwen/Qwen3-8B"
-    assert (cfg.eval.k, cfg.eval.temperature) == (8, 0.7)
+    assert (cfg.eval.k, cfg.eval.sampling.temperature) == (8, 0.7)
     assert cfg.data.data_dir == "/d" and cfg.data.problem_field == "question"
 
 
 def test_default_output_dir_names_the_model():
-    from tirl.eval.commands import _slug
+    from tirl.cli.eval import _slug
 
     assert _slug("runs/demo/checkpoints/final") == "demo-checkpoints-final"
     assert _slug("Qwen/Qwen3-14B") == "Qwen-Qwen3-14B"
@@ -137,7 +137,7 @@ def test_default_output_dir_names_the_model():
 def test_several_base_urls_go_to_the_dispatcher():
     import argparse
 
-    from tirl.eval.commands import overrides_from_args, register
+    from tirl.cli.eval import overrides_from_args, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

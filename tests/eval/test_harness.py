@@ -42,8 +42,9 @@ async def test_end_to_end_numbers_and_files(tmp_path, data_dir, fake_grader):
     loop = FakeLoop(answer_for, finish_for)
     res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=fake_grader, progress=False)
     assert len(loop.calls) == 12
-    # the eval's sampling settings reach the loop (paper defaults: 30 turns, 30000 tokens, T=0.6)
-    assert loop.kwargs[0] == {"max_turns": 30, "max_tokens": 30000, "temperature": 0.6}
+    # the eval's sampling settings are the paper's by default (30 turns, 30000 tokens, T=0.6)
+    saved = json.loads((tmp_path / "run" / "eval_settings.json").read_text())
+    assert (saved["max_turns"], saved["max_tokens"], saved["temperature"]) == (30, 30000, 0.6)
     s = res.summaries[0]
     # hand-computed: per-problem accuracy 3/4, 1/4, 1/4 (the truncated right answer scores 0)
     assert s.avg_at_k.value == pytest.approx((0.75 + 0.25 + 0.25) / 3)
@@ -135,16 +136,16 @@ async def test_changed_settings_are_refused_not_mixed(tmp_path, data_dir, fake_g
     ans = lambda pid, j: "1"  # noqa: E731
     await evaluate(make_cfg(data_dir), out, loop=FakeLoop(ans), grader=fake_grader, progress=False)
     with pytest.raises(SettingsMismatch, match="temperature: saved 0.6, now 0.7"):
-        await evaluate(make_cfg(data_dir, "eval.temperature=0.7"), out, loop=FakeLoop(ans),
+        await evaluate(make_cfg(data_dir, "eval.sampling.temperature=0.7"), out, loop=FakeLoop(ans),
                        grader=fake_grader, progress=False)
     loop = FakeLoop(ans)
-    await evaluate(make_cfg(data_dir, "eval.temperature=0.7"), out, loop=loop, grader=fake_grader,
+    await evaluate(make_cfg(data_dir, "eval.sampling.temperature=0.7"), out, loop=loop, grader=fake_grader,
                    progress=False, fresh=True)
     assert len(loop.calls) == 12
 
 
 async def test_temperature_zero_with_k_above_one_warns_loudly(tmp_path, data_dir, fake_grader, capsys):
-    cfg = make_cfg(data_dir, "eval.temperature=0", "eval.k=2")
+    cfg = make_cfg(data_dir, "eval.sampling.temperature=0", "eval.k=2")
     res = await evaluate(cfg, tmp_path / "run", loop=FakeLoop(lambda p, j: "1"), grader=fake_grader,
                          progress=False)
     err = capsys.readouterr().err
@@ -153,7 +154,7 @@ async def test_temperature_zero_with_k_above_one_warns_loudly(tmp_path, data_dir
     assert "**WARNING:**" in (tmp_path / "run" / "report.md").read_text()
     assert json.loads((tmp_path / "run" / "report.json").read_text())["warnings"]
     # k = 1 at temperature 0 is a legitimate greedy run: no warning
-    await evaluate(make_cfg(data_dir, "eval.temperature=0", "eval.k=1"), tmp_path / "greedy",
+    await evaluate(make_cfg(data_dir, "eval.sampling.temperature=0", "eval.k=1"), tmp_path / "greedy",
                    loop=FakeLoop(lambda p, j: "1"), grader=fake_grader, progress=False)
     assert "WARNING" not in capsys.readouterr().err
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tirl.config import load_config
+from tirl.config import load_config, resolve_sampling
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def tiny_model_dir(tmp_path, data_dir):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tirl.data.tokenizer import build_tokenizer
+    from tirl.engines.tokenizer import build_tokenizer
 
     rows = [json.loads(x) for x in (data_dir / "aime24.jsonl").read_text().splitlines()]
     tok = build_tokenizer([r["problem"] for r in rows], 400)
@@ -37,18 +37,18 @@ async def test_tiny_local_model_real_sandbox_real_grader(tmp_path, data_dir):
     pytest.importorskip("tirl.engines.local", reason="LocalEngine (issue 5) is not in this tree")
     from tirl.agent.loop import AgentLoop
     from tirl.engines.local import LocalEngine
-    from tirl.eval.harness import agent_config_for_eval, evaluate
+    from tirl.eval.harness import evaluate
     from tirl.reward import Grader
     from tirl.sandbox import make_executor
 
     _, model, tok = tiny_model_dir(tmp_path, data_dir)
     cfg = load_config(None, [f'data.data_dir="{data_dir}"', 'eval.benchmarks=["aime24"]', "eval.k=2",
-                             "eval.limit=2", "eval.max_tokens=48", "eval.max_turns=2",
-                             "eval.temperature=1.0", "eval.bootstrap_samples=100", "sandbox.slots=2"])
+                             "eval.limit=2", "eval.sampling.max_tokens=48", "eval.sampling.max_turns=2",
+                             "eval.sampling.temperature=1.0", "eval.bootstrap_samples=100", "sandbox.slots=2"])
     engine = LocalEngine(model, tok, max_batch=4)
     tools = await make_executor(cfg.sandbox)
     try:
-        loop = AgentLoop(engine, tok, tools, agent_config_for_eval(cfg))
+        loop = AgentLoop(engine, tok, tools, cfg.agent, sampling=resolve_sampling(cfg, "eval"))
         with Grader(workers=1, timeout_s=10) as grader:
             res = await evaluate(cfg, tmp_path / "run", loop=loop, grader=grader, progress=False)
     finally:

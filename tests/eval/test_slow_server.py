@@ -28,7 +28,7 @@ async def test_eval_against_openai_compatible_servers(tmp_path, data_dir, server
     pytest.importorskip("tirl.engines.server", reason="tirl serve (issue 5) is not in this tree")
     pytest.importorskip("tirl.engines.openai", reason="OpenAIEngine (issue 5) is not in this tree")
     from tirl.agent.format import format_tool_call
-    from tirl.data.tokenizer import build_tokenizer
+    from tirl.engines.tokenizer import build_tokenizer
     from tirl.engines.scripted import ScriptedEngine
     from tirl.engines.server import serve
     from tirl.eval.harness import evaluate
@@ -70,7 +70,7 @@ async def test_eval_against_openai_compatible_servers(tmp_path, data_dir, server
     try:
         cfg = load_config(None, [
             f'data.data_dir="{data_dir}"', 'eval.benchmarks=["aime24"]', "eval.k=2", "eval.limit=2",
-            "eval.max_tokens=2000", "eval.max_turns=4", "eval.bootstrap_samples=100",
+            "eval.sampling.max_tokens=2000", "eval.sampling.max_turns=4", "eval.bootstrap_samples=100",
             'model.served_name="scripted-model"', f'eval.tokenizer="{tok_dir}"', "sandbox.slots=2",
             "reward.workers=1", *where])
         res = await evaluate(cfg, tmp_path / "run", progress=False)

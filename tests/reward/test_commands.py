@@ -1,11 +1,11 @@
-"""`tirl grade` (tirl/reward/commands.py), driven through its own argparse registration."""
+"""`tirl grade` (tirl/cli/grade.py), driven through its own argparse registration."""
 
 import argparse
 import json
 
 import pytest
 
-from tirl.reward import commands
+from tirl.cli import grade as commands
 
 
 def run(argv):

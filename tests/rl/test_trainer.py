@@ -33,8 +33,9 @@ def test_two_step_training_writes_metrics_plots_report_and_checkpoint(tmp_path, 
         assert 0 < r["reward"] < 1 and r["groups_kept"] == 2 and r["trajectories_kept"] == 8
         assert r["tool_calls_per_traj"] == pytest.approx(1.0)
         assert r["tool_error_ratio"] == 0.0  # a wrong operator is a wrong answer, not a tool error
-        for key in ("clip_frac", "entropy", "grad_norm", "time_generation", "time_update", "tokens_per_s"):
+        for key in ("clip_frac", "grad_norm", "time_generation", "time_update", "tokens_per_s"):
             assert r[key] is not None
+        assert r["entropy"] is None  # not computed unless rl.entropy_coef > 0
         assert r["grad_norm"] > 0
     labels = [e["label"] for e in res["evals"]]
     assert labels == ["sft", "stage1"]
@@ -77,44 +78,42 @@ class _RecordingGrader:
 
 
 @pytest.mark.parametrize("mode", ["source", "math"])
-def test_rollouts_are_graded_by_each_problems_scorer_and_seeded(tmp_path, mode):
+def test_rollouts_are_graded_by_each_problems_scorer_and_seeded(mode):
     import asyncio
 
-    from tirl.agent.loop import AgentLoop
+    from tirl.agent.config import AgentConfig, SamplingConfig
+    from tirl.agent.loop import AgentLoop, derive_seed
     from tirl.engines.scripted import ScriptedEngine
     from tirl.reward.scorers import MATH, scorer_for
-    from tirl.rl.trainer import Trainer
+    from tirl.rl.rollouts import rollout_and_grade
     from tests.agent.tiny import tiny_tokenizer
     from tests.rl.conftest import InstantTools
 
-    tr = Trainer(tiny_config(tmp_path, **{"reward.scorer": mode}), progress=False)
-    tr.tokenizer = tiny_tokenizer()
-    tr.engine = ScriptedEngine(tr.tokenizer, ["<reason>x</reason><answer>\\boxed{42}</answer>"])
-    tr.tools, tr.grader = InstantTools(), _RecordingGrader()
-    tr._t_gen = tr._t_tools = tr._t_grade = 0.0
+    tok = tiny_tokenizer()
+    engine = ScriptedEngine(tok, ["<reason>x</reason><answer>\\boxed{42}</answer>"])
+    grader = _RecordingGrader()
+    loop = AgentLoop(engine, tok, InstantTools(), AgentConfig(), sampling=SamplingConfig(max_turns=1, max_tokens=64))
     rg = {"id": "rg0", "problem": "What is 40 + 2?", "answer": "42", "source": "reasoning_gym:basic_arithmetic"}
     plain = {"id": "p0", "problem": "What is 6 times 7?", "answer": "42"}
-    groups = asyncio.run(tr.rollout_and_grade([rg, plain], 2, 1, 64, seed=tr._seed("step", 0, 0)))
+    groups = asyncio.run(rollout_and_grade(loop, grader, [rg, plain], 2, scorer=mode, seed=derive_seed(0)))
     assert [len(g) for g in groups] == [2, 2]
-    names = [s.name for s in tr.grader.scorers]
+    names = [s.name for s in grader.scorers]
     if mode == "source":
         assert names == [scorer_for(rg, "source").name] * 2 + ["math"] * 2
         assert names[0] != "math"
     else:
-        assert tr.grader.scorers == [MATH] * 4
-    assert None not in tr.engine.seeds and len(set(tr.engine.seeds)) == 4
+        assert grader.scorers == [MATH] * 4
+    assert None not in engine.seeds and len(set(engine.seeds)) == 4
 
 
-def test_sft_text_follows_tool_response_timing(tmp_path):
+def test_sft_text_follows_tool_response_timing():
     from tirl.data.sft import example_texts, load_sft_examples, render_example_text
-    from tirl.rl.trainer import Trainer
 
     ex = load_sft_examples("tool_format", 20, 0)
     timed = [e for e in ex if "Execution succeeded in" in example_texts(e)]
     assert timed  # the SFT data shows run times by default
-    tr = Trainer(tiny_config(tmp_path, **{"agent.tool_response_timing": "false"}), progress=False)
     for e in timed:
-        prompt, segs = tr._sft_text_untimed(e)
+        prompt, segs = render_example_text(e, timing=False)
         text = prompt + "".join(t for t, _ in segs)
         assert "Execution succeeded.\nstdout:" in text and "Execution succeeded in" not in text
         # only the status line changed: the trained (assistant) segments are the same

@@ -72,7 +72,7 @@ def test_user_error_format_has_no_internal_frames():
 
 
 def test_doctor_checks_are_fast_and_typed():
-    from tirl.doctor import Check
+    from tirl.health import Check
     from tirl.sandbox.health import checks
 
     cs = checks()

@@ -52,10 +52,10 @@ async def _aiter(messages: Iterable[str] | AsyncIterable[str]):
             yield m
 
 
-async def chat_session(loop: AgentLoop, messages: Iterable[str] | AsyncIterable[str], show: Printer, *,
-                       max_turns: int | None = None, max_tokens: int | None = None,
-                       temperature: float | None = None) -> list[Trajectory]:
-    """Answer each message in turn, continuing one conversation; returns each exchange's trajectory.
+async def chat_session(loop: AgentLoop, messages: Iterable[str] | AsyncIterable[str],
+                       show: Printer) -> list[Trajectory]:
+    """Answer each message in turn, continuing one conversation; returns each exchange's
+    trajectory (sampled with the loop's sampling settings).
 
     A message ``/reset`` starts a new conversation; ``/exit`` ends the session.
     """
@@ -84,8 +84,7 @@ async def chat_session(loop: AgentLoop, messages: Iterable[str] | AsyncIterable[
             closed = bool(ids) and ids[-1] in loop.stop_ids
             prompt = history.prompt_ids + ids + list(
                 tok.encode(fmt.user_turn_text(msg, closed), add_special_tokens=False))
-        traj = await loop.rollout(prompt, max_turns=max_turns, max_tokens=max_tokens,
-                                  temperature=temperature, on_turn=on_turn)
+        traj = await loop.rollout(prompt, on_turn=on_turn)
         if traj.finish_reason != "answer":
             why = traj.meta.get("error") or traj.finish_reason
             show("info", f"(stopped: {why})")

@@ -28,6 +28,7 @@ import re
 from typing import Any, Sequence
 
 from tirl.agent.trajectory import ToolCall
+from tirl.engines.chatml import IM_END, IM_START, end_of_turn_ids, has_chat_template  # noqa: F401 - re-exported
 from tirl.sandbox.types import ExecResult
 
 TOOL_NAME = "execute_python_code_with_standard_io"
@@ -77,8 +78,6 @@ SHORT_SYSTEM_PROMPT = (
     f'Run Python with <tool_call>{{"name": "{TOOL_NAME}", "arguments": {{"code": ..., "input": ""}}}}</tool_call>.'
 )
 
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
@@ -245,10 +244,6 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def render_prompt_text(tokenizer, problem: str, fmt: str = "rstar2", *, stateful: bool = False,
                        system: str | None = None) -> str:
     """The prompt as text, ending with the assistant header the model continues from."""
@@ -281,19 +276,6 @@ def render_prompt(tokenizer, problem: str, fmt: str = "rstar2", *, stateful: boo
                   system: str | None = None) -> list[int]:
     """Token ids of the prompt for ``problem`` (the fixed prefix of every turn)."""
     return _encode(tokenizer, render_prompt_text(tokenizer, problem, fmt, stateful=stateful, system=system))
-
-
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """Token ids that end an assistant turn (``<|im_end|>`` and the eos token)."""
-    ids = []
-    for tok in (IM_END, getattr(tokenizer, "eos_token", None)):
-        if tok is None:
-            continue
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid >= 0 and tid != getattr(tokenizer, "unk_token_id", None) \
-                and tid not in ids:
-            ids.append(tid)
-    return ids
 
 
 def _template_tool_suffix(tokenizer, bodies: Sequence[str]) -> str:
@@ -368,3 +350,15 @@ def render_sft_example(problem: str, turns: Sequence[tuple[str, Sequence[ExecRes
             bodies = [tool_result_body(r, max_chars, timing) for r in results]
             segs.append((tool_turn_text(None, bodies, "rstar2", turn_closed=True), False))
     return prompt, segs
+
+
+def tokenizer_sample_texts() -> list[str]:
+    """Text a scratch tokenizer is trained on when a run gives none: the rollout format."""
+    texts = [system_prompt(), system_prompt(which="short"), system_prompt(True)]
+    for a in range(0, 100, 7):
+        for b in range(3, 60, 11):
+            texts.append(f"What is {a} * {b}? <reason>compute it</reason>"
+                         + format_tool_call(f"print({a} * {b})")
+                         + format_tool_response(ExecResult(status="ok", stdout=f"{a * b}\n"))
+                         + f"<answer>\\boxed{{{a * b}}}</answer>")
+    return texts

@@ -31,7 +31,7 @@ import uuid
 from typing import Any, Callable, Iterable, Sequence
 
 from tirl.agent import format as fmt
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.agent.trajectory import ToolCall, Trajectory, Turn
 from tirl.sandbox.types import ExecResult
 
@@ -68,18 +68,20 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
     """
 
     def __init__(self, engine: Any, tokenizer: Any, tools: Any, cfg: AgentConfig | None = None, *,
-                 on_turn: Callback | None = None, tool_timeout_s: float | None = None):
+                 sampling: SamplingConfig | None = None, on_turn: Callback | None = None,
+                 tool_timeout_s: float | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.tools = tools
         self.cfg = cfg or AgentConfig()
+        self.sampling = sampling or SamplingConfig()
         self.on_turn = on_turn
         self.tool_timeout_s = tool_timeout_s
         self.stop_ids = fmt.end_of_turn_ids(tokenizer)
         if not self.stop_ids:
             raise ValueError(
                 "the tokenizer has neither <|im_end|> nor an eos token, so turns cannot end; "
-                "use a tokenizer with ChatML special tokens (tirl.data.tokenizer.build_tokenizer)"
+                "use a tokenizer with ChatML special tokens (tirl.engines.tokenizer.build_tokenizer)"
             )
         self.prefix_checks = 0
         self.prefix_mismatches = 0
@@ -92,8 +94,7 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
                                  system=self.cfg.system_prompt)
 
     async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
-                  gold: str | None = None, max_turns: int | None = None,
-                  max_tokens: int | None = None, temperature: float | None = None,
+                  gold: str | None = None, sampling: SamplingConfig | None = None,
                   on_done: Callback | None = None, seed: int | None = None) -> list[Trajectory]:
         """``n`` trajectories of one problem, generated concurrently. With ``seed``, sample
         ``i`` is seeded from (seed, problem_id, i): give a ``problem_id`` for repeatable runs."""
@@ -101,8 +102,7 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
         group = problem_id if problem_id is not None else uuid.uuid4().hex[:12]
 
         async def one(i: int) -> Trajectory:
-            t = await self.rollout(prompt_ids, problem_id=problem_id, gold=gold, max_turns=max_turns,
-                                   max_tokens=max_tokens, temperature=temperature,
+            t = await self.rollout(prompt_ids, problem_id=problem_id, gold=gold, sampling=sampling,
                                    key=f"{group}/{i}", group=group, sample_index=i,
                                    seed=None if seed is None else derive_seed(seed, group, i))
             if on_done is not None:
@@ -126,17 +126,14 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
         return [t for g in groups for t in g]
 
     async def rollout(self, prompt_ids: Sequence[int], *, problem_id: str | None = None,
-                      gold: str | None = None, max_turns: int | None = None,
-                      max_tokens: int | None = None, temperature: float | None = None,
+                      gold: str | None = None, sampling: SamplingConfig | None = None,
                       key: str | None = None, group: str | None = None, sample_index: int = 0,
                       on_turn: Callback | None = None, seed: int | None = None) -> Trajectory:
         """One trajectory from a rendered prompt (the loop's unit of work); with ``seed``,
         turn ``k`` is generated with ``seed=derive_seed(seed, k)``."""
         traj = Trajectory(prompt_ids=list(prompt_ids), problem_id=problem_id, gold=gold,
                           meta={"sample_index": sample_index})
-        max_turns = max_turns or self.cfg.max_turns
-        max_tokens = max_tokens or self.cfg.max_tokens
-        temperature = self.cfg.temperature if temperature is None else temperature
+        sp = sampling or self.sampling
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.cfg.concurrency)
         session_id = f"tirl-{uuid.uuid4().hex}" if self.cfg.stateful_tool else None
@@ -145,13 +142,11 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             try:
                 if hasattr(self.engine, "lease"):
                     async with self.engine.lease(key or uuid.uuid4().hex,
-                                                 len(traj.prompt_ids) + max_tokens,
+                                                 len(traj.prompt_ids) + sp.max_tokens,
                                                  group=group) as eng:
-                        await self._turns(eng, traj, max_turns, max_tokens, temperature,
-                                          session_id, on_turn, seed)
+                        await self._turns(eng, traj, sp, session_id, on_turn, seed)
                 else:
-                    await self._turns(self.engine, traj, max_turns, max_tokens, temperature,
-                                      session_id, on_turn, seed)
+                    await self._turns(self.engine, traj, sp, session_id, on_turn, seed)
             except PrefixMismatch:
                 raise
             except asyncio.CancelledError:
@@ -181,24 +176,24 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
                 "starts with the previous turn's context"
             )
 
-    async def _turns(self, eng: Any, traj: Trajectory, max_turns: int, max_tokens: int,
-                     temperature: float, session_id: str | None, on_turn: Callback | None,
-                     seed: int | None = None) -> None:
+    async def _turns(self, eng: Any, traj: Trajectory, sp: SamplingConfig, session_id: str | None,
+                     on_turn: Callback | None, seed: int | None = None) -> None:
         cfg = self.cfg
+        max_turns, max_tokens = sp.max_turns, sp.max_tokens
         previous: list[int] = list(traj.prompt_ids)
         for turn_idx in range(max_turns):
             remaining = max_tokens - len(traj.response_ids)
             if remaining <= 0:
                 traj.finish_reason = "max_tokens"
                 return
-            max_new = min(remaining, cfg.max_tokens_per_turn) if cfg.max_tokens_per_turn else remaining
+            max_new = min(remaining, sp.max_tokens_per_turn) if sp.max_tokens_per_turn else remaining
             context = traj.prompt_ids + traj.response_ids
             self._check_prefix(traj, context, previous)
             previous = context
             t0 = time.perf_counter()
             extra = {} if seed is None else {"seed": derive_seed(seed, turn_idx)}
-            comp = await eng.generate(list(context), max_new, temperature, list(self.stop_ids),
-                                      top_p=cfg.top_p, top_k=cfg.top_k, **extra)
+            comp = await eng.generate(list(context), max_new, sp.temperature, list(self.stop_ids) + sp.stop,
+                                      top_p=sp.top_p, top_k=sp.top_k, **extra)
             gen_ms = (time.perf_counter() - t0) * 1000.0
             ids = list(comp.token_ids)[:max_new]
             if comp.logprobs is None:

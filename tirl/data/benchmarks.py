@@ -7,8 +7,10 @@ are kept). ``name_or_path`` is resolved in this order:
 1. an existing ``.jsonl`` / ``.json`` / ``.parquet`` file;
 2. a benchmark name (``aime24``, ``aime25``, ``math500``, ``hmmt_feb25``, ``amc23``,
    ``gsm8k``, or any ``<name>.jsonl`` / ``<name>.parquet``) in the data directory —
-   ``[data] data_dir``, by default ``../shared/data/benchmarks``; a relative data dir is
-   looked up from the current directory, then from the repository root;
+   ``[data] data_dir``, by default the files shipped with tirl in ``tirl/data/files/``
+   (AIME 2024/2025, MATH-500, HMMT Feb 2025, AMC 2023, GSM8K test; provenance in its
+   README.md); a relative data dir is looked up from the current directory, then from the
+   repository root;
 3. ``champ``: the 270 problems of CHAMP (Mao et al. 2024) shipped in the
    ``champ-dataset`` package (offline);
 4. a known benchmark name on the Hugging Face Hub, only when the hub is reachable (not
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_DATA_DIR = "../shared/data/benchmarks"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "files"
 
 # names that differ from the file stem in the data dir
 FILE_ALIASES = {"gsm8k": "gsm8k_test", "math-500": "math500", "hmmt": "hmmt_feb25",
@@ -92,7 +94,7 @@ def benchmark_name(name_or_path: str) -> str:
 
 def load_problems(
     name_or_path: str | os.PathLike,
-    data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR,
+    data_dir: str | os.PathLike | None = None,
     problem_field: str = "problem",
     answer_field: str = "answer",
     limit: int = 0,
@@ -292,3 +294,33 @@ def load_from_hub(name: str, problem_field: str = "problem", answer_field: str =
         rows.extend(read_rows(f))
     return rows_to_problems(rows, problem_field, answer_field, name, f"hub:{src.repo_id}",
                             answer_from=src.answer_from)
+
+
+def list_benchmarks(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """What resolves offline: each named benchmark (and any other file in the data dir)
+    with its problem count and file, without touching the network."""
+    out = []
+    names = list(KNOWN_BENCHMARKS)
+    ddir = resolve_data_dir(data_dir)
+    if ddir is not None:
+        stems = {FILE_ALIASES.get(n, n) for n in names}
+        names += sorted(p.stem for p in ddir.iterdir()
+                        if p.suffix in (".jsonl", ".parquet") and p.stem not in stems)
+    for name in names:
+        try:
+            rows = load_problems(name, data_dir=data_dir, hub=False)
+            where = "champ-dataset package" if name == "champ" else str(_offline_file(name, ddir))
+            out.append({"name": name, "problems": len(rows), "source": where})
+        except BenchmarkError as err:
+            out.append({"name": name, "problems": 0, "source": None, "error": str(err).split(";")[0]})
+    return out
+
+
+def _offline_file(name: str, ddir: Path | None) -> Path | None:
+    if ddir is None:
+        return None
+    for stem in (FILE_ALIASES.get(name, name), name):
+        for ext in (".jsonl", ".parquet"):
+            if (ddir / f"{stem}{ext}").is_file():
+                return ddir / f"{stem}{ext}"
+    return None

@@ -17,11 +17,13 @@ class DataConfig(Section):
         default_factory=lambda: ["multiply"], description="Generator or dataset names to mix."
     )
     path: str | None = Field(None, description="JSONL/Parquet file or benchmark name.")
-    problem_field: str = Field("problem")
-    answer_field: str = Field("answer")
+    problem_field: str = Field("problem", description="Field holding the problem text in a data file.")
+    answer_field: str = Field("answer", description="Field holding the reference answer in a data file.")
     integer_answers_only: bool = Field(True, description="RL data: keep integer answers (§2.2.1).")
-    size: int = Field(10000, ge=1, description="Problems generated for training.")
+    size: int = Field(10000, ge=1, description="Training problems (generated, or taken from the file).")
     held_out_size: int = Field(100, ge=0, description="Problems kept apart for evaluation.")
-    data_dir: str = Field(
-        "../shared/data/benchmarks", description="Where benchmark names resolve to files."
+    data_dir: str | None = Field(
+        None,
+        description="Folder where benchmark names resolve to <name>.jsonl; unset = the files "
+        "shipped with tirl (tirl/data/files, provenance in its README.md).",
     )

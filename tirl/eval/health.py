@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from tirl.doctor import Check
+from tirl.health import Check
 
 
 def checks() -> list[Check]:
-    from tirl.config import load_config
     from tirl.data.benchmarks import (KNOWN_BENCHMARKS, BenchmarkError, load_problems,
                                       resolve_data_dir)
 
-    data_dir = load_config().data.data_dir
+    data_dir = None  # the files shipped with tirl
     out = []
     found, missing = [], []
     for name in KNOWN_BENCHMARKS:

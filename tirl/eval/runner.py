@@ -29,8 +29,7 @@ class RolloutLoop(Protocol):
     """What the runner needs of ``tirl.agent.loop.AgentLoop``."""
 
     async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
-                  gold: str | None = None, max_turns: int | None = None,
-                  max_tokens: int | None = None, temperature: float | None = None) -> list[Trajectory]: ...
+                  gold: str | None = None, seed: int | None = None) -> list[Trajectory]: ...
 
 
 class AnswerGrader(Protocol):
@@ -109,9 +108,6 @@ async def run_benchmark(
     k: int,
     *,
     concurrency: int = 64,
-    max_turns: int | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
     keep_text: bool = True,
     on_sample: Callable[[SampleRecord, bool], None] | None = None,
     on_trajectory: Callable[[Trajectory], None] | None = None,
@@ -149,8 +145,7 @@ async def run_benchmark(
         async with sem:
             t0 = time.perf_counter()
             try:
-                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]),
-                                       max_turns=max_turns, max_tokens=max_tokens, temperature=temperature)
+                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]))
                 traj = trajs[0]
                 traj.meta.setdefault("sample", i)
                 grade = await grader.grade(traj.text, str(p["answer"]))

@@ -146,6 +146,10 @@ class Grader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the workers without blocking the event loop."""
         await asyncio.to_thread(self.close)
 
     # -- grading -----------------------------------------------------------------------

@@ -3,7 +3,7 @@ well under a second; no worker processes are started)."""
 
 from __future__ import annotations
 
-from tirl.doctor import Check
+from tirl.health import Check
 
 
 def checks() -> list[Check]:

@@ -11,6 +11,13 @@ class SandboxConfig(Section):
         description="Base URL of a running `tirl sandbox serve`; unset = an in-process pool "
         "(the embedded default).",
     )
+    host: str = Field("127.0.0.1", description="`tirl sandbox serve`: address to listen on (loopback by default).")
+    port: int = Field(8900, ge=0, le=65535, description="`tirl sandbox serve`: port to listen on.")
+    redis_url: str | None = Field(
+        None,
+        description="redis://HOST:PORT/DB of a sandbox fleet: `tirl sandbox serve` becomes its "
+        "gateway and `tirl sandbox worker` takes work from it.",
+    )
     slots: int = Field(0, ge=0, le=4096, description="Concurrent executions; 0 = from the CPU count.")
     queue_size: int = Field(8192, ge=1, description="Requests waiting for a slot before backpressure.")
     timeout_s: float = Field(10.0, gt=0, le=3600, description="Wall-clock limit per call.")

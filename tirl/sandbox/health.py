@@ -12,7 +12,7 @@ import os
 import select
 import time
 
-from tirl.doctor import Check
+from tirl.health import Check
 
 
 def _probe() -> dict:

@@ -1,13 +1,19 @@
 """Typed configuration: TOML files plus ``section.key=value`` overrides, validated up front.
 
-A run's whole configuration is one :class:`Config`. Each part of tirl owns its section
-(``tirl/<part>/config.py``); this module composes them and does the loading:
+A run's whole configuration is one :class:`Config`. The parts own their sections
+(``tirl/<part>/config.py``: sandbox, reward, model, dispatch, agent, sampling, data); the
+applications' sections (run, rl, sft, stages, eval, serve) are in :mod:`tirl.config.sections`.
+This package composes them and does the loading:
 
 * :func:`load_config` reads a TOML file, applies command-line overrides, and validates the
   result with pydantic before any work starts.
 * Every error — an unknown key, a wrong type, an out-of-range value, a malformed override —
   raises :class:`ConfigError` whose message names the key, the bad value and what is
   allowed, and suggests the closest key for a typo.
+* :func:`resolve_sampling` gives the one :class:`~tirl.agent.config.SamplingConfig` of a
+  phase: ``[sampling]``, overridden by the stage's or evaluation's ``sampling`` table.
+* :func:`config_to_toml` writes the resolved config, optionally with every field's
+  description as a comment (``--print-config``), so a config documents itself.
 
 What it does not do: environment-variable interpolation, includes, or merging several
 files. One file plus overrides is the whole model, which keeps a run reproducible from the
@@ -25,42 +31,52 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError
 
-from tirl.agent.config import AgentConfig
+from tirl.agent.config import AgentConfig, SamplingConfig
+from tirl.config.sections import (EvalConfig, RLConfig, RunConfig, ServeConfig, SFTConfig,
+                                  StageConfig)
 from tirl.data.config import DataConfig
 from tirl.dispatch.config import DispatchConfig
 from tirl.engines.config import ModelConfig
-from tirl.eval.config import EvalConfig
 from tirl.reward.config import RewardConfig
-from tirl.rl.config import RLConfig, SFTConfig, StageConfig
 from tirl.sandbox.config import SandboxConfig
 from tirl.schema import Section
 
-
-class RunConfig(Section):
-    name: str = Field("run", description="Run name; outputs go to <output_dir>/<name>/.")
-    output_dir: str = Field("runs", description="Parent directory of run directories.")
-    seed: int = Field(0, ge=0, description="Seed for every random choice of the run.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where the policy runs; auto picks cuda when available."
-    )
-    threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default).")
-    resume: bool = Field(True, description="Resume from the run directory's last checkpoint.")
+Phase = Literal["train", "eval", "chat", "serve"]
 
 
 class Config(Section):
-    """The whole configuration of a run (training, evaluation or the demo)."""
+    """The whole configuration of a run (training, evaluation, chat, serving or the demo)."""
 
-    run: RunConfig = Field(default_factory=RunConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
-    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
-    rl: RLConfig = Field(default_factory=RLConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    stages: list[StageConfig] = Field(default_factory=list)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="Where outputs go, seed, device.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model and its tokenizer.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training problems and benchmark files.")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The code-execution tool.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Answer grading.")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="How a rollout is rendered.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="How rollouts are sampled in training (stages and eval may override keys).",
+    )
+    dispatch: DispatchConfig = Field(
+        default_factory=DispatchConfig, description="Inference servers for rollouts and how work is spread."
+    )
+    rl: RLConfig = Field(default_factory=RLConfig, description="GRPO-RoC.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="The non-reasoning SFT stage.")
+    stages: list[StageConfig] = Field(default_factory=list, description="The RL stages, in order.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation (tirl eval, held-out).")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="tirl serve.")
+
+
+def resolve_sampling(cfg: Config, phase: Phase, stage: StageConfig | int | None = None) -> SamplingConfig:
+    """The sampling settings of a phase: ``[sampling]`` with the stage's (train) or the
+    evaluation's (eval, and held-out evaluation during training) overrides applied."""
+    base = cfg.sampling
+    if phase == "eval":
+        return base.with_overrides(cfg.eval.sampling)
+    if phase == "train" and stage is not None:
+        st = cfg.stages[stage] if isinstance(stage, int) else stage
+        return base.with_overrides(st.sampling)
+    return base
 
 
 class ConfigError(ValueError):
@@ -213,7 +229,7 @@ def find_config_file(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parent.parent / "configs"):
+    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
         cand = base / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
         if cand.is_file():
             return cand
@@ -224,7 +240,7 @@ def find_config_file(name_or_path: str | Path) -> Path:
 
 
 def available_recipes() -> list[str]:
-    d = Path(__file__).resolve().parent.parent / "configs"
+    d = Path(__file__).resolve().parents[2] / "configs"
     return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
 
 
@@ -239,6 +255,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             data = tomllib.loads(file.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{file}: not valid TOML: {err}") from None
+        if not data:
+            raise ConfigError(
+                f"{file} is empty: a config names at least one setting (see configs/ for "
+                "recipes); to run on defaults, give no config file"
+            )
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
@@ -247,6 +268,51 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return validate_config(data, source)
 
 
-def config_to_toml(cfg: Config) -> str:
-    """The resolved config as TOML (None values are omitted: TOML has no null)."""
-    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))
+
+
+def config_to_toml(cfg: Config, comments: bool = False) -> str:
+    """The resolved config as TOML (None values are omitted: TOML has no null). With
+    ``comments``, each key is preceded by its field description."""
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    if not comments:
+        return tomli_w.dumps(data)
+    return _commented(type(cfg), data)
+
+
+def _toml_value(value: Any) -> str:
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def _describe(model: type[BaseModel], name: str) -> str:
+    return (model.model_fields[name].description or "").replace("\n", " ")
+
+
+def _commented(model: type[BaseModel], data: dict[str, Any], prefix: str = "") -> str:
+    """TOML with descriptions: scalars first, then sub-tables, then arrays of tables."""
+    lines: list[str] = []
+    tables: list[tuple[str, type[BaseModel], dict]] = []
+    arrays: list[tuple[str, type[BaseModel], list]] = []
+    for name, value in data.items():
+        sub, is_list = _submodel(model.model_fields[name].annotation)
+        if sub is not None and is_list:
+            arrays.append((name, sub, value))
+        elif sub is not None:
+            tables.append((name, sub, value))
+        else:
+            desc = _describe(model, name)
+            if desc:
+                lines.append(f"# {desc}")
+            lines.append(f"{name} = {_toml_value(value)}")
+    out = "\n".join(lines)
+    for name, sub, value in tables:
+        key = f"{prefix}{name}"
+        desc = _describe(model, name)
+        block = (f"# {desc}\n" if desc else "") + f"[{key}]\n" + _commented(sub, value, key + ".")
+        out += ("\n\n" if out else "") + block.rstrip()
+    for name, sub, items in arrays:
+        key = f"{prefix}{name}"
+        desc = _describe(model, name)
+        for item in items:
+            block = (f"# {desc}\n" if desc else "") + f"[[{key}]]\n" + _commented(sub, item, key + ".")
+            out += ("\n\n" if out else "") + block.rstrip()
+    return out + ("\n" if not prefix else "")

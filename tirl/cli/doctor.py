@@ -2,7 +2,8 @@
 
 Versions (Python, torch, transformers, math-verify), CPU count, GPUs, redis-server; then one
 line per feature saying whether it can run and, if not, what is missing. A part of tirl adds
-its own feature checks in ``tirl/<part>/health.py`` as ``checks() -> list[Check]``.
+its own feature checks in ``tirl/<part>/health.py`` as ``checks() -> list[Check]``
+(:class:`tirl.health.Check`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,11 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+
+from tirl.health import Check
 
 PARTS = ["sandbox", "reward", "agent", "engines", "dispatch", "rl", "eval", "data"]
-
-
-@dataclass
-class Check:
-    feature: str
-    ok: bool
-    detail: str = ""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

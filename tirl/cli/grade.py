@@ -22,29 +22,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The training reward's judge: extract the final \\boxed{} answer and decide "
         "equivalence (exact fast path, then math-verify in worker processes with a time limit).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pred", nargs="?", help="the answer (or, with --response, a whole response)")
-    p.add_argument("gold", nargs="?", help="the reference answer")
+    p.add_argument("items", nargs="*", metavar="PRED GOLD [KEY=VALUE ...]",
+                   help="the answer (or, with --response, a whole response) and the reference, then "
+                   "reward.* overrides, e.g. reward.timeout_s=5")
     p.add_argument("--response", action="store_true", help="PRED is a whole model response")
     p.add_argument("--file", help="a JSONL file of responses to grade")
     p.add_argument("--response-field", default="response", help="field with the response text")
     p.add_argument("--answer-field", default="answer", help="field with the reference answer")
     p.add_argument("--out", help="write one JSON grade per line here (with --file)")
-    p.add_argument("--timeout", type=float, default=2.0, help="per-check limit in seconds")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = half the CPUs)")
+    p.add_argument("--timeout", type=float, help="per-check limit in seconds (reward.timeout_s)")
+    p.add_argument("--workers", type=int, help="worker processes (reward.workers; 0 = from the CPUs)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_grade)
 
 
 def _grade(args: argparse.Namespace) -> int:
+    from tirl.cli.common import print_config, split_items, sugar
+    from tirl.config import load_config
+
+    pos, ov = split_items(args.items)
+    cfg = load_config(None, sugar([(args.timeout, "reward.timeout_s"), (args.workers, "reward.workers")]) + ov)
+    if args.print_config:
+        return print_config(cfg)
+    args.reward = cfg.reward
     if args.file:
         return _grade_file(args)
-    if args.pred is None or args.gold is None:
+    if len(pos) != 2:
         print("tirl grade: give PRED and GOLD, or --file FILE.jsonl (see tirl grade --help)",
               file=sys.stderr)
         return 2
     from tirl.reward.equivalence import grade
 
-    text = args.pred if args.response else f"\\boxed{{{args.pred}}}"
-    g = grade(text, args.gold, timeout_s=args.timeout)
+    pred, gold = pos
+    text = pred if args.response else f"\\boxed{{{pred}}}"
+    g = grade(text, gold, timeout_s=cfg.reward.timeout_s)
     print(json.dumps(g.to_dict(), ensure_ascii=False))
     return 0 if g.correct else 1
 
@@ -54,20 +65,23 @@ def _grade_file(args: argparse.Namespace) -> int:
 
     from tirl.reward.grader import Grader
 
+    from tirl.runs import read_jsonl
+
     items = []
-    with open(args.file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for key in (args.response_field, args.answer_field):
-                if key not in row:
-                    print(f"tirl grade: line {n} of {args.file} has no field {key!r} (fields: "
-                          f"{sorted(row)}); pick others with --response-field/--answer-field",
-                          file=sys.stderr)
-                    return 2
-            items.append((str(row[args.response_field]), str(row[args.answer_field])))
-    with Grader(workers=args.workers, timeout_s=args.timeout) as grader:
+    try:
+        rows = read_jsonl(args.file)
+    except (OSError, ValueError) as err:
+        print(f"tirl grade: {err}", file=sys.stderr)
+        return 2
+    for n, row in rows:
+        for key in (args.response_field, args.answer_field):
+            if key not in row:
+                print(f"tirl grade: line {n} of {args.file} has no field {key!r} (fields: "
+                      f"{sorted(row)}); pick others with --response-field/--answer-field",
+                      file=sys.stderr)
+                return 2
+        items.append((str(row[args.response_field]), str(row[args.answer_field])))
+    with Grader(workers=args.reward.workers, timeout_s=args.reward.timeout_s) as grader:
         grades = grader.grade_batch_sync(items)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

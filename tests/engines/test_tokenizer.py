@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from tirl.data.tokenizer import FORMAT_TAGS, build_tokenizer
+from tirl.engines.tokenizer import FORMAT_TAGS, build_tokenizer
 
 TEXT = ("<|im_start|>user\nWhat is 1234 times 5678?<|im_end|>\n<|im_start|>assistant\n"
         "<reason>compute</reason><tool_call>{\"code\": \"print(1234*5678)\"}</tool_call><|im_end|>")

@@ -1,0 +1,132 @@
+"""The policy update of one RL step: advantages → micro-batches → clipped loss → AdamW.
+
+:func:`policy_update` takes the kept groups, computes GRPO advantages per group (Eq. 4),
+packs sequences into token-budget micro-batches, recomputes the old log-probs with the
+current weights (on-policy: the weights that generated the rollouts), accumulates the
+token-level loss of Eq. 7 over micro-batches — normalised by the policy tokens of the whole
+batch on all ranks — and takes one optimizer step with warm-up and gradient clipping.
+
+Log-probs come from :func:`sequence_logprobs`, which never builds a full
+``[tokens × vocab]`` log-softmax: logits are turned into the sampled tokens' log-probs
+chunk by chunk (``logprob_chunk_tokens``), and entropy is computed only when it is used.
+
+What it does not do: data-parallel gradient reduction beyond a plain all-reduce of the
+gradients under torchrun.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tirl.rl import distributed as D
+from tirl.rl.grpo import group_advantages, policy_loss
+
+
+def micro_batches(items: list[tuple], budget: int) -> list[list[tuple]]:
+    """Group sequences (sorted by length) so that rows × longest row stays within ``budget``."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i][0]))
+    out: list[list[tuple]] = []
+    cur: list[tuple] = []
+    for i in order:
+        L = len(items[i][0])
+        if cur and (len(cur) + 1) * max(L, max(len(c[0]) for c in cur)) > budget:
+            out.append(cur)
+            cur = []
+        cur.append(items[i])
+    if cur:
+        out.append(cur)
+    return out
+
+
+def pack(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded (ids, attention, response mask over targets, advantage per row)."""
+    T = max(len(s) for s, _, _ in items)
+    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(items), T), dtype=torch.long)
+    mask = torch.zeros((len(items), T - 1), dtype=torch.float32)
+    adv = torch.zeros(len(items))
+    for r, (seq, m, a) in enumerate(items):
+        ids[r, :len(seq)] = torch.tensor(seq)
+        attn[r, :len(seq)] = 1
+        mask[r, :len(m)] = torch.tensor(m, dtype=torch.float32)
+        adv[r] = a
+    return ids.to(device), attn.to(device), mask.to(device), adv.to(device)
+
+
+def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, *, with_entropy: bool = False,
+                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``ids[:, 1:]`` under ``model`` (``[B, T-1]``), and their entropy if asked."""
+    from tirl.rl.logprobs import token_logprobs
+
+    return token_logprobs(model, ids, attn, chunk_size=chunk, with_entropy=with_entropy)
+
+
+def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], list[int], float]]:
+    """(sequence, target mask, advantage) per kept trajectory; sets ``meta["advantage"]``."""
+    items = []
+    for g in groups:
+        adv = group_advantages([t.reward for t in g], mode=advantage)
+        for t, a in zip(g, adv.tolist()):
+            t.meta["advantage"] = a
+            seq = t.prompt_ids + t.response_ids
+            # target position j predicts seq[j+1]; response token k sits at len(prompt)+k
+            m = [0] * (len(t.prompt_ids) - 1) + list(t.response_mask)
+            items.append((seq, m, a))
+    return items
+
+
+def make_optimizer(model, rl) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=rl.lr, weight_decay=rl.weight_decay, betas=(0.9, 0.999))
+
+
+def policy_update(model, optimizer, groups: list[list], rl, *, step: int, pad_id: int,
+                  device: Any) -> dict:
+    """One optimizer step on ``groups`` (see the module docstring); returns its metrics.
+
+    Every rank must call it (possibly with no groups) so the collectives line up.
+    """
+    items = training_items(groups, rl.advantage)
+    total_tokens = D.all_sum([float(sum(sum(m) for _, m, _ in items))])[0]
+    mbs = micro_batches(items, rl.micro_batch_tokens) if items else []
+    want_entropy = rl.entropy_coef > 0
+    with torch.no_grad():  # old logprobs: the weights that generated the rollouts
+        old = [sequence_logprobs(model, *pack(mb, pad_id, device)[:2], chunk=rl.logprob_chunk_tokens)[0]
+               for mb in mbs]
+    model.train()
+    sums = {"tokens": 0.0, "clipped": 0.0, "dual": 0.0, "entropy": 0.0, "loss": 0.0}
+    optimizer.zero_grad(set_to_none=True)
+    for mb, old_lp in zip(mbs, old):
+        ids, attn, mask, adv = pack(mb, pad_id, device)
+        lp, ent = sequence_logprobs(model, ids, attn, with_entropy=want_entropy, chunk=rl.logprob_chunk_tokens)
+        loss, st = policy_loss(lp, old_lp, adv, mask, clip_low=rl.clip_low, clip_high=rl.clip_high,
+                               dual_clip=rl.dual_clip, num_tokens=total_tokens, entropy=ent,
+                               entropy_coef=rl.entropy_coef)
+        loss.backward()
+        sums["tokens"] += st.tokens
+        sums["clipped"] += st.clipped
+        sums["dual"] += st.dual_clipped
+        sums["entropy"] += st.entropy_sum
+        sums["loss"] += float(loss.item())
+    d = D.dist()
+    if d:
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            d.all_reduce(p.grad)
+    scale = min(1.0, (step + 1) / rl.warmup_steps) if rl.warmup_steps else 1.0
+    for g in optimizer.param_groups:
+        g["lr"] = rl.lr * scale
+    params = [p for p in model.parameters() if p.grad is not None]
+    if rl.grad_clip:
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
+    else:
+        gnorm = float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    optimizer.step()
+    model.eval()
+    tok, clipped, dual, ent, loss = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
+                                               sums["entropy"], sums["loss"]])
+    return {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
+            "entropy": ent / max(1.0, tok) if want_entropy else None, "grad_norm": gnorm,
+            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": len(mbs)}
