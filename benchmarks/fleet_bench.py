@@ -10,6 +10,13 @@ Scenarios (same machine, same total slots):
 * ``plumbing`` — the fleet with no-op workers (no code runs): what the gateway, Redis and
   the workers' own loops cost per call, the most calls/s this box can move (512 and 64 in
   flight) and the bare transit latency (1 in flight).
+* ``--burst N`` (alone; long) — the paper's headline load at our scale: N trivial calls sent
+  at once through the fleet (an in-process ``RedisBackend`` gateway + 2 real workers with
+  S/2 slots each), twice, each time on a fresh Redis and fresh workers: with the gateway's
+  default 60 s queue deadline (the baseline), and wrapped in
+  ``RetryingExecutor(budget_s=--burst-budget)`` so the queue deadline follows the caller's
+  budget. For each: calls/s, p50/p99 latency, outcomes (status/reason), answers lost or
+  wrong, peak RSS of the gateway process and of redis-server, Redis's own memory peak.
 
 For each run it reports throughput, mean/p50/p99 latency (submit → result) and the CPU
 time spent per call by each component (this process = the gateway or the in-process pool;
@@ -18,6 +25,7 @@ the workers with their zygotes and children; redis-server), read from /proc. The
 (≤ 1.5×). docs/fleet.md turns the per-call CPU costs into a capacity model.
 
     .venv/bin/python benchmarks/fleet_bench.py [--quick] [--slots S] [--repeat R]
+    .venv/bin/python benchmarks/fleet_bench.py --burst 45000 [--slots 8] [--burst-budget 600]
 """
 
 from __future__ import annotations
@@ -331,15 +339,109 @@ def _noop_worker(url: str, slots: int, wid: str) -> None:
     asyncio.run(main())
 
 
+# ------------------------------------------------------------------ the 45K burst
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+async def burst_client(url: str, n: int, budget_s: float) -> dict:
+    """Runs in its own process (so its peak RSS is the gateway's): n calls at once through
+    a RedisBackend; ``budget_s`` > 0 wraps it in RetryingExecutor(budget_s)."""
+    from tirl.sandbox.fleet import RedisBackend
+    from tirl.sandbox.retry import RetryingExecutor
+
+    async with RedisBackend(url) as gw:
+        await wait_workers(gw, 2)
+        ex = RetryingExecutor(gw, budget_s=budget_s) if budget_s > 0 else gw
+        rss_before = peak_rss_mb(os.getpid())
+        lat: list[float] = []
+        outcomes: dict[str, int] = {}
+        wrong = attempts_gt1 = 0
+
+        async def one(i: int) -> None:
+            nonlocal wrong, attempts_gt1
+            t = time.perf_counter()
+            r: ExecResult = await ex.run(f"print({i} * 2)")
+            lat.append((time.perf_counter() - t) * 1000)
+            key = r.status if r.status != "infra_error" else f"infra_error/{r.reason}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+            if r.status == "ok" and r.stdout != f"{2 * i}\n":
+                wrong += 1
+            if r.extra.get("attempts", 1) > 1:
+                attempts_gt1 += 1
+
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+        wall = time.perf_counter() - t0
+        raised = sum(1 for x in res if isinstance(x, BaseException))
+        return {"n": n, "budget_s": budget_s or None, "wall_s": round(wall, 1),
+                "calls_per_s": round(n / wall, 1), "p50_ms": round(_pct(lat, 0.5), 1),
+                "p99_ms": round(_pct(lat, 0.99), 1), "max_ms": round(max(lat), 1),
+                "outcomes": dict(sorted(outcomes.items())), "lost_or_raised": raised,
+                "answered": len(lat), "wrong_output": wrong, "retried_calls": attempts_gt1,
+                "retries": getattr(ex, "retries", 0),
+                "gateway_rss_mb_before": rss_before, "gateway_peak_rss_mb": peak_rss_mb(os.getpid()),
+                "gateway_stats": {"by_reason": gw.stats.by_reason,
+                                  "duplicates_dropped": gw.stats.duplicates_dropped}}
+
+
+async def bench_burst(n: int, slots: int, budget_s: float) -> dict:
+    import redis.asyncio as aioredis
+
+    out: dict = {}
+    for name, budget in (("gateway_default_queue_deadline_60s", 0.0),
+                         (f"caller_budget_{budget_s:g}s_with_retry", budget_s)):
+        redis = Redis()
+        workers = spawn_workers(redis.url, 2, max(1, slots // 2), noop=False)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--burst-client", redis.url, str(n), str(budget),
+                stdout=asyncio.subprocess.PIPE)
+            stdout, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"burst client ({name}) exited {proc.returncode}")
+            r = json.loads(stdout)
+            r["redis_peak_rss_mb"] = peak_rss_mb(redis.proc.pid)
+            cli = aioredis.Redis.from_url(redis.url)
+            mem = await cli.info("memory")
+            await cli.aclose()
+            r["redis_used_memory_peak_mb"] = round(mem["used_memory_peak"] / 2**20, 1)
+            out[name] = r
+        finally:
+            stop_workers(workers)
+            redis.close()
+    base, fix = out.values()
+    qt = "infra_error/queue_timeout"
+    out["queue_timeout_share"] = {k: round(v["outcomes"].get(qt, 0) / v["n"], 4)
+                                  for k, v in list(out.items())[:2]}
+    out["wall_ratio_budget_vs_default"] = round(fix["wall_s"] / base["wall_s"], 3)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--slots", type=int, default=0, help="total slots (0 = the sandbox default)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--burst", type=int, default=0, metavar="N",
+                    help="run only the burst: N calls at once, default deadline vs caller budget")
+    ap.add_argument("--burst-budget", type=float, default=600.0,
+                    help="the caller's budget (s) in the burst's second run")
     a = ap.parse_args()
     from tirl.sandbox.pool import default_slots
 
     slots = a.slots or default_slots()
+    if a.burst:
+        res = {"machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+               "total_slots": slots, "workers": 2}
+        res["burst"] = await bench_burst(a.burst, slots, a.burst_budget)
+        res["machine"]["load_avg_1m_after"] = os.getloadavg()[0]
+        print(json.dumps(res, indent=1))
+        return
     n_triv, n_sym, n_plumb = (600, 64, 4000) if a.quick else (2000, 160, 10000)
     redis = Redis()
     try:
@@ -361,5 +463,7 @@ async def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--noop-worker":
         _noop_worker(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--burst-client":
+        print(json.dumps(asyncio.run(burst_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))))
     else:
         asyncio.run(main())

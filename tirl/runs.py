@@ -97,17 +97,9 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete record of a metrics file (a torn last line from a crash is skipped)."""
-    out = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """Every record of a metrics file (a torn last line from a crash is skipped with a
+    warning; damage in the middle raises :class:`JsonlError` naming file and line)."""
+    return read_jsonl(path)
 
 
 def truncate_metrics(path: str | Path, keep_until_step: int) -> None:
@@ -202,26 +194,66 @@ def progress_bar(total: int | None, description: str, enabled: bool = True) -> I
         yield _Bar()
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) per line of a JSONL file, read as bytes: a torn last line (a
-    write cut short, even inside a multi-byte character) is skipped with a warning naming the
-    file; a bad line before the end raises ``ValueError`` naming file and line."""
-    import sys
+class JsonlError(ValueError):
+    """A line in the middle of a JSONL file is not a JSON record (names the file and line)."""
 
-    raw = Path(path).read_bytes().split(b"\n")
-    out = []
-    last = max((i for i, line in enumerate(raw) if line.strip()), default=-1)
-    for i, line in enumerate(raw):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            if i == last:
-                print(f"tirl: {path}: skipping a torn last line {i + 1} ({type(err).__name__})", file=sys.stderr)
-                continue
-            raise ValueError(f"{path}, line {i + 1}: not valid JSON ({err})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}, line {i + 1}: a JSON object was expected, got {type(obj).__name__}")
-        out.append((i + 1, obj))
-    return out
+
+def iter_jsonl(path: str | Path, *, truncate_torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` for every record of an append-only JSONL file, read as bytes.
+
+    A crash mid-write leaves a *torn last line*: bytes after the last newline that are not
+    one whole UTF-8 JSON value (cut anywhere, also inside a multi-byte character). It is
+    skipped with a one-line warning naming the file; with ``truncate_torn_tail`` it is also
+    cut off the file (and a complete last record that only lacks its newline gets one), so
+    that later appends start on a clean line. Any other bad line is an error: it raises
+    :class:`JsonlError` naming the file and the line, because dropping records silently
+    from the middle of a file hides damage. Blank lines are skipped. A missing file yields
+    nothing. The file is truncated only when the iteration reaches its end.
+    """
+    import logging
+
+    p = Path(path)
+    if not p.exists():
+        return
+    pos = 0  # byte offset of the current line's start
+    lineno = 0
+    tail: tuple[int, bytes, Exception | None] | None = None  # an unterminated last line
+    with p.open("rb") as f:
+        for raw in f:
+            lineno += 1
+            terminated = raw.endswith(b"\n")
+            if raw.strip():
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except ValueError as err:  # UnicodeDecodeError is a ValueError too
+                    if terminated:
+                        raise JsonlError(
+                            f"{p}:{lineno}: not a JSON record ({type(err).__name__}: {err}); "
+                            "only a torn last line is dropped automatically — fix or delete "
+                            "this line and run again") from None
+                    tail = (pos, raw, err)
+                    break
+                if not terminated:
+                    tail = (pos, raw, None)
+                yield lineno, obj
+            pos += len(raw)
+    if tail is None:
+        return
+    start, raw, err = tail
+    if err is None:  # a whole record without its newline
+        if truncate_torn_tail:
+            with p.open("ab") as f:
+                f.write(b"\n")
+        return
+    action = "truncated the file there" if truncate_torn_tail else "ignored it"
+    logging.getLogger("tirl.runs").warning(
+        "%s: line %d is torn (%d bytes after the last newline, %s: a crash mid-write); %s",
+        p, lineno, len(raw), type(err).__name__, action)
+    if truncate_torn_tail:
+        with p.open("r+b") as f:
+            f.truncate(start)
+
+
+def read_jsonl(path: str | Path, *, truncate_torn_tail: bool = False) -> list[Any]:
+    """Every record of a JSONL file, tolerating a torn last line (see :func:`iter_jsonl`)."""
+    return [obj for _, obj in iter_jsonl(path, truncate_torn_tail=truncate_torn_tail)]

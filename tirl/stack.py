@@ -224,13 +224,18 @@ def _rank() -> int:
 async def make_tools(cfg: Config) -> Any:
     """A started tool executor for ``[sandbox]``: a fleet gateway (``redis_url``), an HTTP
     client (``url``) or an in-process pool. Close it with ``await tools.close()``."""
+    from tirl.sandbox.retry import RetryingExecutor
+
     s = cfg.sandbox
     if s.redis_url and not s.url:
         from tirl.sandbox.fleet import RedisBackend
 
-        backend = RedisBackend(s.redis_url, default_timeout_s=s.timeout_s)
-        await backend.start()
-        return backend
-    from tirl.sandbox import make_executor
+        inner = RedisBackend(s.redis_url, default_timeout_s=s.timeout_s, queue_timeout_s=s.queue_timeout_s)
+        await inner.start()
+    else:
+        from tirl.sandbox import make_executor
 
-    return await make_executor(s)
+        inner = await make_executor(s)
+    # a call waits for a slot as long as its budget allows; transient service failures
+    # (queue_timeout, worker_lost) are retried within it instead of dropping a trajectory
+    return RetryingExecutor(inner, budget_s=s.call_budget_s, max_attempts=s.retry_attempts)

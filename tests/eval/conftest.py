@@ -41,12 +41,14 @@ class FakeLoop:
         self.gate_after = gate_after
         self.release = asyncio.Event()
         self.kwargs: list[dict] = []
+        self.seeds: dict[tuple[str, int], int | None] = {}  # (problem id, call j) -> seed
         self.in_flight = 0
         self.max_in_flight = 0
 
     async def run(self, problem, *, n=1, problem_id=None, gold=None, seed=None):
         assert n == 1
         j = self.per_problem.get(problem_id, 0)
+        self.seeds[problem_id, j] = seed
         self.per_problem[problem_id] = j + 1
         self.calls.append((problem_id, j))
         self.kwargs.append(dict(seed=seed))

@@ -65,11 +65,11 @@ def _grade_file(args: argparse.Namespace) -> int:
 
     from tirl.reward.grader import Grader
 
-    from tirl.runs import read_jsonl
+    from tirl.runs import iter_jsonl
 
     items = []
     try:
-        rows = read_jsonl(args.file)
+        rows = list(iter_jsonl(args.file))
     except (OSError, ValueError) as err:
         print(f"tirl grade: {err}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     if s.redis_url:
         from tirl.sandbox.fleet import RedisBackend
 
-        backend = RedisBackend(s.redis_url, default_timeout_s=s.timeout_s)
+        backend = RedisBackend(s.redis_url, default_timeout_s=s.timeout_s, queue_timeout_s=s.queue_timeout_s)
     else:
         from tirl.sandbox.pool import Sandbox
 
@@ -67,7 +67,8 @@ async def _serve_async(backend, s) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        runner = await serve(backend, s.host, s.port, s)
+        runner = await serve(backend, s.host, s.port, s, header_timeout_s=s.header_timeout_s,
+                             body_timeout_s=s.body_timeout_s)
     except OSError as err:
         await backend.close()
         print(f"tirl sandbox: cannot listen on {s.host}:{s.port}: {err.strerror or err}", file=sys.stderr)

@@ -202,7 +202,7 @@ async def _run_all(cfg: Config, out: Path, problems: dict[str, list[dict]], loop
 
         tasks = {name: asyncio.create_task(run_benchmark(
             name, probs, loop, grader, SampleStore(out / "samples" / f"{name}.jsonl"), k,
-            keep_text=cfg.eval.save_text,
+            keep_text=cfg.eval.save_text, seed=cfg.run.seed,
             on_sample=on_sample_for(name), on_trajectory=on_traj_for(name), semaphore=sem,
         )) for name, probs in problems.items()}
         try:

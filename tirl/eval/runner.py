@@ -10,6 +10,13 @@ Grading follows training (reference.md §2.2.1): a truncated trajectory (turn li
 token budget, engine stop) scores 0 whatever it wrote; a trajectory the engine or sandbox
 failed is recorded as ``infra_error`` (scored 0 in the report, retried on the next run).
 
+Seeding: given ``seed`` (the run's ``run.seed``), sample ``i`` of problem ``p`` of benchmark
+``b`` gets the agent loop's base seed ``derive_seed("tirl-eval", seed, b, i)`` (and each of
+its turns a seed below that, from the problem id: see ``AgentLoop.run``), so which random
+numbers a sample draws depends on neither scheduling nor concurrency, and the same command
+with the same seed gives the same samples with an engine that honours per-request seeds
+(the in-process engine, vLLM, SGLang).
+
 What it does not do: load problems, build engines or write reports (``tirl.eval.harness``,
 ``tirl.eval.report``).
 """
@@ -21,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from tirl.agent.loop import derive_seed
 from tirl.agent.trajectory import Trajectory
 from tirl.eval.samples import SampleRecord, SampleStore, reusable
 
@@ -99,6 +107,12 @@ def problem_meta(problem: dict) -> dict:
             if isinstance(problem.get(f), (str, int)) and not isinstance(problem.get(f), bool)}
 
 
+def sample_seed(seed: int, benchmark: str, sample: int) -> int:
+    """The agent loop's base seed for sample ``sample`` of every problem of ``benchmark``
+    (the loop mixes in the problem id): distinct per benchmark and sample index."""
+    return derive_seed("tirl-eval", seed, benchmark, sample)
+
+
 async def run_benchmark(
     benchmark: str,
     problems: Sequence[dict],
@@ -113,16 +127,19 @@ async def run_benchmark(
     on_trajectory: Callable[[Trajectory], None] | None = None,
     abort_after_failures: int = 5,
     semaphore: asyncio.Semaphore | None = None,
+    seed: int | None = None,
 ) -> BenchmarkRun:
     """Produce k graded samples per problem, reusing finished ones from ``store``.
 
     ``on_sample(record, reused)`` is called for every sample (reused ones first), for
     progress bars. ``semaphore`` (shared between benchmarks) replaces ``concurrency``. If the first ``abort_after_failures`` samples all raise, the run stops
     with :class:`EvalAborted` carrying the first error (a dead server, a wrong model name).
+    ``seed`` (``run.seed``): seed every sample (:func:`sample_seed`); None leaves sampling
+    unseeded (each run then draws different random numbers).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}")
-    saved = store.load()
+    saved = store.load(repair=True)  # a torn last line is cut off before we append
     done: dict[tuple[str, int], SampleRecord] = {}
     pending: list[tuple[dict, int]] = []
     for p in problems:
@@ -145,7 +162,8 @@ async def run_benchmark(
         async with sem:
             t0 = time.perf_counter()
             try:
-                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]))
+                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]),
+                                       seed=None if seed is None else sample_seed(seed, benchmark, i))
                 traj = trajs[0]
                 traj.meta.setdefault("sample", i)
                 grade = await grader.grade(traj.text, str(p["answer"]))

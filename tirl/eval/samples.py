@@ -4,7 +4,10 @@ Every finished sample is one line of ``<run>/samples/<benchmark>.jsonl``, flushe
 written, so an interrupted run loses at most the samples in flight. On a rerun the store
 is read back and every finished sample — keyed by ``(problem_id, sample)`` — is reused;
 samples that ended in an infrastructure failure, or whose reference answer changed, are
-run again. A torn last line (a crash mid-write) is ignored.
+run again. The file is read as bytes (:func:`tirl.runs.iter_jsonl`): a torn last line (a
+crash mid-write, even inside a multi-byte character) is dropped with a one-line warning
+naming the file, and cut off the file before the next append; a bad line anywhere else is
+an error naming the file and line.
 
 What it does not do: decide whether the saved samples were produced with the same
 settings (``tirl.eval.harness`` checks the run's ``eval_settings.json`` for that).
@@ -17,6 +20,8 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Literal
+
+from tirl.runs import JsonlError, iter_jsonl
 
 SampleStatus = Literal["correct", "incorrect", "no_answer", "timeout", "truncated", "infra_error"]
 VOTING_STATUSES = ("correct", "incorrect", "timeout")  # a final answer that takes part in maj@k
@@ -71,26 +76,30 @@ class SampleStore:
         self.path = Path(path)
         self._f = None
 
-    def load(self) -> dict[tuple[str, int], SampleRecord]:
+    def load(self, *, repair: bool = False) -> dict[tuple[str, int], SampleRecord]:
+        """The last record per key. A torn last line is dropped (and, with ``repair``, cut
+        off the file, as a resuming run does); a bad line before it raises
+        :class:`tirl.runs.JsonlError` naming the file and line."""
         out: dict[tuple[str, int], SampleRecord] = {}
-        if not self.path.exists():
-            return out
-        with self.path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = SampleRecord.from_dict(json.loads(line))
-                except (json.JSONDecodeError, TypeError):
-                    continue  # a torn line from an interrupted write
-                out[rec.key] = rec
+        for lineno, obj in iter_jsonl(self.path, truncate_torn_tail=repair):
+            try:
+                if not isinstance(obj, dict):
+                    raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+                rec = SampleRecord.from_dict(obj)
+            except TypeError as err:
+                raise JsonlError(f"{self.path}:{lineno}: not a sample record ({err}); fix or "
+                                 "delete this line and run again") from None
+            out[rec.key] = rec
         return out
 
     def append(self, rec: SampleRecord) -> None:
         if self._f is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # a torn last line would glue onto our first record: cut it off first
+            if self.path.exists() and self.path.stat().st_size and not self._ends_with_newline():
+                for _ in iter_jsonl(self.path, truncate_torn_tail=True):
+                    pass
             self._f = self.path.open("a", encoding="utf-8", buffering=1)
-            # a torn last line would glue onto our first record: start on a fresh line
-            if self.path.stat().st_size and not self._ends_with_newline():
-                self._f.write("\n")
         self._f.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
         self._f.flush()
 

@@ -3,6 +3,8 @@
 - :class:`Sandbox` — the in-process pool (zygote + fork per call, limits, sessions).
 - :class:`SandboxClient` — the same four methods over HTTP (``tirl sandbox serve``).
 - :func:`make_executor` — the tool executor a config asks for (HTTP when ``cfg.url`` is set).
+- :class:`RetryingExecutor` — wraps an executor: a wait budget per call, and retries of
+  ``queue_timeout``/``worker_lost`` within it.
 - :class:`ExecResult`, :class:`ExecRequest` — the typed request/result.
 
 See docs/sandbox.md for the isolation it provides and what it does not.
@@ -18,9 +20,10 @@ if TYPE_CHECKING:
     from tirl.sandbox.client import SandboxClient
     from tirl.sandbox.config import SandboxConfig
     from tirl.sandbox.pool import Sandbox
+    from tirl.sandbox.retry import RetryingExecutor
 
 __all__ = ["Sandbox", "SandboxClient", "SandboxConfig", "ExecRequest", "ExecResult",
-           "make_executor"]
+           "RetryingExecutor", "make_executor"]
 
 
 def __getattr__(name: str):
@@ -37,6 +40,10 @@ def __getattr__(name: str):
         from tirl.sandbox.client import SandboxClient
 
         return SandboxClient
+    if name == "RetryingExecutor":
+        from tirl.sandbox.retry import RetryingExecutor
+
+        return RetryingExecutor
     raise AttributeError(f"module 'tirl.sandbox' has no attribute {name!r}")
 
 

@@ -7,6 +7,10 @@ Over HTTP it keeps one connection pool, and *micro-batches*: calls made concurre
 last retry it returns the ``infra_error`` (it never raises for a failed call, so a tool call
 always gets a typed result).
 
+A call's ``queue_timeout_s`` (the caller's budget for waiting for a slot) travels with it;
+retries spend what is left of it and stop when it is spent, and the HTTP timeout of a
+batch grows by its largest ``queue_timeout_s``.
+
 What it does not: no authentication, no client-side timeouts shorter than the server's
 (the HTTP timeout is the call's own ``timeout_s`` plus queueing slack).
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.types import ExecRequest, ExecResult
@@ -27,6 +31,7 @@ class _Item:
     req: ExecRequest
     fut: asyncio.Future
     attempt: int = 0
+    deadline: float | None = None  # loop time by which it must have left the queue
 
 
 class SandboxClient:
@@ -84,19 +89,25 @@ class SandboxClient:
 
     # --- the tool-executor interface ------------------------------------------------------------
     async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
-                  session_id: str | None = None) -> ExecResult:
+                  session_id: str | None = None, *, queue_timeout_s: float | None = None) -> ExecResult:
+        """One call; ``queue_timeout_s``: the most seconds it may wait for a slot, across
+        retries (None: the server's default)."""
         if self._local is not None:
-            return await self._local.run(code, stdin, timeout_s, session_id)
+            return await self._local.run(code, stdin, timeout_s, session_id,
+                                         queue_timeout_s=queue_timeout_s)
         await self.start()
-        fut = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(ExecRequest(code, stdin, timeout_s, session_id), fut))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._enqueue(_Item(ExecRequest(code, stdin, timeout_s, session_id, queue_timeout_s), fut,
+                            deadline=None if queue_timeout_s is None else loop.time() + queue_timeout_s))
         return await fut
 
     async def run_batch(self, requests: list[ExecRequest]) -> list[ExecResult]:
         if self._local is not None:
             return await self._local.run_batch(requests)
-        return list(await asyncio.gather(*(self.run(r.code, r.stdin, r.timeout_s, r.session_id)
-                                           for r in requests)))
+        return list(await asyncio.gather(*(
+            self.run(r.code, r.stdin, r.timeout_s, r.session_id, queue_timeout_s=r.queue_timeout_s)
+            for r in requests)))
 
     async def close_session(self, session_id: str) -> bool:
         if self._local is not None:
@@ -116,7 +127,7 @@ class SandboxClient:
 
     async def health(self) -> dict:
         if self._local is not None:
-            return self._local.health()
+            return await self._local.health()
         await self.start()
         async with self._http.get(f"{self.url}/healthz") as r:
             return await r.json()
@@ -175,7 +186,13 @@ class SandboxClient:
             return
 
     async def _post(self, body: dict, n: int) -> list[ExecResult]:
-        async with self._http.post(f"{self.url}/v1/execute/batch", json=body) as r:
+        waits = [q.get("queue_timeout_s") or 0.0 for q in body["requests"]]
+        timeout = None
+        if max(waits, default=0.0) > 0:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s + max(waits))
+        async with self._http.post(f"{self.url}/v1/execute/batch", json=body, timeout=timeout) as r:
             data = await r.json(content_type=None)
             if r.status >= 400:
                 # a request the server refuses is the caller's bug, not a transient failure
@@ -188,13 +205,17 @@ class SandboxClient:
     def _retry_or_fail(self, item: _Item, res: ExecResult) -> None:
         if item.fut.done():
             return
-        if item.attempt >= self.retries:
+        loop = asyncio.get_running_loop()
+        delay = self._delay(item.attempt)
+        left = None if item.deadline is None else item.deadline - loop.time() - delay
+        if item.attempt >= self.retries or (left is not None and left <= 0):
             res.extra = {**res.extra, "attempts": item.attempt + 1}
             item.fut.set_result(res)
             return
         item.attempt += 1
-        loop = asyncio.get_running_loop()
-        loop.call_later(self._delay(item.attempt - 1), self._enqueue, item)
+        if left is not None:  # the retry may wait only for what is left of the caller's budget
+            item.req = replace(item.req, queue_timeout_s=left)
+        loop.call_later(delay, self._enqueue, item)
 
 
 class _BadRequest(Exception):

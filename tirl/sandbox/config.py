@@ -18,6 +18,23 @@ class SandboxConfig(Section):
         description="redis://HOST:PORT/DB of a sandbox fleet: `tirl sandbox serve` becomes its "
         "gateway and `tirl sandbox worker` takes work from it.",
     )
+    queue_timeout_s: float = Field(
+        60.0, gt=0, le=86400,
+        description="How long a call may wait for a free slot when the caller gives no budget "
+        "(seconds; then infra_error/queue_timeout).",
+    )
+    call_budget_s: float = Field(
+        600.0, gt=0, le=86400,
+        description="Training/eval tools: seconds a call may wait for a slot over all its attempts; "
+        "queue_timeout and worker_lost are retried within it (a burst drains, nothing is dropped).",
+    )
+    retry_attempts: int = Field(4, ge=1, le=100, description="Attempts per call at most within call_budget_s.")
+    header_timeout_s: float = Field(
+        30.0, gt=0, description="`tirl sandbox serve`: a client must send its request headers within this (s)."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="`tirl sandbox serve`: a client must send its request body within this (s)."
+    )
     slots: int = Field(0, ge=0, le=4096, description="Concurrent executions; 0 = from the CPU count.")
     queue_size: int = Field(8192, ge=1, description="Requests waiting for a slot before backpressure.")
     timeout_s: float = Field(10.0, gt=0, le=3600, description="Wall-clock limit per call.")

@@ -45,6 +45,7 @@ class SandboxMetrics:
         self.exec_ms = Histogram()
         self.queue_ms = Histogram()
         self.zygote_restarts = 0
+        self.cancelled: Counter[str] = Counter({"queued": 0, "running": 0})  # callers gone
 
     def record(self, status: str, exec_ms: float, queue_ms: float, reason: str | None) -> None:
         self.results[status] += 1
@@ -62,6 +63,10 @@ class SandboxMetrics:
         lines += [f'tirl_sandbox_results_total{{status="{s}"}} {n}' for s, n in self.results.items()]
         lines += ["# TYPE tirl_sandbox_reasons_total counter"]
         lines += [f'tirl_sandbox_reasons_total{{reason="{r}"}} {n}' for r, n in self.reasons.items()]
+        lines += ["# HELP tirl_sandbox_cancelled_total Calls cancelled because their caller went "
+                  "away, by where they were (queued: never started; running: child killed).",
+                  "# TYPE tirl_sandbox_cancelled_total counter"]
+        lines += [f'tirl_sandbox_cancelled_total{{stage="{k}"}} {n}' for k, n in self.cancelled.items()]
         lines += ["# TYPE tirl_sandbox_zygote_restarts_total counter",
                   f"tirl_sandbox_zygote_restarts_total {self.zygote_restarts}"]
         lines += self.exec_ms.render("tirl_sandbox_exec_ms", "Execution time per call (ms).")

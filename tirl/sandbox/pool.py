@@ -3,8 +3,11 @@
 What it does: starts the zygote (:mod:`tirl.sandbox.zygote`) and keeps it alive (a dead
 zygote fails the calls in flight with ``infra_error``/``zygote_died`` and is restarted);
 admits requests into a fixed number of slots behind a bounded queue (``queue_full`` when the
-queue is full; queue time is reported apart from execution time, whose clock starts when a
-slot starts); reads each call's stdout/stderr as it streams, up to a hard cap; asks the
+queue is full; ``queue_timeout`` when a request's own ``queue_timeout_s`` passes before a slot
+frees — without one a request waits as long as it takes; queue time is reported apart from
+execution time, whose clock starts when a slot starts); a cancelled call (its HTTP client went
+away) leaves the queue if it has not started, or has its child killed if it has (counted in
+``tirl_sandbox_cancelled_total``); reads each call's stdout/stderr as it streams, up to a hard cap; asks the
 zygote to kill a call's whole process tree at the wall-clock limit or at the output cap;
 keeps stateful sessions (one long-lived forked worker per ``session_id``, idle TTL, a cap on
 live sessions); classifies every outcome into exactly one typed ``ExecResult``.
@@ -251,8 +254,10 @@ class Sandbox:
 
     # --- public API -----------------------------------------------------------------------
     async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
-                  session_id: str | None = None) -> ExecResult:
-        return await self._admit(ExecRequest(code, stdin, timeout_s, session_id))
+                  session_id: str | None = None, *, queue_timeout_s: float | None = None) -> ExecResult:
+        """Run one call. ``queue_timeout_s``: the most seconds it may wait for a slot
+        (``infra_error``/``queue_timeout`` after that); None waits as long as it takes."""
+        return await self._admit(ExecRequest(code, stdin, timeout_s, session_id, queue_timeout_s))
 
     async def run_batch(self, requests: list[ExecRequest]) -> list[ExecResult]:
         return list(await asyncio.gather(*(self._admit(r) for r in requests)))
@@ -273,7 +278,7 @@ class Sandbox:
         zs = self._zygotes()
         return bool(zs) and all(z.ready.is_set() for z in zs)
 
-    def health(self) -> dict:
+    async def health(self) -> dict:
         info = self.isolation
         warnings = []
         if info and not info.get("network"):
@@ -304,10 +309,27 @@ class Sandbox:
         if req.timeout_s is not None and not req.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 seconds (or None for the default "
                              f"{self.cfg.timeout_s:g}), got {req.timeout_s!r}")
+        if req.queue_timeout_s is not None and not req.queue_timeout_s > 0:
+            raise ValueError(f"queue_timeout_s must be > 0 seconds (or None to wait for a slot "
+                             f"as long as it takes), got {req.queue_timeout_s!r}")
         timeout = min(float(req.timeout_s or self.cfg.timeout_s), self.cfg.max_timeout_s)
         self._waiting += 1
         try:
-            await self._sem.acquire()
+            if req.queue_timeout_s is None:
+                await self._sem.acquire()
+            else:
+                async with asyncio.timeout(req.queue_timeout_s):
+                    await self._sem.acquire()
+        except TimeoutError:
+            waited = time.monotonic() - t_arrive
+            res = ExecResult("infra_error", session_id=req.session_id, reason="queue_timeout",
+                             stderr=f"sandbox: waited {waited:.1f}s for a slot, over the "
+                             f"request's {req.queue_timeout_s:g}s queue_timeout_s\n")
+            res.queue_ms = waited * 1000
+            return self._record(res)
+        except asyncio.CancelledError:
+            self.metrics.cancelled["queued"] += 1
+            raise
         finally:
             self._waiting -= 1
         queue_ms = (time.monotonic() - t_arrive) * 1000
@@ -325,6 +347,9 @@ class Sandbox:
                     res = ExecResult("infra_error", reason="zygote_unavailable")
                 else:
                     res = await self._run_once(zyg, req, timeout)
+        except asyncio.CancelledError:  # the child was killed on the way out (see _run_once)
+            self.metrics.cancelled["running"] += 1
+            raise
         except ZygoteDied:
             res = ExecResult("infra_error", reason="zygote_died", session_id=req.session_id)
         except Exception as err:  # never drop a request: report the service's failure

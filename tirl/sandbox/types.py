@@ -17,6 +17,7 @@ class ExecRequest:
     stdin: str = ""
     timeout_s: float | None = None
     session_id: str | None = None
+    queue_timeout_s: float | None = None  # most seconds to wait for a slot; None: the backend's default
 
 
 @dataclass

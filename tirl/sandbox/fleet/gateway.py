@@ -14,14 +14,22 @@ stream.
 
 Every request has two deadlines. At ``queue_timeout_s + grace_s`` a job no worker has
 taken is withdrawn from the stream (atomically, so it can never run later) and answered
-``infra_error`` / ``queue_timeout``. A job a worker holds gets the full budget,
+``infra_error`` / ``queue_timeout``. ``queue_timeout_s`` is the caller's: ``run(...,
+queue_timeout_s=)`` (or an ``ExecRequest``'s, or the HTTP request's field), else the
+gateway's default (60 s) — a call made inside an RL step passes what the step allows, so a
+burst that drains in 73 s is not cut at 60 s (:class:`tirl.sandbox.retry.RetryingExecutor`
+does this from its budget). A job a worker holds gets the full budget,
 ``queue_timeout_s + (timeout + visibility_timeout_s) * max_deliveries + grace_s``; still
 unanswered then, it gets ``worker_lost`` (or ``redis_unavailable``). Session calls go to
 the worker holding the session; if it died they get ``session_lost`` (``session_reset:
 true``).
 
-What it does not do: run code (workers do), or survive its own restart with requests in
-flight (callers retry ``infra_error``).
+A caller that goes away (its task cancelled, e.g. its HTTP client disconnected) stops
+waiting; a job no worker has taken yet is withdrawn, so it never runs.
+
+What it does not do: run code (workers do), kill a job a worker already runs when its
+caller goes away (it finishes, and its result is dropped), or survive its own restart with
+requests in flight (callers retry ``infra_error``).
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ class FleetStats:
     answered: int = 0
     duplicates_dropped: int = 0
     resubmitted: int = 0
+    cancelled: int = 0  # callers that stopped waiting (e.g. their HTTP client went away)
     by_reason: dict[str, int] = field(default_factory=dict)
     by_status: dict[str, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
@@ -178,16 +187,25 @@ class RedisBackend:
 
     # ---------------------------------------------------------------- public API
     async def run(self, code: str, stdin: str = "", timeout_s: float | None = None,
-                  session_id: str | None = None) -> ExecResult:
+                  session_id: str | None = None, *, queue_timeout_s: float | None = None) -> ExecResult:
+        """Run one call on a worker. ``queue_timeout_s``: how long it may wait for a worker
+        (the caller's budget); None: the gateway's ``queue_timeout_s``."""
+        if queue_timeout_s is None:
+            queue_timeout_s = self.queue_timeout_s
+        elif not (queue_timeout_s > 0 and queue_timeout_s < float("inf")):
+            raise ValueError(f"queue_timeout_s must be a finite number of seconds > 0 (or None "
+                             f"for the gateway's {self.queue_timeout_s:g}), got {queue_timeout_s!r}")
         job = P.Job(rid=uuid.uuid4().hex, kind=P.EXEC, reply=self.reply,
-                    queue_timeout_ms=int(self.queue_timeout_s * 1000), code=code, stdin=stdin,
+                    queue_timeout_ms=int(queue_timeout_s * 1000), code=code, stdin=stdin,
                     timeout_s=timeout_s, session_id=session_id)
-        d = await self._submit(job, timeout_s if timeout_s is not None else self.default_timeout_s)
+        d = await self._submit(job, timeout_s if timeout_s is not None else self.default_timeout_s,
+                               queue_timeout_s)
         return ExecResult.from_dict(d)
 
     async def run_batch(self, requests: list[ExecRequest]) -> list[ExecResult]:
         return list(await asyncio.gather(*(
-            self.run(q.code, q.stdin, q.timeout_s, q.session_id) for q in requests)))
+            self.run(q.code, q.stdin, q.timeout_s, q.session_id, queue_timeout_s=q.queue_timeout_s)
+            for q in requests)))
 
     async def close_session(self, session_id: str) -> bool:
         job = P.Job(rid=uuid.uuid4().hex, kind=P.CLOSE, reply=self.reply,
@@ -236,6 +254,7 @@ class RedisBackend:
             "# TYPE tirl_fleet_duplicates_dropped_total counter",
             f"tirl_fleet_duplicates_dropped_total {s.duplicates_dropped}",
             "# TYPE tirl_fleet_resubmitted_total counter", f"tirl_fleet_resubmitted_total {s.resubmitted}",
+            "# TYPE tirl_fleet_cancelled_total counter", f"tirl_fleet_cancelled_total {s.cancelled}",
             "# TYPE tirl_fleet_waiting gauge", f"tirl_fleet_waiting {len(self._pending)}",
             "# TYPE tirl_fleet_queue_depth gauge", f"tirl_fleet_queue_depth {self._gauges['queue_depth']}",
             "# TYPE tirl_fleet_workers gauge", f"tirl_fleet_workers {self._gauges['workers']}",
@@ -257,21 +276,51 @@ class RedisBackend:
         return "\n".join(lines) + "\n"
 
     # ---------------------------------------------------------------- submit / resolve
-    async def _submit(self, job: P.Job, exec_timeout_s: float) -> dict[str, Any]:
+    async def _submit(self, job: P.Job, exec_timeout_s: float,
+                      queue_timeout_s: float | None = None) -> dict[str, Any]:
         if not self._started:
             await self.start()
         loop = asyncio.get_running_loop()
-        budget = (self.queue_timeout_s + (exec_timeout_s + self.visibility_timeout_s)
-                  * self.max_deliveries + self.grace_s)
+        qt = self.queue_timeout_s if queue_timeout_s is None else queue_timeout_s
+        budget = qt + (exec_timeout_s + self.visibility_timeout_s) * self.max_deliveries + self.grace_s
         now = loop.time()
         p = _Pending(job=job, payload=P.encode_job(job), future=loop.create_future(),
                      deadline=now + budget, t0=now)
-        p.timer = loop.call_at(now + self.queue_timeout_s + self.grace_s, self._on_deadline, job.rid)
+        p.timer = loop.call_at(now + qt + self.grace_s, self._on_deadline, job.rid)
         self._pending[job.rid] = p
         self.stats.submitted += 1
         self._outbox.append(p)
         self._outbox_ready.set()
-        return await p.future
+        try:
+            return await p.future
+        except asyncio.CancelledError:
+            self._abandon(p)
+            raise
+
+    def _abandon(self, p: _Pending) -> None:
+        """The caller stopped waiting: forget the request and withdraw its job if no worker
+        has taken it (one still in the outbox is skipped by the sender; one being sent right
+        now is withdrawn by :meth:`_send` once it has an entry id)."""
+        if self._pending.get(p.job.rid) is p:
+            del self._pending[p.job.rid]
+            self.stats.cancelled += 1
+        if p.timer is not None:
+            p.timer.cancel()
+        if p.entry_id is not None:
+            self._withdraw_later(p)
+
+    def _withdraw_later(self, p: _Pending) -> None:
+        t = asyncio.ensure_future(self._withdraw(p))
+        self._expiring.add(t)
+        t.add_done_callback(self._expiring.discard)
+
+    async def _withdraw(self, p: _Pending) -> None:
+        try:
+            await asyncio.wait_for(self._r.eval(P.WITHDRAW_IF_WAITING, 1, p.stream, P.GROUP,
+                                                p.entry_id), 3)
+        except (RedisError, asyncio.TimeoutError, OSError) as err:
+            # not withdrawn: a worker may still run it; its result is dropped as a duplicate
+            log.debug("fleet gateway: withdrawing abandoned job %s: %s", p.job.rid, err)
 
     def _resolve(self, p: _Pending, d: dict[str, Any]) -> None:
         if self._pending.get(p.job.rid) is p:
@@ -356,6 +405,8 @@ class RedisBackend:
         for p, res in zip(batch, out):
             if p.job.session_id is None:
                 p.stream, p.entry_id = self.keys.jobs, res
+                if p.future.cancelled():  # its caller left while this batch was being sent
+                    self._withdraw_later(p)
                 continue
             where, eid = (x.decode() if isinstance(x, bytes) else x for x in res)
             if where == "lost":
@@ -368,6 +419,8 @@ class RedisBackend:
             else:
                 p.stream = self.keys.jobs if where == "shared" else self.keys.wjobs(where)
                 p.entry_id = eid.encode()
+                if p.future.cancelled():
+                    self._withdraw_later(p)
 
     # ---------------------------------------------------------------- listener
     async def _listen_loop(self) -> None:

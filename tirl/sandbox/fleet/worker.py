@@ -108,7 +108,7 @@ class FleetWorker:
             self.executor = Sandbox(**{"slots": self.slots, "session_ttl_s": self.opt.session_ttl_s,
                                        **self.opt.sandbox})
             await self.executor.start()
-            for w in self.executor.health().get("warnings", []):
+            for w in (await self.executor.health()).get("warnings", []):
                 log.warning("fleet worker %s: sandbox: %s", self.wid, w)
         self._r = aioredis.Redis.from_url(self.url, socket_connect_timeout=3,
                                           socket_timeout=max(10.0, self.opt.block_ms / 1000 + 5))
