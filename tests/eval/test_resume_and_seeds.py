@@ -147,7 +147,7 @@ async def test_the_same_seeded_eval_twice_gives_the_same_samples_with_the_in_pro
     pytest.importorskip("torch")
     from tests.agent.fakes import FakeTools
     from tests.agent.tiny import tiny_model, tiny_tokenizer
-    from tirl.agent.config import AgentConfig
+    from tirl.agent.config import AgentConfig, SamplingConfig
     from tirl.agent.loop import AgentLoop
     from tirl.engines.local import LocalEngine
 
@@ -156,12 +156,11 @@ async def test_the_same_seeded_eval_twice_gives_the_same_samples_with_the_in_pro
 
     async def texts(run: str, seed, engine_seed: int) -> list[str]:
         eng = LocalEngine(model, tok, max_batch=8, seed=engine_seed)
-        loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(max_tokens=24, max_turns=2,
-                                                            system_prompt="short"))
+        loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(system_prompt="short"),
+                         sampling=SamplingConfig(max_tokens=24, max_turns=2, temperature=1.0))
         try:
             res = await run_benchmark("b", PROBLEMS, loop, FakeGrader(),
-                                      SampleStore(tmp_path / run / "b.jsonl"), 2,
-                                      temperature=1.0, seed=seed)
+                                      SampleStore(tmp_path / run / "b.jsonl"), 2, seed=seed)
         finally:
             eng.close()
         return [r.text for r in res.records]

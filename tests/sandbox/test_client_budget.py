@@ -26,7 +26,7 @@ class QueueFull:
     async def close_session(self, sid):
         return False
 
-    def health(self):
+    async def health(self):
         return {"status": "ok"}
 
     def metrics_text(self):

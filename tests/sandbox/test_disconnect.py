@@ -83,7 +83,7 @@ class Echo:
     async def close_session(self, sid):
         return False
 
-    def health(self):
+    async def health(self):
         return {"status": "ok"}
 
     def metrics_text(self):

@@ -50,10 +50,10 @@ class FakeBackend:
         self.closed.append(sid)
         return sid == "known"
 
-    def health(self):
+    async def health(self):
         return {"status": "ok", "slots": 1}
 
-    async def metrics_text(self):
+    def metrics_text(self):
         return "fake_metric 1\n"
 
 

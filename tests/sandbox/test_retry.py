@@ -47,7 +47,7 @@ class FakeInner:
     async def close(self):
         self.was_closed = True
 
-    def health(self):
+    async def health(self):
         return {"status": "ok"}
 
 
@@ -131,7 +131,7 @@ async def test_batch_close_session_close_and_the_rest_delegate():
     assert a.status == b.status == "ok"
     assert sorted(c["queue_timeout_s"] for c in inner.calls) == [5.0, 49.5, 50.0]
     assert await ex.close_session("s1") is True and inner.closed == ["s1"]
-    assert ex.health() == {"status": "ok"}
+    assert await ex.health() == {"status": "ok"}
     async with ex:
         pass
     assert inner.was_closed
