@@ -35,7 +35,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from tirl.reward.config import RewardConfig
-from tirl.reward.extract import extract_answer
+from tirl.reward.answer import select_answer
 from tirl.reward.normalize import fast_equal
 from tirl.reward.scorers import MATH, Scorer, answer_for_source, as_scorer, source_score
 from tirl.reward.symbolic import CheckTimeout, symbolic_equal, time_limit, warm_up
@@ -194,10 +194,11 @@ class Grader:
     def _prepare(self, text: str, gold: str, scorer: Scorer, t0: float
                  ) -> tuple[Grade | None, tuple]:
         if scorer.name == "math" and scorer.fn is None:
-            pred = extract_answer(text)
+            pred, hedge = select_answer(text, gold)
             if pred is None:
-                self.counts["no_answer"] += 1
-                return Grade("no_answer", None, gold, _ms(t0), method="extract"), ()
+                self.counts["hedge" if hedge else "no_answer"] += 1
+                return Grade("incorrect" if hedge else "no_answer", None, gold, _ms(t0),
+                             method="extract", detail=hedge), ()
             if not gold.strip():
                 self.counts["no_reference"] += 1
                 return Grade("incorrect", pred, gold, _ms(t0), method="fast",
