@@ -78,19 +78,21 @@ _DECIMAL = re.compile(r"\d\.|\.\d")
 _PCT_RE = re.compile(r"^(.*?)\\?%$")
 
 
+_BOX_WRAP = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.DOTALL)
+
+
 def _strip_delims(s: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        s = s.strip()
+    s = s.strip()
+    while s[:1] == "$" or s[:1] == "\\":  # cheap exit: most answers have no delimiters
+        before = s
         for a, b in _DELIMS:
             if len(s) > len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a):-len(b)]
-                changed = True
-        m = re.match(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", s, re.DOTALL)
+                s = s[len(a):-len(b)].strip()
+        m = _BOX_WRAP.match(s)
         if m and _balanced(m.group(1)):
-            s = m.group(1)
-            changed = True
+            s = m.group(1).strip()
+        if s == before:
+            break
     return s
 
 
@@ -140,8 +142,8 @@ def clean(ans: str) -> str:
 def _trim_punctuation(s: str) -> str:
     """One trailing ``.``, ``,`` or ``;`` off (``\\frac13,``, ``5.``); an ellipsis stays."""
     s = s.rstrip()
-    if s.endswith("...") or s.endswith("\\ldots") or s.endswith("\\dots"):
-        return s
+    if s[-1:] not in (".", ",", ";") or s.endswith("..."):
+        return s  # an ellipsis stays
     return _TRAILING.sub("", s)
 
 
@@ -160,12 +162,14 @@ def canonical_symbols(ans: str) -> str:
     """Unicode math symbols as LaTeX (``√12`` → ``\\sqrt{12}``, ``∞`` → ``\\infty``, ``−`` → ``-``),
     ``\\varnothing`` as ``\\emptyset``, and an upright ``\\mathrm{e}`` or ``\\mathrm{i}`` as
     plain ``e``/``i`` (Euler's number, the imaginary unit)."""
-    s = ans.translate(_PLAIN)
-    if "√" in s:
-        s = _radicals(s)
+    s = ans
+    if not s.isascii():
+        s = s.translate(_PLAIN)
+        if "√" in s:
+            s = _radicals(s)
     if "\\varnothing" in s or not s.isascii():
         s = _SYMBOL.sub(lambda m: _UNICODE[m.group(1)] + (" " + m.group(2) if m.group(2) else ""), s)
-    if "{" in s and _UPRIGHT.search(s):
+    if ("e}" in s or "i}" in s) and _UPRIGHT.search(s):
         s = _UPRIGHT.sub(lambda m: m.group(1) + (" " + m.group(2) if m.group(2) else ""), s)
     return s
 
@@ -398,13 +402,15 @@ def _is_bound(b: str, var: str) -> bool:
 
 
 def _looks_like_interval(s: str) -> bool:
-    t = _strip_delims(s).strip()
+    t = _strip_delims(s)
     return (t[:1] in "([" and t[-1:] in ")]" and "," in t) or "\\cup" in t or "∪" in t
 
 
 def prepare_pair(pred: str, gold: str) -> tuple[str, str]:
     """``(pred, gold)`` with a one-variable inequality rewritten as an interval when the other
     answer is an interval (``x > 2`` against ``(2, \\infty)``); otherwise unchanged."""
+    if _RELATION.search(pred) is None and _RELATION.search(gold) is None:
+        return pred, gold  # the common case: no relation on either side
     if _looks_like_interval(gold):
         iv = inequality_as_interval(pred)
         if iv is not None:
