@@ -18,7 +18,7 @@ decide exactly, and ``None`` ("undecided, ask the symbolic checker") otherwise. 
 - identical strings after this normalization.
 
 Before comparing, ``rewrite`` turns other spellings into one LaTeX form (also used by the
-symbolic checker): Unicode symbols (``∞ ∅ π √ − × · ≤ ≥``), ``\\mathrm{e}``/``\\mathrm{i}``
+symbolic checker): Unicode symbols (``∞ ∅ π √ − × · ≤ ≥ ± ²``), ``\\mathrm{e}``/``\\mathrm{i}``
 (upright Euler's number and imaginary unit), ``\\varnothing``, repeating decimals
 (``0.1\\overline{6}`` becomes ``\\frac{1}{6}``) and trailing punctuation (``\\frac13,``).
 ``prepare_pair`` also reads a one-variable inequality as an interval when the other answer
@@ -150,9 +150,10 @@ def _trim_punctuation(s: str) -> str:
 # Unicode symbols and their LaTeX commands; a command gets a space when a letter follows
 _UNICODE = {"∞": "\\infty", "∅": "\\emptyset", "π": "\\pi", "×": "\\times", "·": "\\cdot",
             "⋅": "\\cdot", "÷": "\\div", "≤": "\\le", "≥": "\\ge", "≠": "\\ne", "∪": "\\cup",
-            "∩": "\\cap", "∈": "\\in", "\\varnothing": "\\emptyset"}
-_PLAIN = str.maketrans({"−": "-", "\u2212": "-", "\u00a0": " ", "\u2009": " ", "\u202f": " "})
-_SYMBOL = re.compile(r"(\\varnothing(?![a-zA-Z])|[∞∅π×·⋅÷≤≥≠∪∩∈])([a-zA-Z]?)")
+            "∩": "\\cap", "∈": "\\in", "±": "\\pm", "\\varnothing": "\\emptyset"}
+_PLAIN = str.maketrans({"−": "-", "\u2212": "-", "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+                        "²": "^{2}", "³": "^{3}"})
+_SYMBOL = re.compile(r"(\\varnothing(?![a-zA-Z])|[∞∅π×·⋅÷≤≥≠∪∩∈±])([a-zA-Z]?)")
 _UPRIGHT = re.compile(r"\\(?:mathrm|text|textrm|mathit|operatorname|rm)\s*\{\s*([ei])\s*\}([a-zA-Z]?)")
 _RADICAL = re.compile(r"√\s*(\d+(?:\.\d+)?|[a-zA-Z]|\\pi(?![a-zA-Z])|\()?")
 _REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d.])")
