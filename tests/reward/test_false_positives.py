@@ -104,6 +104,9 @@ SYMBOLIC_PAIRS = [
     ("2)", "2"),
     ("12, 345", "12345"),
     (r"5 \text{ thousand}", "5"),
+    (r"2 + \boxed{3}", "3"),  # math-verify reads the inner box and drops the rest
+    (r"\boxed{2} + 3", "2"),
+    (r"2 \cdot \fbox{3}", "3"),
 ]
 
 
