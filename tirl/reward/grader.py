@@ -227,6 +227,9 @@ class Grader:
         first = await self._run(job, t0)
         if isinstance(first, Grade):
             return first
+        if self._closed:  # close() stopped the pool under it: not a crash to retry
+            return Grade("timeout", pred, gold, _ms(t0), method=method,
+                         detail="grader closed before the check finished")
         # the worker died (or the pool failed) under a check that was not out of time: that
         # is the grader's fault, not the answer's. Once more, in a fresh worker.
         self.counts["retry"] += 1
