@@ -12,19 +12,20 @@ the item up:
 - at ``timeout_s`` pebble kills the worker (a long C call, a scorer that ignores signals) and
   starts a new one.
 
-Both give ``Grade(status="timeout")`` (reward 0) with the reason in ``detail``: never counted
-correct, never blocking the batch. A worker that dies under a check before its time is up
-(``ProcessExpired``: a segfault, the OOM killer, ``os._exit``) or any other pool failure is
-the grader's fault, not the answer's: the item is retried once (pebble has replaced the
-worker); a second failure gives ``Grade(status="infra_error")``, whose ``reward`` is
-``None`` — callers drop the item, never reward it 0. From asyncio, ``await grader.grade_batch(...)`` waits on
-futures and yields to the event loop between chunks of fast-path work, so it never blocks
-the loop. Workers are forked from a forkserver that has sympy and math-verify imported, so a
-replaced worker is ready in milliseconds and the parent's threads (torch, asyncio) are
-never forked.
+Both give ``Grade(status="timeout")`` (reward 0) with the reason in ``detail``: never
+counted correct, never blocking the batch. A worker that dies under a check before its time
+is up (``ProcessExpired``: a segfault, the OOM killer, ``os._exit``) or any other pool
+failure is the grader's fault, not the answer's: the item is retried once (pebble has
+replaced the worker); a second failure gives ``Grade(status="infra_error")``, whose
+``reward`` is ``None`` — callers drop the item, never reward it 0.
 
-What it does not do: retry timed-out items (a slow check stays slow), or grade in other machines (the trainer runs one
-``Grader`` per process).
+From asyncio, ``await grader.grade_batch(...)`` waits on futures and yields to the event
+loop between chunks of fast-path work, so it never blocks the loop. Workers are forked
+from a forkserver that has sympy and math-verify imported, so a replaced worker is ready in
+milliseconds and the parent's threads (torch, asyncio) are never forked.
+
+What it does not do: retry timed-out items (a slow check stays slow), or grade in other
+machines (the trainer runs one ``Grader`` per process).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ _DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
 # list of two numbers, not 32349)
 _WS = re.compile(r"(?<!,)\s+(?![A-Za-z])|(?<![A-Za-z,])\s+")
 _COMMA_GAP = re.compile(r",\s+(\d?)")
-_TRAILING = re.compile(r"(?<![.,;])\s*[.,;]\s*$")
+_TRAILING = re.compile(r"\s*[.,;]\s*$")
 
 _SIGN = r"[-+]?"
 _UINT = r"(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:'\d{3})+|\d+)"

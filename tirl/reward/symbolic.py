@@ -9,6 +9,8 @@ Guards on top of math-verify keep it honest: a set never equals a tuple or inter
 (``5 \\text{ (or 6)}``, which math-verify reads as 5) is wrong, and ``0.5i`` is read with the
 imaginary unit when the other side has one. A non-terminating decimal never equals a plain
 fraction: that case is decided exactly by ``tirl.reward.normalize`` before we get here.
+An answer math-verify cannot read *whole* equals nothing (``parse_answer``): its search for
+something parseable must not let a prefix or a fragment stand in for the answer.
 
 Timeouts: math-verify's own limit uses ``signal.alarm`` with whole seconds and only in the
 main thread; we switch it off and use ``time_limit`` (``setitimer``, sub-second) instead.
@@ -80,7 +82,7 @@ def _symbols(s: str) -> Counter:
     return Counter(c for c in _VANISHING.sub(" ", _COMMAND.sub(" ", s)) if c.isascii() and c.isalnum())
 
 
-def dropped_letters(src: str, normalized: str) -> str:
+def dropped_content(src: str, normalized: str) -> str:
     """Letters and digits of ``src`` that ``normalized`` no longer has (command names aside):
     what math-verify's normalisation threw away as a "unit" (``2m``, ``\\mathrm{e}}``) or
     around an inner box (``2 + \\boxed{3}`` became ``3``). Its one rewrite that changes
@@ -106,7 +108,8 @@ def parse_answer(ans: str) -> list:
     part it can read stands in for the whole (``1 + \\frac{1}{\\mathrm{e}}`` became ``1`` once
     its normalisation had dropped ``\\mathrm{e}}`` as a unit). So we take only its first,
     widest match (the whole ``$answer$``), require that match's normalised text to be the
-    normalisation of the whole answer, and that normalisation to have dropped no letters.
+    normalisation of the whole answer, and that normalisation to have dropped no letters
+    or digits.
     A plain-text answer (``sqrt(2)*3``) falls back to the expression reader, whose match
     must be the whole answer too. An unread remainder means unknown, never a value.
     """
@@ -121,7 +124,7 @@ def parse_answer(ans: str) -> list:
                 parsing_timeout=None)  # type: ignore[arg-type]
     if len(out) == 2 and not isinstance(out[0], str):
         whole = normalize_latex(s, latex.normalization_config)
-        if out[1] == whole and not dropped_letters(s, whole):
+        if out[1] == whole and not dropped_content(s, whole):
             return out
         return []  # it read a part (or dropped a token): unknown
     out = parse(s, extraction_config=[ExprExtractionConfig()], extraction_mode="first_match",
