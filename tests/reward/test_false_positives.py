@@ -41,6 +41,8 @@ FAST_PATH_PAIRS = [
     (r"\frac{1}{2}\%", r"\frac{1}{20}"),
     ("∞", r"-\infty"),
     (r"\{1, 2\}", r"\{1, 2, 3\}"),
+    (r"\text{B}\text{C}", "B"),  # text after text is no unit
+    (r"\text{east}\text{ m}", r"\text{east}"),
 ]
 
 

@@ -50,6 +50,8 @@ _WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname
 _DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z]))\s*(?:\\text\{?\s*[CF]?\s*\}?)?$")
 _UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{(\s*[a-zA-Z][a-zA-Z .^/\d]*)\}"
                    r"(?:\s*\^\s*\{?\d\}?)?$", re.DOTALL)
+# a unit follows math; text after text is more words (\text{B}\text{C} is not B in C)
+_ENDS_IN_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}$")
 _NOT_A_UNIT = re.compile(
     r"\b(?:or|and|to|maybe|either|not|than|plus|minus|no|but|if|unless|except|wait|"
     r"possibly|probably|perhaps|approximately|approx|about|around|roughly|nearly|over|under|"
@@ -127,9 +129,7 @@ def clean(ans: str) -> str:
         if m and _balanced(m.group(1)):
             s = m.group(1).strip()
         s = _DEGREES.sub("", s)
-        m = _UNIT.match(s)
-        if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)):
-            s = m.group(1).strip()
+        s = strip_unit(s)
         if "=" in s and s.count("=") == 1 and "," not in s:
             s = _ASSIGN.sub("", s)
         s = _strip_delims(s)
@@ -235,7 +235,8 @@ def strip_unit(ans: str) -> str:
     word is a unit, not a hedge or a scale (see ``_NOT_A_UNIT``); otherwise unchanged."""
     s = ans.strip()
     m = _UNIT.match(s)
-    if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)):
+    if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)) \
+            and not _ENDS_IN_TEXT.search(m.group(1)):
         return m.group(1).strip()
     return s
 
