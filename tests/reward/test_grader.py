@@ -51,22 +51,55 @@ async def test_single_grade(grader):
     assert g.status == "incorrect" and "empty reference" in g.detail
 
 
-async def test_hung_killed_and_crashed_checks_are_timeouts_and_the_pool_recovers(grader):
+async def test_hung_and_killed_checks_are_timeouts_and_the_pool_recovers(grader):
     # one batch (the limits run concurrently): a Python-level hang stopped by the worker's
-    # signal, a hang that ignores signals (only killing the worker stops it), a crash
+    # signal, a hang that ignores signals (only killing the worker stops it)
     res = await grader.grade_batch(
-        [(boxed("1"), "1"), (boxed("2"), "2"), (boxed("3"), "3"), (boxed("4"), "4")],
+        [(boxed("1"), "1"), (boxed("2"), "2"), (boxed("4"), "4")],
         scorers=[Scorer("custom", fn=judges.sleeps_forever), Scorer("custom", fn=judges.ignores_signals),
-                 Scorer("custom", fn=judges.crashes), None])
-    assert [g.status for g in res] == ["timeout", "timeout", "timeout", "correct"]
+                 None])
+    assert [g.status for g in res] == ["timeout", "timeout", "correct"]
     assert "soft" in res[0].detail
     assert "killed" in res[1].detail
-    assert "crashed" in res[2].detail
-    assert not any(g.correct for g in res[:3])
-    assert grader.counts["crash"] >= 1
-    # the pool replaced the killed and crashed workers and keeps grading
+    assert [g.reward for g in res] == [0.0, 0.0, 1.0]  # a genuine timeout is a wrong answer
+    # the pool replaced the killed worker and keeps grading
     again = await grader.grade_batch([(boxed(r"\ln 8"), r"3\ln 2"), (boxed(r"\ln 9"), r"3\ln 2")])
     assert [g.status for g in again] == ["correct", "incorrect"]
+
+
+async def test_a_worker_that_crashes_once_is_retried_in_a_fresh_worker(grader, tmp_path):
+    before = grader.counts["retry"]
+    sc = Scorer("custom", entry={"marker": str(tmp_path / "crashed")}, fn=judges.crashes_once)
+    res = await grader.grade_batch([(boxed("7"), "7")], scorers=[sc])
+    assert (tmp_path / "crashed").exists()  # it did crash the first time
+    assert res[0].status == "correct" and res[0].reward == 1.0
+    assert grader.counts["retry"] == before + 1
+
+
+async def test_a_worker_that_crashes_twice_is_an_infra_error_with_no_reward(grader):
+    before = grader.counts["infra_error"]
+    res = await grader.grade_batch([(boxed("3"), "3"), (boxed("4"), "4")],
+                                   scorers=[Scorer("custom", fn=judges.crashes), None])
+    assert res[0].status == "infra_error" and "crashed" in res[0].detail
+    assert res[0].reward is None and not res[0].correct  # callers drop it, never reward it 0
+    assert res[1].status == "correct"
+    assert grader.counts["infra_error"] == before + 1
+    # the pool replaced both crashed workers
+    again = await grader.grade(boxed(r"\ln 8"), r"3\ln 2")
+    assert again.correct
+
+
+async def test_a_judge_that_cannot_reach_a_worker_is_the_callers_error(grader):
+    with pytest.raises(ValueError, match="module-level function"):
+        await grader.grade(boxed("1"), "1", Scorer("custom", fn=lambda a, g, e: 1.0))
+
+
+def test_grade_reward_by_status():
+    from tirl.reward import Grade
+
+    assert Grade("correct").reward == 1.0
+    assert [Grade(s).reward for s in ("incorrect", "no_answer", "timeout")] == [0.0, 0.0, 0.0]
+    assert Grade("infra_error").reward is None
 
 
 async def test_scorer_that_raises_is_incorrect_not_correct(grader):

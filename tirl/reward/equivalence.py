@@ -4,9 +4,11 @@
 that cannot decide, math-verify (``tirl.reward.symbolic``) under ``timeout_s``. In the main
 thread the limit is a ``setitimer`` signal; in any other thread (where signals cannot be
 used) the symbolic check runs in a shared one-worker process pool that kills it at the
-limit. A timed-out check is "not equivalent".
+limit. A timed-out check is "not equivalent"; a worker that crashes is retried once, and a
+second crash is ``infra_error`` (no reward: drop the item).
 
-``grade(response_text, gold)`` extracts the answer and returns a typed ``Grade``.
+``grade(response_text, gold)`` picks the answer (``tirl.reward.answer.select_answer``: the
+last box, one box per part of a multi-part reference, or a hedge) and returns a ``Grade``.
 
 These are for scripts, tests and evaluation of a handful of answers. Inside asyncio code,
 or for batches, use ``tirl.reward.Grader``: it never blocks the event loop and kills hung
@@ -19,7 +21,7 @@ import atexit
 import threading
 import time
 
-from tirl.reward.extract import extract_answer
+from tirl.reward.answer import select_answer
 from tirl.reward.normalize import fast_equal
 from tirl.reward.symbolic import CheckTimeout, symbolic_equal
 from tirl.reward.types import Grade
@@ -41,7 +43,8 @@ def _thread_pool():
 
 
 def check(pred: str, gold: str, timeout_s: float = 2.0) -> tuple[str, str]:
-    """``(status, method)``: status is ``correct``/``incorrect``/``timeout``; method says what
+    """``(status, method)``: status is ``correct``/``incorrect``/``timeout``, or
+    ``infra_error`` when the worker (off the main thread) crashed twice; method says what
     decided it (``fast``, ``symbolic``)."""
     fast = fast_equal(pred, gold)
     if fast is not None:
@@ -58,13 +61,17 @@ def check(pred: str, gold: str, timeout_s: float = 2.0) -> tuple[str, str]:
 
     from tirl.reward.grader import worker_check
 
-    fut = _thread_pool().schedule(worker_check, args=("math", pred, gold, None, timeout_s),
-                                  timeout=timeout_s)
-    try:
-        status, _ = fut.result()
-    except (FutureTimeout, ProcessExpired):
-        return "timeout", "symbolic"
-    return status, "symbolic"
+    for _attempt in range(2):  # a crashed worker is retried once in a fresh one
+        fut = _thread_pool().schedule(worker_check, args=("math", pred, gold, None, timeout_s),
+                                      timeout=timeout_s)
+        try:
+            status, _ = fut.result()
+        except FutureTimeout:
+            return "timeout", "symbolic"
+        except ProcessExpired:
+            continue
+        return status, "symbolic"
+    return "infra_error", "symbolic"
 
 
 def is_equivalent(pred: str, gold: str, timeout_s: float = 2.0) -> bool:
@@ -78,9 +85,10 @@ def is_equivalent(pred: str, gold: str, timeout_s: float = 2.0) -> bool:
 def grade(response_text: str, gold: str, timeout_s: float = 2.0) -> Grade:
     """Grade one response in-process: extract the boxed answer and compare it with ``gold``."""
     t0 = time.perf_counter()
-    pred = extract_answer(response_text)
+    pred, hedge = select_answer(response_text, gold)
     if pred is None:
-        return Grade("no_answer", None, gold, (time.perf_counter() - t0) * 1e3, method="extract")
+        return Grade("incorrect" if hedge else "no_answer", None, gold,
+                     (time.perf_counter() - t0) * 1e3, method="extract", detail=hedge)
     status, method = check(pred, gold, timeout_s)
     ms = (time.perf_counter() - t0) * 1e3
     return Grade(status, pred, gold, ms, method=method)  # type: ignore[arg-type]

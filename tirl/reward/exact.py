@@ -14,8 +14,10 @@ lower-case letters other than ``e``, ``i``, ``l``; two letters side by side (``x
 The parser covers integers, decimals, ``\\frac``, ``\\sqrt{}``, ``\\sqrt[m]{}`` of perfect
 powers, ``\\pi``, ``+ - * / \\cdot \\times``, implicit products, ``^`` with integer (or
 half-integer, on rationals) exponents, and parentheses/braces. Anything else — variables,
-``e``, functions, a digit directly before ``\\frac`` (a mixed number is ambiguous),
-division by a sum, huge numbers — gives ``None`` and the answer goes to the symbolic check.
+``e``, functions, a digit directly before ``\\frac`` (a mixed number is ambiguous), digits
+or a brace group right after a number or group (``2{3}``, ``\\frac12 3``: TeX prints them side
+by side), ``\\sqrt12`` (TeX's √1·2 or √12?), division by a sum, huge numbers — gives
+``None`` and the answer goes to the symbolic check.
 The input is a string already cleaned by ``tirl.reward.normalize.clean``.
 """
 
@@ -241,8 +243,8 @@ class _Parser:
             elif tok is not None and self._starts_primary(tok):
                 if tok == "\\frac" and self._prev_is_number():
                     raise _NotExact  # 2\frac{1}{2}: a mixed number or a product?
-                if _is_number(tok) and self._prev_is_number():
-                    raise _NotExact
+                if (_is_number(tok) or tok == "{") and self._prev_ends_number_or_group():
+                    raise _NotExact  # 2{3}, {2}{3}, \frac12 3: TeX prints digits side by side
                 v = _mul(v, self.power())
             else:
                 break
@@ -250,6 +252,9 @@ class _Parser:
 
     def _prev_is_number(self) -> bool:
         return self.i > 0 and _is_number(self.toks[self.i - 1])
+
+    def _prev_ends_number_or_group(self) -> bool:
+        return self.i > 0 and (_is_number(self.toks[self.i - 1]) or self.toks[self.i - 1] == "}")
 
     @staticmethod
     def _starts_primary(tok: str) -> bool:
@@ -313,6 +318,12 @@ class _Parser:
                 if idx is None or idx.denominator != 1:
                     raise _NotExact
                 m = int(idx)
+            nxt = self.peek()
+            if nxt is not None and _is_number(nxt) and len(nxt) > 1:
+                if tok == "\\sqrt":
+                    raise _NotExact  # \sqrt12: TeX reads √1·2, a person means √12
+                self.take()
+                return _root_rational(_number(nxt), m)  # √12 takes the whole number
             q = _rational(self.group())
             if q is None:
                 raise _NotExact

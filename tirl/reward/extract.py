@@ -7,7 +7,9 @@ Rules (architecture.md, Reward; reference.md, rollout format):
    (``<tool_call>…</tool_call>``) hold code, not answers, and are skipped too.
 2. If there is an ``<answer>…</answer>`` block, the last ``\\boxed{}`` (or ``\\fbox{}``) inside
    the final such block is the answer. An unterminated final ``<answer>`` (truncated
-   response) runs to the end of the text.
+   response) runs to the end of the text. (Several *different* boxes in that block are
+   judged against the reference by ``tirl.reward.answer``: one box per part of a multi-part
+   reference, otherwise a hedge.)
 3. Otherwise (no answer block, or one without a box) the last ``\\boxed{}`` in the model's
    own text is the answer.
 4. Braces nest (``\\boxed{\\frac{1}{2}}``); a box whose braces never close (truncated) is

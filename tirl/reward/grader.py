@@ -10,17 +10,22 @@ the item up:
 - inside the worker, a ``setitimer`` signal stops Python-level work at 0.8 × ``timeout_s``
   (the worker survives, no respawn cost);
 - at ``timeout_s`` pebble kills the worker (a long C call, a scorer that ignores signals) and
-  starts a new one; a worker that crashes is replaced the same way.
+  starts a new one.
 
-Both give ``Grade(status="timeout")`` with the reason in ``detail``: never counted
-correct, never blocking the batch. From asyncio, ``await grader.grade_batch(...)`` waits on
-futures and yields to the event loop between chunks of fast-path work, so it never blocks
-the loop. Workers are forked from a forkserver that has sympy and math-verify imported, so a
-replaced worker is ready in milliseconds and the parent's threads (torch, asyncio) are
-never forked.
+Both give ``Grade(status="timeout")`` (reward 0) with the reason in ``detail``: never
+counted correct, never blocking the batch. A worker that dies under a check before its time
+is up (``ProcessExpired``: a segfault, the OOM killer, ``os._exit``) or any other pool
+failure is the grader's fault, not the answer's: the item is retried once (pebble has
+replaced the worker); a second failure gives ``Grade(status="infra_error")``, whose
+``reward`` is ``None`` — callers drop the item, never reward it 0.
 
-What it does not do: retry timed-out items, or grade in other machines (the trainer runs one
-``Grader`` per process).
+From asyncio, ``await grader.grade_batch(...)`` waits on futures and yields to the event
+loop between chunks of fast-path work, so it never blocks the loop. Workers are forked
+from a forkserver that has sympy and math-verify imported, so a replaced worker is ready in
+milliseconds and the parent's threads (torch, asyncio) are never forked.
+
+What it does not do: retry timed-out items (a slow check stays slow), or grade in other
+machines (the trainer runs one ``Grader`` per process).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from tirl.reward.config import RewardConfig
-from tirl.reward.extract import extract_answer
+from tirl.reward.answer import select_answer
 from tirl.reward.normalize import fast_equal
 from tirl.reward.scorers import MATH, Scorer, answer_for_source, as_scorer, source_score
 from tirl.reward.symbolic import CheckTimeout, symbolic_equal, time_limit, warm_up
@@ -97,7 +102,8 @@ class Grader:
     ``Grader(workers=0, timeout_s=2.0)``; use as ``with``/``async with``, or call ``close()``.
     ``await grade(text, gold)``, ``await grade_batch([(text, gold), ...], scorers=None)``;
     ``grade_batch_sync`` for scripts without an event loop. ``counts`` tallies how items
-    were decided (``fast``, ``symbolic``, ``timeout``, ``crash``, ...).
+    were decided (``fast``, ``symbolic``, ``timeout``, ``hedge``, ``crash``, ``retry``,
+    ``infra_error``, ...).
     """
 
     def __init__(self, workers: int = 0, timeout_s: float = 2.0):
@@ -198,10 +204,11 @@ class Grader:
     def _prepare(self, text: str, gold: str, scorer: Scorer, t0: float
                  ) -> tuple[Grade | None, tuple]:
         if scorer.name == "math" and scorer.fn is None:
-            pred = extract_answer(text)
+            pred, hedge = select_answer(text, gold)
             if pred is None:
-                self.counts["no_answer"] += 1
-                return Grade("no_answer", None, gold, _ms(t0), method="extract"), ()
+                self.counts["hedge" if hedge else "no_answer"] += 1
+                return Grade("incorrect" if hedge else "no_answer", None, gold, _ms(t0),
+                             method="extract", detail=hedge), ()
             if not gold.strip():
                 self.counts["no_reference"] += 1
                 return Grade("incorrect", pred, gold, _ms(t0), method="fast",
@@ -221,6 +228,25 @@ class Grader:
         return None, (kind, pred, gold, scorer.entry, scorer.fn, method)
 
     async def _finish(self, job: tuple, t0: float) -> Grade:
+        kind, pred, gold, entry, fn, method = job
+        first = await self._run(job, t0)
+        if isinstance(first, Grade):
+            return first
+        if self._closed:  # close() stopped the pool under it: not a crash to retry
+            return Grade("timeout", pred, gold, _ms(t0), method=method,
+                         detail="grader closed before the check finished")
+        # the worker died (or the pool failed) under a check that was not out of time: that
+        # is the grader's fault, not the answer's. Once more, in a fresh worker.
+        self.counts["retry"] += 1
+        second = await self._run(job, t0)
+        if isinstance(second, Grade):
+            return second
+        self.counts["infra_error"] += 1
+        return Grade("infra_error", pred, gold, _ms(t0), method=method,
+                     detail=f"grader worker failed twice: {first}; then {second}")
+
+    async def _run(self, job: tuple, t0: float) -> Grade | str:
+        """One attempt: a Grade, or a string saying how the worker failed (crash)."""
         from pebble import ProcessExpired
 
         kind, pred, gold, entry, fn, method = job
@@ -242,8 +268,14 @@ class Grader:
         except FutureTimeout:
             status, detail = "timeout", f"killed after {self.timeout_s:g}s"
         except ProcessExpired as err:
-            status, detail = "timeout", f"worker crashed (exit code {err.exitcode})"
             self.counts["crash"] += 1
+            return f"worker crashed (exit code {err.exitcode})"
+        except Exception as err:  # a broken pool: not the answer's fault
+            if "pickle" in str(err).lower():  # the caller's mistake, not the grader's
+                raise ValueError(f"{method}: the judge cannot be sent to a worker process ({err}); "
+                                 "pass a module-level function as Scorer(fn=...)") from err
+            self.counts["crash"] += 1
+            return f"worker failed: {type(err).__name__}: {str(err)[:200]}"
         self.counts["timeout" if status == "timeout" else method.split(":")[0]] += 1
         return Grade(status, pred, gold, _ms(t0), method=method, detail=detail)  # type: ignore[arg-type]
 

@@ -17,6 +17,17 @@ decide exactly, and ``None`` ("undecided, ask the symbolic checker") otherwise. 
 - word answers (``\\text{east}``), case-insensitively;
 - identical strings after this normalization.
 
+Before comparing, ``rewrite`` turns other spellings into one LaTeX form (also used by the
+symbolic checker): Unicode symbols (``∞ ∅ π √ − × · ≤ ≥ ± ²``), ``\\mathrm{e}``/``\\mathrm{i}``
+(upright Euler's number and imaginary unit), ``\\varnothing``, repeating decimals
+(``0.1\\overline{6}`` becomes ``\\frac{1}{6}``) and trailing punctuation (``\\frac13,``).
+``prepare_pair`` also reads a one-variable inequality as an interval when the other answer
+is one (``1 \\le x \\le 3`` against ``[1,3]``).
+
+A comma followed by a space separates list items, never thousands (``32, 349`` is not
+32349); a word after a number that scales it (``5\\text{ thousand}``) or takes it back
+(``3\\text{ wait}``) is no unit.
+
 It never says ``True`` for two different values; anything it is unsure of is ``None``.
 
 What it does not do: general algebra (functions, logarithms, equations, rationalising
@@ -32,18 +43,29 @@ from tirl.reward.exact import exact_value, has_irrational
 
 _MAX_LEN = 400
 _DELIMS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
-_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA-Z])|"
+_SPACING = re.compile(r"\\[,;: ]|\\quad|\\qquad|~|\\displaystyle|\\left(?![a-zA-Z])|"
                       r"\\right(?![a-zA-Z])|\\big(?![a-zA-Z])|\\Big(?![a-zA-Z])")
 _WRAPPER = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{(.*)\}$",
                       re.DOTALL)
 _DEGREES = re.compile(r"\s*(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z]))\s*(?:\\text\{?\s*[CF]?\s*\}?)?$")
 _UNIT = re.compile(r"^(.*?[0-9}])\s*\\(?:text|mbox|textrm)\s*\{(\s*[a-zA-Z][a-zA-Z .^/\d]*)\}"
                    r"(?:\s*\^\s*\{?\d\}?)?$", re.DOTALL)
-_NOT_A_UNIT = re.compile(r"\b(?:or|and|to|maybe|either|not|than|plus|minus)\b|(?<!\^)\d", re.IGNORECASE)
+# a unit follows math; text after text is more words (\text{B}\text{C} is not B in C)
+_ENDS_IN_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}$")
+_NOT_A_UNIT = re.compile(
+    r"\b(?:or|and|to|maybe|either|not|than|plus|minus|no|but|if|unless|except|wait|"
+    r"possibly|probably|perhaps|approximately|approx|about|around|roughly|nearly|over|under|"
+    r"thousands?|millions?|billions?|trillions?|hundreds?|dozens?|score|grand|"
+    r"percent|times|squared|cubed|halves|half|thirds?|quarters?|tenths?|hundredths?|"
+    r"thousandths?|millionths?)\b|(?<!\^)\d", re.IGNORECASE)
 _ASSIGN = re.compile(r"^\s*[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*=\s*(?=\S)")
 _CHOICE = re.compile(r"^\(?([A-J])\)?\.?$")
 _DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
-_WS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
+# whitespace goes, except between letters and after a comma before a digit ("32, 349" is a
+# list of two numbers, not 32349)
+_WS = re.compile(r"(?<!,)\s+(?![A-Za-z])|(?<![A-Za-z,])\s+")
+_COMMA_GAP = re.compile(r",\s+(\d?)")
+_TRAILING = re.compile(r"\s*[.,;]\s*$")
 
 _SIGN = r"[-+]?"
 _UINT = r"(?:\d{1,3}(?:,\d{3})+|\d{1,3}(?:'\d{3})+|\d+)"
@@ -58,19 +80,21 @@ _DECIMAL = re.compile(r"\d\.|\.\d")
 _PCT_RE = re.compile(r"^(.*?)\\?%$")
 
 
+_BOX_WRAP = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.DOTALL)
+
+
 def _strip_delims(s: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        s = s.strip()
+    s = s.strip()
+    while s[:1] == "$" or s[:1] == "\\":  # cheap exit: most answers have no delimiters
+        before = s
         for a, b in _DELIMS:
             if len(s) > len(a) + len(b) and s.startswith(a) and s.endswith(b):
-                s = s[len(a):-len(b)]
-                changed = True
-        m = re.match(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", s, re.DOTALL)
+                s = s[len(a):-len(b)].strip()
+        m = _BOX_WRAP.match(s)
         if m and _balanced(m.group(1)):
-            s = m.group(1)
-            changed = True
+            s = m.group(1).strip()
+        if s == before:
+            break
     return s
 
 
@@ -93,20 +117,19 @@ def clean(ans: str) -> str:
     """A canonical spelling of an answer: no delimiters, spacing commands, wrappers, units,
     degrees, leading ``x =`` or trailing period; ``\\dfrac``→``\\frac``; whitespace removed
     except between letters. Used for fast comparison only (never shown to sympy)."""
-    s = _strip_delims(ans)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("−", "-")
-    s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "")
+    s = rewrite(_strip_delims(ans))
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("\\!", "")
     s = _SPACING.sub(" ", s).strip()
-    for _ in range(3):
+    s = _COMMA_GAP.sub(lambda m: ", " + m.group(1) if m.group(1) else ",", s)
+    for _ in range(4):
         before = s
-        s = s.rstrip(" .")
+        s = _trim_punctuation(s)
         m = _WRAPPER.match(s)
         if m and _balanced(m.group(1)):
             s = m.group(1).strip()
         s = _DEGREES.sub("", s)
-        m = _UNIT.match(s)
-        if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)):
-            s = m.group(1).strip()
+        s = strip_unit(s)
         if "=" in s and s.count("=") == 1 and "," not in s:
             s = _ASSIGN.sub("", s)
         s = _strip_delims(s)
@@ -114,6 +137,108 @@ def clean(ans: str) -> str:
             break
     s = _DIGIT_GAP.sub("'", s)  # "1 000" may be a number, "2 3/4" is not 23/4: keep a mark
     return _WS.sub("", s)
+
+
+def _trim_punctuation(s: str) -> str:
+    """One trailing ``.``, ``,`` or ``;`` off (``\\frac13,``, ``5.``); an ellipsis stays."""
+    s = s.rstrip()
+    if s[-1:] not in (".", ",", ";") or s.endswith("..."):
+        return s  # an ellipsis stays
+    return _TRAILING.sub("", s)
+
+
+# Unicode symbols and their LaTeX commands; a command gets a space when a letter follows
+_UNICODE = {"∞": "\\infty", "∅": "\\emptyset", "π": "\\pi", "×": "\\times", "·": "\\cdot",
+            "⋅": "\\cdot", "÷": "\\div", "≤": "\\le", "≥": "\\ge", "≠": "\\ne", "∪": "\\cup",
+            "∩": "\\cap", "∈": "\\in", "±": "\\pm", "\\varnothing": "\\emptyset"}
+_PLAIN = str.maketrans({"−": "-", "\u2212": "-", "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+                        "²": "^{2}", "³": "^{3}"})
+_SYMBOL = re.compile(r"(\\varnothing(?![a-zA-Z])|[∞∅π×·⋅÷≤≥≠∪∩∈±])([a-zA-Z]?)")
+_UPRIGHT = re.compile(r"\\(?:mathrm|text|textrm|mathit|operatorname|rm)\s*\{\s*([ei])\s*\}([a-zA-Z]?)")
+_RADICAL = re.compile(r"√\s*(\d+(?:\.\d+)?|[a-zA-Z]|\\pi(?![a-zA-Z])|\()?")
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar)\s*(?:\{\s*(\d+)\s*\}|(\d))(?![\d.])")
+
+
+def canonical_symbols(ans: str) -> str:
+    """Unicode math symbols as LaTeX (``√12`` → ``\\sqrt{12}``, ``∞`` → ``\\infty``, ``−`` → ``-``),
+    ``\\varnothing`` as ``\\emptyset``, and an upright ``\\mathrm{e}`` or ``\\mathrm{i}`` as
+    plain ``e``/``i`` (Euler's number, the imaginary unit)."""
+    s = ans
+    if not s.isascii():
+        s = s.translate(_PLAIN)
+        if "√" in s:
+            s = _radicals(s)
+    if "\\varnothing" in s or not s.isascii():
+        s = _SYMBOL.sub(lambda m: _UNICODE[m.group(1)] + (" " + m.group(2) if m.group(2) else ""), s)
+    if ("e}" in s or "i}" in s) and _UPRIGHT.search(s):
+        s = _UPRIGHT.sub(lambda m: m.group(1) + (" " + m.group(2) if m.group(2) else ""), s)
+    return s
+
+
+def _radicals(s: str) -> str:
+    """``√`` takes the whole number, letter or parenthesis after it: ``√12`` is √12 (not
+    TeX's ``\\sqrt12`` = √1·2), ``√(x+1)`` is √(x+1)."""
+    out, pos = [], 0
+    for m in _RADICAL.finditer(s):
+        out.append(s[pos:m.start()])
+        arg = m.group(1)
+        pos = m.end()
+        if arg is None:
+            out.append("\\sqrt")
+        elif arg == "(":
+            depth, j = 1, pos
+            while j < len(s) and depth:
+                depth += (s[j] == "(") - (s[j] == ")")
+                j += 1
+            if depth:
+                out.append("\\sqrt(")  # unbalanced: leave it for the parsers to refuse
+                continue
+            out.append("\\sqrt{" + s[pos:j - 1] + "}")
+            pos = j
+        else:
+            out.append("\\sqrt{" + arg + "}")
+    out.append(s[pos:])
+    return "".join(out)
+
+
+def repeating_value(whole: str, fixed: str, period: str) -> Fraction:
+    """The value of ``whole.fixed(period)(period)…``: with ``n`` = the digits up to and
+    including one period and ``m`` = the digits before it, ``(n - m) / (10^len(fixed) ·
+    (10^len(period) - 1))``. ``0.1\\overline{6}``: (16 - 1) / (10 · 9) = 1/6."""
+    if not period:
+        raise ValueError("a repeating decimal needs a repeating digit")
+    n = int(whole + fixed + period or "0")
+    m = int(whole + fixed or "0")
+    return Fraction(n - m, 10 ** len(fixed) * (10 ** len(period) - 1))
+
+
+def _repeating(s: str) -> str:
+    def frac(m: re.Match) -> str:
+        v = repeating_value(m.group(1), m.group(2), m.group(3) or m.group(4))
+        return str(v.numerator) if v.denominator == 1 else f"\\frac{{{v.numerator}}}{{{v.denominator}}}"
+
+    return _REPEATING.sub(frac, s)
+
+
+def rewrite(ans: str) -> str:
+    """One LaTeX spelling for the symbolic and exact checkers alike: ``canonical_symbols``,
+    repeating decimals as fractions, no trailing ``.``/``,``/``;``. Cheap when nothing
+    applies (substring checks first)."""
+    s = canonical_symbols(ans)
+    if "\\overline" in s or "\\bar" in s:
+        s = _repeating(s)
+    return _trim_punctuation(s)
+
+
+def strip_unit(ans: str) -> str:
+    """``ans`` without a trailing unit (``5\\text{ cm}``, ``\\frac{\\pi}{2}\\text{ m}^2``) when the
+    word is a unit, not a hedge or a scale (see ``_NOT_A_UNIT``); otherwise unchanged."""
+    s = ans.strip()
+    m = _UNIT.match(s)
+    if m and _balanced(m.group(1)) and not _NOT_A_UNIT.search(m.group(2)) \
+            and not _ENDS_IN_TEXT.search(m.group(1)):
+        return m.group(1).strip()
+    return s
 
 
 def parse_number(s: str) -> Fraction | None:
@@ -223,6 +348,82 @@ def _choice(s: str) -> str | None:
 _OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
 
 
+_RELATION = re.compile(r"\\leqslant|\\geqslant|\\leq|\\geq|\\le|\\ge|\\lt|\\gt|<=|>=|<|>|≤|≥")
+_LESS = {"\\leqslant": "<=", "\\leq": "<=", "\\le": "<=", "<=": "<=", "≤": "<=", "\\lt": "<", "<": "<"}
+_GREATER = {"\\geqslant": ">=", "\\geq": ">=", "\\ge": ">=", ">=": ">=", "≥": ">=", "\\gt": ">", ">": ">"}
+_VARIABLE = re.compile(r"^[a-zA-Z]$")
+_BAD_BOUND = re.compile(r"[=,;]|\\(?:cup|cap|in|ne|neq|text|mathrm)(?![a-zA-Z])")
+
+
+def _relation_tokens(s: str) -> list[str] | None:
+    parts: list[str] = []
+    pos = 0
+    for m in _RELATION.finditer(s):
+        end = m.end()
+        if m.group(0).startswith("\\") and end < len(s) and s[end].isalpha():
+            return None  # \left, \geqq, ...: not a relation we read
+        parts += [s[pos:m.start()].strip(), _LESS.get(m.group(0)) or _GREATER[m.group(0)]]
+        pos = end
+    parts.append(s[pos:].strip())
+    return parts
+
+
+def inequality_as_interval(ans: str) -> str | None:
+    """A one-variable inequality as an interval: ``1 \\le x < 3`` → ``[1,3)``, ``x > 2`` →
+    ``(2,\\infty)``, ``5 > x > 1`` → ``(1,5)``; None for anything else (``x < y``, ``x^2 < 4``,
+    ``1 < x > 3``, no relation). The bounds are kept as written."""
+    if not any(c in ans for c in "<>≤≥") and "\\l" not in ans and "\\g" not in ans:
+        return None
+    parts = _relation_tokens(_strip_delims(ans))
+    if parts is None or len(parts) not in (3, 5) or any(not p for p in parts):
+        return None
+    if len(parts) == 3:
+        a, op, b = parts
+        if _VARIABLE.match(b) and not _VARIABLE.match(a):  # 2 < x: read as x > 2
+            a, b, op = b, a, {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+        if not _VARIABLE.match(a) or not _is_bound(b, a):
+            return None
+        if op in ("<", "<="):
+            return f"(-\\infty,{b}{']' if op == '<=' else ')'}"
+        return f"{'[' if op == '>=' else '('}{b},\\infty)"
+    lo, op1, var, op2, hi = parts
+    if not _VARIABLE.match(var) or not (_is_bound(lo, var) and _is_bound(hi, var)):
+        return None
+    if op1[0] != op2[0]:
+        return None  # 1 < x > 3: no interval
+    if op1[0] == ">":  # 5 > x >= 1 is 1 <= x < 5
+        lo, hi, op1, op2 = hi, lo, op2.replace(">", "<"), op1.replace(">", "<")
+    return f"{'[' if op1 == '<=' else '('}{lo},{hi}{']' if op2 == '<=' else ')'}"
+
+
+def _is_bound(b: str, var: str) -> bool:
+    """A bound is an expression without the variable, relations or lists in it."""
+    if _BAD_BOUND.search(b) or _VARIABLE.match(b):
+        return False
+    return var not in re.sub(r"\\[a-zA-Z]+", "", b)
+
+
+def _looks_like_interval(s: str) -> bool:
+    t = _strip_delims(s)
+    return (t[:1] in "([" and t[-1:] in ")]" and "," in t) or "\\cup" in t or "∪" in t
+
+
+def prepare_pair(pred: str, gold: str) -> tuple[str, str]:
+    """``(pred, gold)`` with a one-variable inequality rewritten as an interval when the other
+    answer is an interval (``x > 2`` against ``(2, \\infty)``); otherwise unchanged."""
+    if _RELATION.search(pred) is None and _RELATION.search(gold) is None:
+        return pred, gold  # the common case: no relation on either side
+    if _looks_like_interval(gold):
+        iv = inequality_as_interval(pred)
+        if iv is not None:
+            return iv, gold
+    elif _looks_like_interval(pred):
+        iv = inequality_as_interval(gold)
+        if iv is not None:
+            return pred, iv
+    return pred, gold
+
+
 def _split_top(s: str) -> list[str]:
     """Split on commas outside any bracket."""
     parts, depth, cur = [], 0, []
@@ -261,7 +462,7 @@ def _collection(s: str) -> tuple[str, str, list] | None:
         opener, closer, body = s[0], s[-1], s[1:-1]
     if not body or any(c in body for c in "()[]") or "\\{" in body:
         return None
-    parts = _split_top(body)
+    parts = [p.strip() for p in _split_top(body)]
     if len(parts) < 2 and opener != "\\{":
         return None
     vals = [_element(p) for p in parts]
@@ -274,6 +475,7 @@ def fast_equal(pred: str, gold: str) -> bool | None:
     """True/False when decidable exactly without sympy, else None (see module doc)."""
     if len(pred) > _MAX_LEN or len(gold) > _MAX_LEN:
         return None  # an essay in a box: the worker (with its time limit) may read it
+    pred, gold = prepare_pair(pred, gold)
     p, g = clean(pred), clean(gold)
     if not p or not g:
         return None
@@ -303,6 +505,8 @@ def fast_equal(pred: str, gold: str) -> bool | None:
         if gp is not None:
             return pn == gp or pn == gp / 100
     if "," in p and "," in g:
+        if pn is not None or gn is not None:
+            return None  # "1,000" (a number) against "1, 000" (a list): not for the fast path
         pc_, gc_ = _collection(p), _collection(g)
         if pc_ is not None and gc_ is not None:
             return _same_collection(pc_, gc_)

@@ -9,6 +9,8 @@ Guards on top of math-verify keep it honest: a set never equals a tuple or inter
 (``5 \\text{ (or 6)}``, which math-verify reads as 5) is wrong, and ``0.5i`` is read with the
 imaginary unit when the other side has one. A non-terminating decimal never equals a plain
 fraction: that case is decided exactly by ``tirl.reward.normalize`` before we get here.
+An answer math-verify cannot read *whole* equals nothing (``parse_answer``): its search for
+something parseable must not let a prefix or a fragment stand in for the answer.
 
 Timeouts: math-verify's own limit uses ``signal.alarm`` with whole seconds and only in the
 main thread; we switch it off and use ``time_limit`` (``setitimer``, sub-second) instead.
@@ -23,6 +25,7 @@ import contextlib
 import re
 import signal
 import threading
+from collections import Counter
 from collections.abc import Iterator
 
 
@@ -69,27 +72,80 @@ def _configs():
     return _EXTRACTION
 
 
-def parse_answer(ans: str) -> list:
-    """math-verify's parse of a bare answer (we wrap it in ``$…$`` so its LaTeX extractor sees
-    it; a plain-text answer falls back to the expression extractor)."""
-    from math_verify import parse
+_COMMAND = re.compile(r"\\[a-zA-Z]+")
+# words math-verify's normalisation turns into symbols ("and" into a comma, "sqrt" into \sqrt)
+_VANISHING = re.compile(r"(?<![a-zA-Z])(?:and|or|infinity|inf|percentage|percent|pct|sqrt|th)"
+                        r"(?![a-zA-Z])")
 
-    s = ans.strip()
-    if not (s.startswith("$") or s.startswith("\\(") or s.startswith("\\[")):
-        s = f"${s}$"
-    out = parse(s, extraction_config=_configs(), parsing_timeout=None)  # type: ignore[arg-type]
-    if not out:
-        out = parse(ans, extraction_config=_configs(), parsing_timeout=None)  # type: ignore[arg-type]
-    return out
+
+def _symbols(s: str) -> Counter:
+    return Counter(c for c in _VANISHING.sub(" ", _COMMAND.sub(" ", s)) if c.isascii() and c.isalnum())
+
+
+def dropped_content(src: str, normalized: str) -> str:
+    """Letters and digits of ``src`` that ``normalized`` no longer has (command names aside):
+    what math-verify's normalisation threw away as a "unit" (``2m``, ``\\mathrm{e}}``) or
+    around an inner box (``2 + \\boxed{3}`` became ``3``). Its one rewrite that changes
+    digits, ``0.5`` → ``\\frac{1}{2}``, is allowed."""
+    if src.strip() in ("0.5", ".5"):
+        return ""
+    return "".join(sorted((_symbols(src) - _symbols(normalized)).elements()))
+
+
+def _bare(ans: str) -> str:
+    s = ans.strip().replace("\n", " ")
+    for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) > len(a) + len(b) and s.startswith(a) and s.endswith(b):
+            return s[len(a):-len(b)].strip()
+    return s
+
+
+def parse_answer(ans: str) -> list:
+    """math-verify's parse of a whole bare answer: ``[value, text]``, or ``[]`` when it
+    cannot read *all* of it.
+
+    math-verify searches a text for anything it can parse; for a bare answer that means a
+    part it can read stands in for the whole (``1 + \\frac{1}{\\mathrm{e}}`` became ``1`` once
+    its normalisation had dropped ``\\mathrm{e}}`` as a unit). So we take only its first,
+    widest match (the whole ``$answer$``), require that match's normalised text to be the
+    normalisation of the whole answer, and that normalisation to have dropped no letters
+    or digits.
+    A plain-text answer (``sqrt(2)*3``) falls back to the expression reader, whose match
+    must be the whole answer too. An unread remainder means unknown, never a value.
+    """
+    from latex2sympy2_extended.math_normalization import normalize_latex
+    from math_verify import ExprExtractionConfig, parse
+
+    s = _bare(ans)
+    if not s:
+        return []
+    latex = _configs()[0]
+    out = parse(f"${s}$", extraction_config=[latex], extraction_mode="first_match",
+                parsing_timeout=None)  # type: ignore[arg-type]
+    if len(out) == 2 and not isinstance(out[0], str):
+        whole = normalize_latex(s, latex.normalization_config)
+        if out[1] == whole and not dropped_content(s, whole):
+            return out
+        return []  # it read a part (or dropped a token): unknown
+    out = parse(s, extraction_config=[ExprExtractionConfig()], extraction_mode="first_match",
+                parsing_timeout=None)  # type: ignore[arg-type]
+    if len(out) == 2 and not isinstance(out[0], str) and out[1].strip() == s:
+        return out
+    return []
 
 
 def symbolic_equal(pred: str, gold: str, timeout_s: float | None = None) -> bool:
     """Whether math-verify judges ``pred`` equivalent to ``gold``; raises ``CheckTimeout``
-    past ``timeout_s`` (main thread only)."""
+    past ``timeout_s`` (main thread only). Both answers are first put in one spelling
+    (``tirl.reward.normalize.rewrite``, ``prepare_pair``, ``strip_unit``); an answer
+    math-verify cannot read whole is not equal to anything."""
     from math_verify import verify
+
+    from tirl.reward.normalize import prepare_pair, rewrite, strip_unit
 
     if _set_vs_tuple(pred, gold) or _hedges(pred, gold):
         return False
+    pred, gold = prepare_pair(strip_unit(rewrite(_bare(pred))), strip_unit(rewrite(_bare(gold))))
     with time_limit(timeout_s):
         g = parse_answer(gold)
         p = parse_answer(pred)
