@@ -290,7 +290,7 @@ async function trajectory(params) {
     el("div", {class: "answer", id: "answer"}, correctBadge(correct), keptBadge(rec.kept),
       el("span", {}, el("b", {}, "final answer: "), el("code", {class: "final"}, data.final_answer === null ? "(none)" : data.final_answer)),
       el("span", {}, el("b", {}, "gold: "), el("code", {class: "gold"}, rec.gold === undefined || rec.gold === null ? "–" : rec.gold))),
-    el("div", {class: "kv"}, kv.filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => el("div", {}, el("b", {}, k), fmt(v))))));
+    el("div", {class: "kv"}, kv.filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => el("div", {}, el("b", {}, k), " ", fmt(v))))));
   if (rec.error || meta.error) out.push(el("p", {class: "err"}, rec.error || meta.error));
   if (meta.problem) out.push(el("h3", {}, "Problem"), el("pre", {class: "box"}, meta.problem));
   const turns = Array.isArray(rec.turns) ? rec.turns : [];
@@ -325,7 +325,7 @@ function groupCard(src, it) {
     el("div", {}, el("a", {href: "#/traj?" + new URLSearchParams({src, i: it.i})}, `#${it.i}`), " ", s.sample !== null ? `sample ${s.sample} ` : "",
       correctBadge(s.correct), keptBadge(s.kept), s.n_errors ? badge(`${s.n_errors} tool errors`, "bad") : null),
     el("div", {class: "kv"}, [["reward", s.reward], ["advantage", r.advantage], ["RoC penalty", r.roc_penalty], ["finish", s.finish], ["tokens", s.tokens], ["answer", it.final_answer]]
-      .filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => el("div", {}, el("b", {}, k), fmt(v)))),
+      .filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => el("div", {}, el("b", {}, k), " ", fmt(v)))),
     el("pre", {}, text.slice(0, 4000)));
 }
 
