@@ -150,3 +150,16 @@ def test_summaries_columns_are_compact(train_index):
     per_record = sum(np.dtype(t).itemsize for t in Summaries.COLUMNS.values())
     assert per_record <= 64  # 100,000 records: a few MB, never the records themselves
     assert json.dumps(summ.row(0))  # rows are plain JSON
+
+
+def test_summarize_raw_equals_summarize_without_parsing_arrays():
+    from tests.view.fixture import train_trajectory
+    from tirl.view.index import summarize_raw
+
+    for step, pid, j in ((1, "p0", 0), (3, "p1", 2), (2, "p0", 3)):
+        rec = train_trajectory(step, pid, j)
+        assert summarize_raw(json.dumps(rec).encode()) == summarize(rec)
+    # an empty response and text that quotes an array key are handled
+    rec = {"response_ids": [], "logprobs": [], "turns": [{"text": 'he wrote "logprobs": [1, 2]'}], "reward": 0.0}
+    assert summarize_raw(json.dumps(rec).encode()) == summarize(rec)
+    assert summarize_raw(json.dumps(rec).encode())["tokens"] == 0

@@ -61,8 +61,9 @@ async def test_list_filters_pages_and_search(dirs):
     c = await _client(resolve_roots(dirs["run"]))
     src = "a:trajectories/train.jsonl"
     try:
-        d = await _get(c, "/api/list", src=src, limit="10")
-        assert d["records"] == 24 and d["summarized"] == 24 and d["total"] == 24 and len(d["rows"]) == 10
+        d = await _get(c, "/api/list", src=src, limit="10")  # unfiltered: served before any summary
+        assert d["records"] == 24 and d["total"] == 24 and [r["i"] for r in d["rows"]] == list(range(10))
+        assert d["rows"][3]["kept"] is False and d["rows"][3]["errors"] == ["timeout"]
         d2 = await _get(c, "/api/list", src=src, limit="10", offset="20")
         assert [r["i"] for r in d2["rows"]] == [20, 21, 22, 23]
         d = await _get(c, "/api/list", src=src, step="2", correct="false", kept="true")

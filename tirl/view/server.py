@@ -39,7 +39,7 @@ from tirl.view.index import Filter, JsonlIndex, Summaries, record_kind, search
 from tirl.view.rundir import (UnsafePath, ViewError, check_root, describe, list_sources,
                               read_metrics_records, safe_path)
 
-SUMMARY_CHUNK = 2000  # records summarized per step of the background task
+SUMMARY_CHUNKS = (500, 4000)  # records summarized per step of the background task: first, then
 MAX_PAGE = 500
 MAX_GROUP = 256
 STATIC_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css",
@@ -111,7 +111,7 @@ class ViewState:
         try:
             while s.summaries.done < len(s.index):
                 start = s.summaries.done
-                stop = min(len(s.index), start + SUMMARY_CHUNK)
+                stop = min(len(s.index), start + SUMMARY_CHUNKS[start > 0])
                 await asyncio.to_thread(s.summaries.add_range, s.index, start, stop)
         except Exception as err:  # noqa: BLE001 — shown in the page, not silently dropped
             s.error = f"{type(err).__name__}: {err}"
@@ -259,21 +259,28 @@ def make_app(roots: dict[str, Path], tokenizer: str | Path | None = None) -> web
     async def api_list(req: web.Request) -> web.Response:
         q = dict(req.query)
         s = await state.source(q.get("src", ""))
-        await state.wait_summarized(s, 0.5)
         flt = parse_filter(q)
         offset = max(0, _opt_int(q, "offset") or 0)
         limit = min(MAX_PAGE, max(1, _opt_int(q, "limit") or 50))
-        ids = s.summaries.select(flt)
         text = (q.get("q") or "").strip()
         next_after = None
-        if text:
-            after = _opt_int(q, "after")
-            hits, next_after = await asyncio.to_thread(search, s.index, ids, text,
-                                                       -1 if after is None else after, limit)
-            page_ids, total = hits, None
+        if flt == Filter() and not text:
+            # unfiltered: any page is a slice of the file, summarized now if the background
+            # task has not reached it yet (a big file's first page needs no full pass)
+            stop = min(len(s.index), offset + limit)
+            rows = await asyncio.to_thread(s.summaries.rows, s.index, range(offset, stop))
+            total = len(s.index)
         else:
-            page_ids, total = ids[offset:offset + limit], int(len(ids))
-        rows = [s.summaries.row(int(i)) for i in page_ids]
+            await state.wait_summarized(s, 0.5)  # small files: complete answers at once
+            ids = s.summaries.select(flt)
+            if text:
+                after = _opt_int(q, "after")
+                page_ids, next_after = await asyncio.to_thread(search, s.index, ids, text,
+                                                               -1 if after is None else after, limit)
+                total = None
+            else:
+                page_ids, total = ids[offset:offset + limit], int(len(ids))
+            rows = [s.summaries.row(int(i)) for i in page_ids]
         return _json({"rows": rows, "total": total, "offset": offset, "next_after": next_after,
                       "records": len(s.index), "summarized": s.summaries.done,
                       "facets": s.summaries.facets(), "error": s.error})
