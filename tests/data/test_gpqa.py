@@ -104,3 +104,13 @@ def test_missing_data_says_what_is_needed(tmp_path, monkeypatch):
     assert "gated" in msg and "HF_TOKEN" in msg and "Idavidrein/gpqa" in msg
     assert "gpqa_diamond.csv" in msg and str(tmp_path / "gpqa_diamond.csv") in msg
     assert "'Correct Answer'" in msg
+
+
+def test_problem_for_sample():
+    from tirl.data.benchmarks import problem_for_sample
+
+    p = load_gpqa_diamond(FIXTURES, hub=False)[1]
+    assert problem_for_sample(p, 0) == (p["problem"], p["answer"])
+    assert problem_for_sample(p, 5, seed=3) == gpqa_sample_variant(p, 5, seed=3)
+    math = {"id": "m1", "problem": "1+1?", "answer": "2"}
+    assert problem_for_sample(math, 7) == ("1+1?", "2")

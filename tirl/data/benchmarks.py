@@ -446,3 +446,14 @@ def load_gpqa_diamond(data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR, hub
         f"a token of that account; or put {GPQA_FILE} (columns {GPQA_QUESTION!r}, {GPQA_CORRECT!r}, "
         f"{', '.join(repr(c) for c in GPQA_INCORRECT)}) in the data dir ([data] data_dir)."
     )
+
+
+def problem_for_sample(problem: dict[str, Any], sample: int, seed: int = 0) -> tuple[str, str]:
+    """``(prompt, gold)`` that sample ``sample`` of ``problem`` should see.
+
+    A GPQA problem (it has ``choices``) gets its own option order per sample
+    (:func:`gpqa_sample_variant`); any other problem is the same for every sample.
+    """
+    if isinstance(problem.get("choices"), list) and "question" in problem:
+        return gpqa_sample_variant(problem, sample, seed)
+    return str(problem["problem"]), str(problem["answer"])
