@@ -91,6 +91,11 @@ async def test_live_file_is_reindexed(dirs):
             f.write(json.dumps({"turns": [], "problem_id": "p9", "step": 4, "reward": 1.0}) + "\n")
         d = await _get(c, "/api/list", src=src, step="4")
         assert d["records"] == 25 and d["total"] == 1 and d["rows"][0]["problem_id"] == "p9"
+        # rewritten shorter: indexed and summarized from scratch, no stale rows
+        (dirs["run"] / "trajectories" / "train.jsonl").write_text(
+            json.dumps({"turns": [], "problem_id": "p7", "step": 1, "reward": 0.0}) + "\n")
+        d = await _get(c, "/api/list", src=src, step="1")
+        assert d["records"] == 1 and d["total"] == 1 and d["rows"][0]["problem_id"] == "p7"
     finally:
         await c.close()
 

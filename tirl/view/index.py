@@ -72,6 +72,7 @@ class JsonlIndex:
         self.starts = np.zeros(0, np.int64)
         self.ends = np.zeros(0, np.int64)
         self._scanned = 0
+        self.generation = 0  # bumped when the file was rewritten and indexed from scratch
         self._lock = threading.Lock()
         self.refresh()
 
@@ -84,6 +85,7 @@ class JsonlIndex:
             size = self.path.stat().st_size
             if size < self._scanned:
                 self.starts, self.ends, self._scanned = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+                self.generation += 1
             if size == self._scanned:
                 return 0
             s, e, to = line_spans(self.path, self._scanned)

@@ -102,7 +102,13 @@ class ViewState:
                 index = await asyncio.to_thread(JsonlIndex, path)
                 s = self.sources[key] = Source(path, index)
             else:
+                gen = s.index.generation
                 await asyncio.to_thread(s.index.refresh)
+                if s.index.generation != gen:  # rewritten (e.g. compacted): summaries start over
+                    if s.task is not None:
+                        s.task.cancel()
+                        await asyncio.gather(s.task, return_exceptions=True)
+                    s.summaries, s.task, s.error = Summaries(), None, None
         if not s.complete and (s.task is None or s.task.done()):
             s.task = asyncio.create_task(self._summarize(s))
         return s
