@@ -163,3 +163,14 @@ def test_summarize_raw_equals_summarize_without_parsing_arrays():
     rec = {"response_ids": [], "logprobs": [], "turns": [{"text": 'he wrote "logprobs": [1, 2]'}], "reward": 0.0}
     assert summarize_raw(json.dumps(rec).encode()) == summarize(rec)
     assert summarize_raw(json.dumps(rec).encode())["tokens"] == 0
+
+
+def test_index_in_bounded_steps(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(100)))  # 9 to 11 bytes a line
+    idx = JsonlIndex(p, max_bytes=25)
+    assert len(idx) == 2 and not idx.at_end and idx.scanned_bytes == 18
+    while not idx.at_end:
+        idx.refresh(max_bytes=25)
+    assert len(idx) == 100 and idx.read(99) == {"i": 99}
+    assert line_spans(p, 0, chunk=7, stop=25)[2] == 18

@@ -201,3 +201,23 @@ async def test_start_view_binds_a_free_loopback_port(dirs):
 def test_run_view_refuses_a_directory_it_cannot_show(tmp_path, capsys):
     assert run_view(tmp_path / "nope") == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+async def test_big_file_is_indexed_in_steps(dirs, monkeypatch):
+    import tirl.view.server as server
+
+    monkeypatch.setattr(server, "SCAN_BYTES", 4096)  # the fixture file is ~100 KB: many steps
+    c = await _client(resolve_roots(dirs["run"]))
+    src = "a:trajectories/train.jsonl"
+    try:
+        first = await _get(c, "/api/list", src=src, limit="5")
+        assert first["counting"] and 0 < first["records"] < 24
+        assert [r["i"] for r in first["rows"]] == list(range(min(5, first["records"])))
+        for _ in range(200):
+            d = await _get(c, "/api/list", src=src, correct="true")
+            if not d["counting"] and d["summarized"] == 24:
+                break
+            await asyncio.sleep(0.02)
+        assert d["records"] == 24 and d["total"] == 12
+    finally:
+        await c.close()

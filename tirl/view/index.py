@@ -33,11 +33,13 @@ CHUNK = 8 << 20
 UNKNOWN = -1  # in int8 columns: correct / kept not recorded
 
 
-def line_spans(path: str | Path, start: int = 0, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(starts, ends, scanned_to)`` of the complete lines from byte ``start`` on.
+def line_spans(path: str | Path, start: int = 0, chunk: int = CHUNK,
+               stop: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(starts, ends, scanned_to)`` of the complete lines from byte ``start`` (to ``stop``).
 
     ``ends`` excludes the newline; blank lines are skipped; a last line without its
-    newline is not counted and ``scanned_to`` stops before it (scan again from there).
+    newline (in the file or before ``stop``) is not counted and ``scanned_to`` stops
+    before it (scan again from there).
     """
     starts: list[np.ndarray] = []
     ends: list[np.ndarray] = []
@@ -46,7 +48,8 @@ def line_spans(path: str | Path, start: int = 0, chunk: int = CHUNK) -> tuple[np
         base = start
         line_start = start
         while True:
-            buf = f.read(chunk)
+            want = chunk if stop is None else min(chunk, stop - base)
+            buf = f.read(want) if want > 0 else b""
             if not buf:
                 break
             nl = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10) + base
@@ -67,32 +70,43 @@ def line_spans(path: str | Path, start: int = 0, chunk: int = CHUNK) -> tuple[np
 class JsonlIndex:
     """Byte offsets of the lines of one JSONL file; records are read on demand."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_bytes: int | None = None):
+        """Index the file (only its first ``max_bytes`` when given: ``refresh`` continues)."""
         self.path = Path(path)
         self.starts = np.zeros(0, np.int64)
         self.ends = np.zeros(0, np.int64)
         self._scanned = 0
+        self.size = 0
+        self.at_end = False
         self.generation = 0  # bumped when the file was rewritten and indexed from scratch
         self._lock = threading.Lock()
-        self.refresh()
+        self.refresh(max_bytes)
 
-    def refresh(self) -> int:
-        """Index lines appended since the last call; returns how many were added.
+    def refresh(self, max_bytes: int | None = None) -> int:
+        """Index lines appended since the last call (at most ``max_bytes`` of the file this
+        call); returns how many were added. ``at_end`` says whether the scan reached the end.
 
         A file that shrank (rewritten, truncated on resume) is indexed again from the start.
         """
         with self._lock:
             size = self.path.stat().st_size
+            self.size = size
             if size < self._scanned:
                 self.starts, self.ends, self._scanned = np.zeros(0, np.int64), np.zeros(0, np.int64), 0
                 self.generation += 1
-            if size == self._scanned:
+            stop = size if max_bytes is None else min(size, self._scanned + max_bytes)
+            self.at_end = stop >= size
+            if stop <= self._scanned:
                 return 0
-            s, e, to = line_spans(self.path, self._scanned)
+            s, e, to = line_spans(self.path, self._scanned, stop=stop)
             self.starts = np.concatenate([self.starts, s])
             self.ends = np.concatenate([self.ends, e])
             self._scanned = to
             return len(s)
+
+    @property
+    def scanned_bytes(self) -> int:
+        return self._scanned
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -39,6 +39,7 @@ from tirl.view.index import Filter, JsonlIndex, Summaries, record_kind, search
 from tirl.view.rundir import (UnsafePath, ViewError, check_root, describe, list_sources,
                               read_metrics_records, safe_path)
 
+SCAN_BYTES = 64 << 20  # bytes of a record file indexed per step (the first step is in the request)
 SUMMARY_CHUNKS = (500, 4000)  # records summarized per step of the background task: first, then
 MAX_PAGE = 500
 MAX_GROUP = 256
@@ -65,7 +66,7 @@ class Source:
 
     @property
     def complete(self) -> bool:
-        return self.summaries.done >= len(self.index)
+        return self.index.at_end and self.summaries.done >= len(self.index)
 
 
 class ViewState:
@@ -99,11 +100,13 @@ class ViewState:
         async with self._open_lock:
             s = self.sources.get(key)
             if s is None:
-                index = await asyncio.to_thread(JsonlIndex, path)
+                # the first SCAN_BYTES now (a page is ready at once); the background task
+                # indexes the rest of a big file
+                index = await asyncio.to_thread(JsonlIndex, path, SCAN_BYTES)
                 s = self.sources[key] = Source(path, index)
-            else:
+            elif s.index.at_end:  # appended lines of a live run (or a rewrite)
                 gen = s.index.generation
-                await asyncio.to_thread(s.index.refresh)
+                await asyncio.to_thread(s.index.refresh, SCAN_BYTES)
                 if s.index.generation != gen:  # rewritten (e.g. compacted): summaries start over
                     if s.task is not None:
                         s.task.cancel()
@@ -115,10 +118,17 @@ class ViewState:
 
     async def _summarize(self, s: Source) -> None:
         try:
-            while s.summaries.done < len(s.index):
+            while not s.complete:
+                if not s.index.at_end and s.summaries.done > 0:
+                    # after the first summaries, finish the offsets: the record count comes early
+                    await asyncio.to_thread(s.index.refresh, SCAN_BYTES)
+                    continue
                 start = s.summaries.done
                 stop = min(len(s.index), start + SUMMARY_CHUNKS[start > 0])
-                await asyncio.to_thread(s.summaries.add_range, s.index, start, stop)
+                if stop > start:
+                    await asyncio.to_thread(s.summaries.add_range, s.index, start, stop)
+                else:  # no complete line yet in what was scanned
+                    await asyncio.to_thread(s.index.refresh, SCAN_BYTES)
         except Exception as err:  # noqa: BLE001 — shown in the page, not silently dropped
             s.error = f"{type(err).__name__}: {err}"
             print(f"tirl view: indexing {s.path} failed: {s.error}", file=sys.stderr)
@@ -289,6 +299,8 @@ def make_app(roots: dict[str, Path], tokenizer: str | Path | None = None) -> web
             rows = [s.summaries.row(int(i)) for i in page_ids]
         return _json({"rows": rows, "total": total, "offset": offset, "next_after": next_after,
                       "records": len(s.index), "summarized": s.summaries.done,
+                      "indexed_bytes": s.index.scanned_bytes, "bytes": s.index.size,
+                      "counting": not s.index.at_end,
                       "facets": s.summaries.facets(), "error": s.error})
 
     async def api_record(req: web.Request) -> web.Response:

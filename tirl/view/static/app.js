@@ -193,8 +193,9 @@ async function browse(params) {
     el("button", {type: "button", class: "plain", onclick: () => go("browse", {src})}, "Clear"));
   const status = el("p", {class: "muted", id: "status"},
     data.total !== null ? `${data.total} matching` : `${data.rows.length} text matches`,
-    ` · ${data.summarized} of ${data.records} records indexed`,
-    data.summarized < data.records ? " (indexing continues; refresh for the rest)" : "");
+    ` · ${data.summarized} of ${data.records}${data.counting ? "+" : ""} records indexed`,
+    data.counting ? ` (counting: ${(100 * data.indexed_bytes / Math.max(1, data.bytes)).toFixed(0)}% of the file read)` : "",
+    data.summarized < data.records || data.counting ? " — indexing continues; Apply again for the rest" : "");
   const table = el("table", {id: "rows"}, el("tr", {}, ["#", "step", "problem", "sample", "result", "reward", "finish", "tool errors", "RoC", "turns", "tokens", ""].map(h => el("th", {}, h))),
     data.rows.map(r => el("tr", {class: "row", "data-i": r.i, onclick: () => go("traj", {src, i: r.i})},
       el("td", {}, r.i), el("td", {}, fmt(r.step)), el("td", {}, r.problem_id || "–"), el("td", {}, fmt(r.sample)),
