@@ -114,3 +114,8 @@ def test_problem_for_sample():
     assert problem_for_sample(p, 5, seed=3) == gpqa_sample_variant(p, 5, seed=3)
     math = {"id": "m1", "problem": "1+1?", "answer": "2"}
     assert problem_for_sample(math, 7) == ("1+1?", "2")
+
+
+def test_field_overrides_do_not_apply_and_say_so():
+    with pytest.raises(BenchmarkError, match="problem_field='Question'.*do not apply"):
+        load_problems("gpqa_diamond", data_dir=FIXTURES, hub=False, problem_field="Question")

@@ -119,6 +119,12 @@ def load_problems(
 
     name = text.lower()
     if name in GPQA_NAMES:
+        if (problem_field, answer_field) != ("problem", "answer"):
+            raise BenchmarkError(
+                f"gpqa_diamond reads the GPQA columns ({GPQA_QUESTION!r}, {GPQA_CORRECT!r}, ...); "
+                f"problem_field={problem_field!r} / answer_field={answer_field!r} do not apply to it: "
+                "leave them at their defaults"
+            )
         probs = load_gpqa_diamond(data_dir, hub=hub)
         return probs[:limit] if limit else probs
     stem = FILE_ALIASES.get(name, name)
@@ -319,7 +325,7 @@ def load_from_hub(name: str, problem_field: str = "problem", answer_field: str =
 # The gold is that letter; ``tirl.reward`` grades a boxed ``B``, ``(B)`` or ``B.`` against it
 # with its multiple-choice rule (a boxed option *text* is not matched: it counts incorrect).
 
-GPQA_NAMES = ("gpqa_diamond", "gpqa-diamond", "gpqa")
+GPQA_NAMES = ("gpqa_diamond", "gpqa-diamond")
 GPQA_REPO = "Idavidrein/gpqa"
 GPQA_FILE = "gpqa_diamond.csv"
 GPQA_QUESTION = "Question"
