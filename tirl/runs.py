@@ -54,8 +54,15 @@ class RunDir:
         path.write_text(toml_text)
         return path
 
-    def metrics(self) -> MetricsWriter:
-        return MetricsWriter(self.metrics_path)
+    def metrics(self, trackers: Sequence[str] = (), run_name: str | None = None,
+                config: Mapping[str, Any] | None = None) -> MetricsWriter:
+        """The run's metrics writer; ``trackers`` (names, see ``tirl.trackers``) mirror it."""
+        sinks: list[Any] = []
+        if trackers:
+            from tirl.trackers import make_trackers
+
+            sinks = make_trackers(trackers, self.root, run_name or self.root.name, config)
+        return MetricsWriter(self.metrics_path, trackers=sinks)
 
 
 def _jsonable(v: Any) -> Any:
@@ -71,13 +78,20 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON object per line and flushes it (fsync optional) as it is written."""
+    """Appends one JSON object per line and flushes it (fsync optional) as it is written.
 
-    def __init__(self, path: str | Path, fsync: bool = False):
+    ``trackers`` (``tirl.trackers`` sinks) receive each record's numeric values after the
+    line is written: the JSONL file stays the source of truth.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = False, trackers: Sequence[Any] = ()):
+        from tirl.trackers import TrackerFanout
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", buffering=1)
         self._fsync = fsync
+        self._trackers = TrackerFanout(trackers)
 
     def write(self, record: Mapping[str, Any]) -> None:
         rec = {"time": round(time.time(), 3), **_jsonable(dict(record))}
@@ -85,9 +99,11 @@ class MetricsWriter:
         self._f.flush()
         if self._fsync:
             os.fsync(self._f.fileno())
+        self._trackers.log_record(rec)
 
     def close(self) -> None:
         self._f.close()
+        self._trackers.close()
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -27,6 +27,11 @@ class RunConfig(Section):
     )
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch's default).")
     resume: bool = Field(True, description="Resume from the run directory's last checkpoint.")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that mirror metrics.jsonl (the source of truth): "
+        "tensorboard, wandb (offline without WANDB_API_KEY), mlflow (a local file store).",
+    )
     allow_config_change: bool = Field(
         False,
         description="Resume even though settings other than step counts, logging and checkpoint "

@@ -16,6 +16,11 @@ are kept). ``name_or_path`` is resolved in this order:
 4. a known benchmark name on the Hugging Face Hub, only when the hub is reachable (not
    with ``HF_HUB_OFFLINE=1``); the download is cached by ``huggingface_hub``.
 
+``gpqa_diamond`` (science transfer, multiple choice) is resolved on its own: a
+``gpqa_diamond.csv`` / ``.jsonl`` / ``.parquet`` in the original GPQA schema in the data dir,
+else the gated Hub dataset ``Idavidrein/gpqa`` with a token from ``HF_TOKEN``; see
+:func:`load_gpqa_diamond` for the prompt format and the per-sample option shuffle.
+
 What it does not do: generate problems (``tirl.data.procedural``), or check answers. Hub
 copies differ from the offline files in ids and sometimes in wording; the offline files
 (provenance in the data dir's README.md) are what tirl's own numbers use.
@@ -63,7 +68,7 @@ HUB_SOURCES: dict[str, HubSource] = {
     "gsm8k": HubSource("openai/gsm8k", ("main/test-*.parquet",), _gsm8k_answer),
 }
 
-KNOWN_BENCHMARKS = ("aime24", "aime25", "math500", "hmmt_feb25", "amc23", "gsm8k", "champ")
+KNOWN_BENCHMARKS = ("aime24", "aime25", "math500", "hmmt_feb25", "amc23", "gsm8k", "champ", "gpqa_diamond")
 
 
 class BenchmarkError(ValueError):
@@ -115,6 +120,15 @@ def load_problems(
         return probs[:limit] if limit else probs
 
     name = text.lower()
+    if name in GPQA_NAMES:
+        if (problem_field, answer_field) != ("problem", "answer"):
+            raise BenchmarkError(
+                f"gpqa_diamond reads the GPQA columns ({GPQA_QUESTION!r}, {GPQA_CORRECT!r}, ...); "
+                f"problem_field={problem_field!r} / answer_field={answer_field!r} do not apply to it: "
+                "leave them at their defaults"
+            )
+        probs = load_gpqa_diamond(data_dir, hub=hub)
+        return probs[:limit] if limit else probs
     stem = FILE_ALIASES.get(name, name)
     ddir = resolve_data_dir(data_dir)
     if ddir is not None:
@@ -324,3 +338,160 @@ def _offline_file(name: str, ddir: Path | None) -> Path | None:
             if (ddir / f"{stem}{ext}").is_file():
                 return ddir / f"{stem}{ext}"
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# GPQA-Diamond (Rein et al. 2023): 198 graduate-level science questions, four options
+#
+# Prompt format (what the model sees; ``{A}``..``{D}`` are the options after the shuffle):
+#
+#     <Question>
+#
+#     A) {A}
+#     B) {B}
+#     C) {C}
+#     D) {D}
+#
+#     Answer with the letter of the correct option in \boxed{}, for example \boxed{A}.
+#
+# The gold is that letter; ``tirl.reward`` grades a boxed ``B``, ``(B)`` or ``B.`` against it
+# with its multiple-choice rule (a boxed option *text* is not matched: it counts incorrect).
+
+GPQA_NAMES = ("gpqa_diamond", "gpqa-diamond")
+GPQA_REPO = "Idavidrein/gpqa"
+GPQA_FILE = "gpqa_diamond.csv"
+GPQA_QUESTION = "Question"
+GPQA_CORRECT = "Correct Answer"
+GPQA_INCORRECT = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+GPQA_ID = "Record ID"
+GPQA_DOMAIN = "High-level domain"
+GPQA_LETTERS = "ABCD"
+GPQA_INSTRUCTION = "Answer with the letter of the correct option in \\boxed{}, for example \\boxed{A}."
+
+
+def gpqa_permutation(problem_id: str, sample: int, seed: int = 0) -> list[int]:
+    """The option order of one sample: ``perm[j]`` is the index (0 = the correct answer,
+    1-3 = the incorrect ones in file order) of the option shown at letter ``j``.
+
+    Deterministic in ``(seed, problem_id, sample)`` (SHA-256, not Python's salted hash), so a
+    rerun or a resumed eval shows every sample the same order, and the k samples of one
+    problem see different orders.
+    """
+    import hashlib
+    import random
+
+    digest = hashlib.sha256(f"gpqa:{seed}:{problem_id}:{sample}".encode()).digest()
+    perm = [0, 1, 2, 3]
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(perm)
+    return perm
+
+
+def gpqa_prompt(question: str, options: list[str]) -> str:
+    """The documented prompt: the question, lettered options, the boxed-letter instruction."""
+    lines = [question.strip(), ""]
+    lines += [f"{GPQA_LETTERS[j]}) {opt.strip()}" for j, opt in enumerate(options)]
+    lines += ["", GPQA_INSTRUCTION]
+    return "\n".join(lines)
+
+
+def gpqa_sample_variant(problem: dict[str, Any], sample: int, seed: int = 0) -> tuple[str, str]:
+    """``(prompt, gold_letter)`` of sample ``sample`` of a GPQA problem from :func:`load_gpqa_diamond`."""
+    choices = problem["choices"]
+    perm = gpqa_permutation(str(problem["id"]), sample, seed)
+    return gpqa_prompt(problem["question"], [choices[i] for i in perm]), GPQA_LETTERS[perm.index(0)]
+
+
+def gpqa_rows_to_problems(rows: list[dict[str, Any]], where: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Problems from rows in the GPQA schema (``Question``, ``Correct Answer``,
+    ``Incorrect Answer 1..3``, optional ``Record ID`` and ``High-level domain``).
+
+    Each problem carries ``question`` and ``choices`` (correct first) so any sample's variant
+    can be rebuilt; ``problem`` / ``answer`` are sample 0's prompt and gold letter.
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    need = (GPQA_QUESTION, GPQA_CORRECT, *GPQA_INCORRECT)
+    for i, row in enumerate(rows):
+        missing = [f for f in need if row.get(f) in (None, "") or not str(row.get(f)).strip()]
+        if missing:
+            raise BenchmarkError(
+                f"{where}: row {i + 1} lacks {', '.join(repr(m) for m in missing)} (it has: "
+                f"{', '.join(sorted(map(str, row)))}); gpqa_diamond needs the GPQA columns "
+                f"{', '.join(need)}"
+            )
+        pid = str(row.get(GPQA_ID) or f"gpqa_diamond-{i}")
+        if pid in seen:
+            pid = f"{pid}#{i}"
+        seen.add(pid)
+        choices = [str(row[GPQA_CORRECT]).strip()] + [str(row[f]).strip() for f in GPQA_INCORRECT]
+        prob: dict[str, Any] = {"id": pid, "question": str(row[GPQA_QUESTION]).strip(),
+                                "choices": choices, "source": "gpqa_diamond"}
+        if row.get(GPQA_DOMAIN):
+            prob["subject"] = str(row[GPQA_DOMAIN])
+        prob["problem"], prob["answer"] = gpqa_sample_variant(prob, 0, seed)
+        out.append(prob)
+    return out
+
+
+def _read_gpqa_file(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    return read_rows(path)
+
+
+def load_gpqa_diamond(data_dir: str | os.PathLike | None = DEFAULT_DATA_DIR, hub: bool | None = None,
+                      seed: int = 0) -> list[dict[str, Any]]:
+    """GPQA-Diamond from ``<data_dir>/gpqa_diamond.{csv,jsonl,parquet}`` or the gated Hub dataset.
+
+    The Hub copy (``Idavidrein/gpqa``, file ``gpqa_diamond.csv``) needs its terms accepted on
+    huggingface.co and a token in ``HF_TOKEN``. When neither source works the error says both
+    ways to get the data.
+    """
+    looked: list[str] = []
+    ddir = resolve_data_dir(data_dir)
+    if ddir is not None:
+        for ext in (".csv", ".jsonl", ".parquet"):
+            cand = ddir / f"gpqa_diamond{ext}"
+            looked.append(str(cand))
+            if cand.is_file():
+                rows = _read_gpqa_file(cand)
+                if not rows:
+                    raise BenchmarkError(f"{cand} holds no problems")
+                return gpqa_rows_to_problems(rows, str(cand), seed)
+    else:
+        looked.append(f"data dir {str(data_dir)!r} (not found)")
+    if _hub_allowed(hub):
+        token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            local = hf_hub_download(GPQA_REPO, GPQA_FILE, repo_type="dataset", token=token)
+            return gpqa_rows_to_problems(_read_gpqa_file(Path(local)), f"hub:{GPQA_REPO}", seed)
+        except BenchmarkError:
+            raise
+        except Exception as err:  # noqa: BLE001 — gated, offline, no token: say it below
+            token_note = "HF_TOKEN set" if token else "HF_TOKEN not set"
+            looked.append(f"Hugging Face Hub {GPQA_REPO}/{GPQA_FILE} ({token_note}; {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})")
+    else:
+        looked.append("Hugging Face Hub (disabled: HF_HUB_OFFLINE or hub=False)")
+    raise BenchmarkError(
+        "benchmark 'gpqa_diamond' not found. Looked at: " + "; ".join(looked) + ". It is gated on the "
+        f"Hub: accept its terms at https://huggingface.co/datasets/{GPQA_REPO}, then set HF_TOKEN to "
+        f"a token of that account; or put {GPQA_FILE} (columns {GPQA_QUESTION!r}, {GPQA_CORRECT!r}, "
+        f"{', '.join(repr(c) for c in GPQA_INCORRECT)}) in the data dir ([data] data_dir)."
+    )
+
+
+def problem_for_sample(problem: dict[str, Any], sample: int, seed: int = 0) -> tuple[str, str]:
+    """``(prompt, gold)`` that sample ``sample`` of ``problem`` should see.
+
+    A GPQA problem (it has ``choices``) gets its own option order per sample
+    (:func:`gpqa_sample_variant`); any other problem is the same for every sample.
+    """
+    if isinstance(problem.get("choices"), list) and "question" in problem:
+        return gpqa_sample_variant(problem, sample, seed)
+    return str(problem["problem"]), str(problem["answer"])

@@ -30,6 +30,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from tirl.agent.loop import derive_seed
 from tirl.agent.trajectory import Trajectory
+from tirl.data.benchmarks import problem_for_sample
 from tirl.eval.samples import SampleRecord, SampleStore, reusable
 
 
@@ -145,7 +146,7 @@ async def run_benchmark(
     for p in problems:
         for i in range(k):
             rec = saved.get((str(p["id"]), i))
-            if rec is not None and reusable(rec, str(p["answer"])):
+            if rec is not None and reusable(rec, problem_for_sample(p, i, seed or 0)[1]):
                 done[rec.key] = rec
             else:
                 pending.append((p, i))
@@ -162,12 +163,14 @@ async def run_benchmark(
         async with sem:
             t0 = time.perf_counter()
             try:
-                trajs = await loop.run(p["problem"], n=1, problem_id=str(p["id"]), gold=str(p["answer"]),
+                prompt, gold = problem_for_sample(p, i, seed or 0)  # GPQA: options shuffled per sample
+                trajs = await loop.run(prompt, n=1, problem_id=str(p["id"]), gold=gold,
                                        seed=None if seed is None else sample_seed(seed, benchmark, i))
                 traj = trajs[0]
                 traj.meta.setdefault("sample", i)
-                grade = await grader.grade(traj.text, str(p["answer"]))
-                rec = record_from_trajectory(benchmark, p, i, traj, grade, time.perf_counter() - t0, keep_text)
+                grade = await grader.grade(traj.text, gold)
+                rec = record_from_trajectory(benchmark, {**p, "answer": gold}, i, traj, grade,
+                                             time.perf_counter() - t0, keep_text)
                 if on_trajectory is not None:
                     on_trajectory(traj)
                 if rec.status == "infra_error":  # the loop caught an engine/sandbox failure
@@ -184,7 +187,7 @@ async def run_benchmark(
                 if state["first_error"] is None:
                     state["first_error"] = err
                 rec = SampleRecord(benchmark=benchmark, problem_id=str(p["id"]), sample=i,
-                                   gold=str(p["answer"]), status="infra_error", correct=False,
+                                   gold=problem_for_sample(p, i, seed or 0)[1], status="infra_error", correct=False,
                                    meta=problem_meta(p),
                                    wall_s=round(time.perf_counter() - t0, 3),
                                    error=f"{type(err).__name__}: {err}")

@@ -196,7 +196,8 @@ class Trainer:
             self._restore(ts)
         elif self.main:
             truncate_metrics(self.run.metrics_path, -1)  # a fresh start: no stale lines
-        self.metrics = self.run.metrics() if self.main else None
+        self.metrics = self.run.metrics(cfg.run.trackers, run_name=cfg.run.name,
+                                        config=cfg.model_dump(mode="json")) if self.main else None
         engine = self.engine_factory(self.model, self.tokenizer) if self.engine_factory else None
         tools = await self.tools_factory() if self.tools_factory else None
         t_start = time.perf_counter()
