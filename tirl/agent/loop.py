@@ -14,8 +14,11 @@ raises :class:`PrefixMismatch` (a bug, never a silent drift).
 Stops: a turn without a tool call (``answer``); the turn limit (``max_turns``; calls in the
 last turn are recorded but not executed); the token budget shared by generated and tool tokens
 (``max_tokens``; a tool response that would not leave room for another generated token ends
-the trajectory without it); the engine stopping for its own reason (``engine_stop``); the
-engine or sandbox failing (``infra_error``, never the policy's fault).
+the trajectory without it); the engine's context limit (``engine_stop``); the engine or
+sandbox failing (``infra_error``, never the policy's fault): an exception, or a turn the
+engine ended with a finish reason other than ``stop``/``length`` (``abort``: a lost
+connection, a server error, a cancelled request). Whether a ``max_turns`` trajectory is
+graded is decided by :attr:`Trajectory.truncated` (a complete final answer in the last turn).
 
 What it does not do: grade answers (``tirl.reward``), pick engines (``tirl.dispatch``), or
 retry failed engines.
@@ -214,8 +217,11 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             turn = Turn(text=text, gen_ms=gen_ms, n_generated=len(ids), finish=comp.finish_reason)
             traj.turns.append(turn)
             closed = bool(ids) and ids[-1] in self.stop_ids
-            if comp.finish_reason == "abort":
-                traj.finish_reason = "engine_stop"
+            if comp.finish_reason not in ("stop", "length"):  # abort, lost connection, server error
+                traj.finish_reason = "infra_error"
+                said = comp.meta.get("server_finish_reason", comp.finish_reason)
+                traj.meta["error"] = (f"the engine ended turn {turn_idx} with finish reason "
+                                      f"{comp.finish_reason!r} (server: {said!r}); not the policy's fault")
                 await self._notify(on_turn, traj, turn)
                 return
             if not closed and (comp.finish_reason == "length" or len(ids) >= remaining):
@@ -280,7 +286,8 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
 
 
 def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
-    """Counts over trajectories: finish reasons, tool calls, tool errors by kind, tokens."""
+    """Counts over trajectories: finish reasons, tool calls (answered ones; those recorded at the
+    turn limit but never run apart), tool errors by kind, tokens."""
     finish: dict[str, int] = {}
     errors: dict[str, int] = {}
     for t in trajs:
@@ -293,6 +300,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
         "finish_reasons": finish,
         "tool_calls": sum(t.num_tool_calls for t in trajs),
         "tool_errors": sum(t.num_tool_errors for t in trajs),
+        "tool_calls_unexecuted": sum(t.num_unexecuted_calls for t in trajs),
         "tool_errors_by_kind": errors,
         "mean_turns": sum(len(t.turns) for t in trajs) / n,
         "mean_response_tokens": sum(len(t.response_ids) for t in trajs) / n,
