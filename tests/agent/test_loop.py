@@ -342,3 +342,34 @@ async def test_turn_limit_calls_that_never_ran_are_not_tool_errors():
     assert t.truncated and t.num_unexecuted_calls == 1
     assert t.num_tool_calls == 2 and t.num_tool_errors == 0  # before: 3 calls, 1 error
     assert summarize([t])["tool_errors"] == 0 and summarize([t])["tool_calls_unexecuted"] == 1
+
+
+@pytest.mark.parametrize("open_with_reason", [True, False])
+async def test_sft_example_is_token_exact_with_the_rollout(open_with_reason):
+    """render_sft_example gives the very ids and mask a rollout of the same turns produces."""
+    from tirl.sandbox.types import ExecResult
+
+    tok = tiny_tokenizer()
+    turns = [("<reason>use python</reason>" + call("print(6*7)"),
+              [ExecResult(status="ok", stdout="6*7\n", exit_code=0, exec_ms=2.0)]),
+             ("<reason>so</reason><answer>\\boxed{42}</answer>", [])]
+    prompt, segs = fmt.render_sft_example("What is 6*7?", turns, open_with_reason=open_with_reason)
+    ids = list(tok.encode(prompt, add_special_tokens=False))
+    mask = [0] * len(ids)
+    for text, trained in segs:
+        seg = list(tok.encode(text, add_special_tokens=False))
+        ids += seg
+        mask += [int(trained)] * len(seg)
+    # the model writes what the SFT example trains on (after the template's opener)
+    opener = "<reason>" if open_with_reason else ""
+    script = [t[len(opener):] for t, _ in turns]
+    eng = ScriptedEngine(tok, script)
+    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(), open_with_reason=open_with_reason)
+    [t] = await loop.run("What is 6*7?")
+    assert t.finish_reason == "answer"
+    assert t.prompt_ids + t.response_ids == ids
+    assert [0] * len(t.prompt_ids) + t.response_mask == mask
+    text = tok.decode(t.prompt_ids + t.response_ids, skip_special_tokens=False)
+    assert text.count("<|im_start|>assistant\n<reason>") == 2  # the same text either way ...
+    # ... but the opener is template text (mask 0) only when the template writes it
+    assert tok.decode(t.prompt_ids, skip_special_tokens=False).endswith("<reason>") == open_with_reason

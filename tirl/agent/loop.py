@@ -67,17 +67,21 @@ class AgentLoop:
 with ``seed=derive_seed(seed, problem id, sample index, turn)``, so a trajectory's random
 numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``tools``: anything with ``async run(code, stdin="", timeout_s=None,
     session_id=None) -> ExecResult`` (and ``close_session(id)`` for the stateful tool), or
-    None (every call is then answered with an ``infra_error``).
+    None (every call is then answered with an ``infra_error``). ``open_with_reason``: in the
+    rstar2 format the template opens every assistant turn with ``<reason>`` (the prompt and
+    every tool-response turn end with it, as the release does); False leaves it to the model.
     """
 
     def __init__(self, engine: Any, tokenizer: Any, tools: Any, cfg: AgentConfig | None = None, *,
-                 on_turn: Callback | None = None, tool_timeout_s: float | None = None):
+                 on_turn: Callback | None = None, tool_timeout_s: float | None = None,
+                 open_with_reason: bool = True):
         self.engine = engine
         self.tokenizer = tokenizer
         self.tools = tools
         self.cfg = cfg or AgentConfig()
         self.on_turn = on_turn
         self.tool_timeout_s = tool_timeout_s
+        self.open_with_reason = open_with_reason
         self.stop_ids = fmt.end_of_turn_ids(tokenizer)
         if not self.stop_ids:
             raise ValueError(
@@ -92,7 +96,7 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
 
     def render_prompt(self, problem: str) -> list[int]:
         return fmt.render_prompt(self.tokenizer, problem, self.cfg.format, stateful=self.cfg.stateful_tool,
-                                 system=self.cfg.system_prompt)
+                                 system=self.cfg.system_prompt, open_with_reason=self.open_with_reason)
 
     async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
                   gold: str | None = None, max_turns: int | None = None,
@@ -249,7 +253,8 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             bodies = [fmt.parse_error_message(c) if c.result is None else c.result for c in calls]
             resp = fmt.render_tool_responses(self.tokenizer, bodies, cfg.format,
                                              max_chars=cfg.tool_response_max_chars, turn_closed=closed,
-                                             timing=cfg.tool_response_timing)
+                                             timing=cfg.tool_response_timing,
+                                             open_with_reason=self.open_with_reason)
             if len(traj.response_ids) + len(resp) >= max_tokens:
                 traj.finish_reason = "max_tokens"  # the response would leave no room: not appended
                 traj.meta["dropped_tool_tokens"] = len(resp)
