@@ -9,7 +9,8 @@ trajectory::
 
 * Admission follows a policy from :mod:`tirl.dispatch.policy`. Under ``kv`` the lease books
   ``reserve_tokens`` of the engine's KV capacity until it ends; when no engine has room the
-  caller waits in FIFO order, never polling: the head of the queue sleeps on an
+  caller waits in FIFO order, never polling (an engine of unknown capacity is booked against
+  :data:`~tirl.dispatch.policy.UNKNOWN_CAPACITY_TOKENS` until its metrics report one): the head of the queue sleeps on an
   :class:`asyncio.Event` that every release, drain and metrics reading sets, and wakes the
   next one when it is placed (O(1) per event however many wait).
 * Booking (``kv``): ``booking="max"`` books the whole ``reserve_tokens`` (the paper's rule:
@@ -53,7 +54,7 @@ from typing import Any, AsyncIterator, Sequence
 from tirl.dispatch.config import POLICIES, DispatchConfig
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
-from tirl.dispatch.policy import EngineLoad, choose_engine
+from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
 from tirl.engines.base import Completion
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,11 @@ class Dispatcher:
             self._session = aiohttp.ClientSession()
             await self.refresh_metrics()
             self._poller = asyncio.create_task(self._poll_metrics(), name="tirl-dispatch-metrics")
+        unknown = [self.names[i] for i, ld in enumerate(self.loads) if ld.capacity_tokens is None]
+        if self.policy == "kv" and unknown:
+            log.warning("dispatch: KV capacity of %s is unknown; assuming %d tokens until metrics "
+                        "report it (set dispatch.kv_capacity_tokens to give it)",
+                        ", ".join(unknown), UNKNOWN_CAPACITY_TOKENS)
 
     async def close(self) -> None:
         if self._poller is not None:
