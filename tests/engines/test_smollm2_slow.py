@@ -87,7 +87,7 @@ async def test_smollm2_through_tirl_serve_openai_engine_and_sandbox():
         loop = AgentLoop(engine, tok, tools, AgentConfig(max_turns=2, max_tokens=128, temperature=0.0))
         prompt = few_shot_prompt(tok, "What is 123 * 45?")
         traj = await loop.rollout(prompt)
-        await engine.close()
+        await engine.aclose()
 
         assert traj.finish_reason in ("answer", "max_turns", "max_tokens"), traj.meta
         call = traj.turns[0].tool_calls[0]
