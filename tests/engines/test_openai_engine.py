@@ -22,15 +22,17 @@ def free_port() -> int:
 class FakeServer:
     """A /v1/models + /v1/completions server whose answers the test scripts."""
 
-    def __init__(self, *, ids_ok=True, text_ok=True, finish="stop", models=("m",), reject=None):
+    def __init__(self, *, ids_ok=True, text_ok=True, finish="stop", models=("m",), reject=None, owner=None):
         self.ids_ok, self.text_ok, self.finish, self.models = ids_ok, text_ok, finish, models
+        self.owner = owner
         self.reject = reject  # (status, message) for every generation with max_tokens > 1
         self.bodies: list[dict] = []
         self.model_calls = 0
 
     async def list_models(self, request):
         self.model_calls += 1
-        return web.json_response({"object": "list", "data": [{"id": m} for m in self.models]})
+        cards = [{"id": m, **({"owned_by": self.owner} if self.owner else {})} for m in self.models]
+        return web.json_response({"object": "list", "data": cards})
 
     async def completions(self, request):
         body = await request.json()
@@ -91,6 +93,16 @@ async def test_start_checks_models_and_probes_token_ids_once():
         c = await eng.generate([1, 2], 4)
         assert c.token_ids == [7] and c.meta["token_exact"] and isinstance(srv.bodies[-1]["prompt"], list)
         assert srv.model_calls == 1  # started once
+        await eng.aclose()
+
+
+@pytest.mark.parametrize("owner", ["vllm", "sglang", "tirl"])
+async def test_servers_known_to_take_token_ids_are_not_probed(owner):
+    srv = FakeServer(owner=owner)
+    async with srv.running() as url:
+        eng = OpenAIEngine(url, "m")
+        await eng.start()
+        assert eng.token_ids is True and srv.bodies == []  # no request spent on a probe
         await eng.aclose()
 
 

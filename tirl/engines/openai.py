@@ -9,8 +9,9 @@ SGLang, ``tirl serve``) and the sampled tokens come back as ids — from ``choic
 Start-up (:meth:`OpenAIEngine.start`, called by the builder, or lazily by the first
 ``generate``): ``GET /v1/models`` within ``check_timeout_s`` (a closed port or a server that
 never answers fails here, at once, with the URL and what to do), then — with
-``token_ids="auto"`` — one probe request of one token decides, once, whether the server takes
-token-id prompts. Only a server that rejects the token-id probe *and* takes the same request
+``token_ids="auto"`` — the server's kind decides, once, whether it takes token-id prompts:
+a model listed as ``owned_by`` vLLM, SGLang or ``tirl serve`` does (no request spent);
+any other server gets one probe request of one token. Only a server that rejects the token-id probe *and* takes the same request
 as text is used with text prompts (decoded with the tokenizer); any later HTTP 400/422 is an
 :class:`EngineError` naming the server's message (e.g. vLLM's "max_tokens cannot be greater
 than max_model_len"), never a silent switch to text.
@@ -40,6 +41,9 @@ import time
 from typing import Any, Sequence
 
 from tirl.engines.base import Completion
+
+
+TOKEN_ID_SERVERS = ("vllm", "sglang", "tirl")  # /v1/models `owned_by` of servers that take token ids
 
 
 class EngineError(RuntimeError):
@@ -125,6 +129,7 @@ class OpenAIEngine:
         self._start_lock: asyncio.Lock | None = None
         self._started = False
         self._start_error: EngineError | None = None
+        self.owners: dict[str, str] = {}  # model name -> its `owned_by` in /v1/models
         self.requests = 0
         self.retried = 0
 
@@ -177,7 +182,8 @@ class OpenAIEngine:
             raise self._unreachable(url, err, self.check_timeout_s, "the start-up check") from None
         try:
             data = json.loads(text)
-            return [str(m["id"]) for m in data.get("data", [])]
+            self.owners = {str(m["id"]): str(m.get("owned_by", "")) for m in data.get("data", [])}
+            return list(self.owners)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise EngineError(f"{url} answered something that is not a model list: {text[:300]!r}") from None
 
@@ -192,7 +198,8 @@ class OpenAIEngine:
                 raise EngineError(f"{self.base_url}/v1/models lists no model; give the served model name")
             self.model = names[0]
         if self.token_ids == "auto":
-            self.token_ids = await self._probe_token_ids()
+            known = self.owners.get(self.model, "").lower() in TOKEN_ID_SERVERS
+            self.token_ids = True if known else await self._probe_token_ids()
         elif self.token_ids is False and self.tokenizer is None:
             raise EngineError(self._no_tokenizer_message())
         self._started = True
