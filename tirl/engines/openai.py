@@ -95,7 +95,8 @@ class OpenAIEngine:
 
     ``model``: the served name; None = the first one ``/v1/models`` lists.
     ``tokenizer``: needed only for servers without token-id prompts/outputs (text mode).
-    ``token_ids``: ``"auto"`` (probe once at start), ``True`` or ``False`` (text prompts).
+    ``token_ids``: ``"auto"`` (decided once at start, then True or False), ``True`` or
+    ``False`` (text prompts).
     ``timeout_s``: the most one request may take (generation included);
     ``connect_timeout_s``: the most connecting may take; ``check_timeout_s``: the most the
     start-up check of ``/v1/models`` may take; ``retries``/``backoff_s``: see the module docstring.
@@ -188,8 +189,8 @@ class OpenAIEngine:
             raise EngineError(f"{url} answered something that is not a model list: {text[:300]!r}") from None
 
     async def start(self) -> None:
-        """Check the server, learn the model name, and decide token-id vs text prompts (one
-        probe). Raises :class:`EngineError` / :class:`EngineUnreachable` naming the server
+        """Check the server, learn the model name, and decide token-id vs text prompts (by
+        the server's kind, else one probe). Raises :class:`EngineError` / :class:`EngineUnreachable` naming the server
         and what to do; calling it again retries."""
         self._start_error = None
         names = await self.check()
