@@ -11,8 +11,8 @@ Start-up (:meth:`OpenAIEngine.start`, called by the builder, or lazily by the fi
 never answers fails here, at once, with the URL and what to do), then — with
 ``token_ids="auto"`` — the server's kind decides, once, whether it takes token-id prompts:
 a model listed as ``owned_by`` vLLM, SGLang or ``tirl serve`` does (no request spent);
-any other server gets one probe request of one token. Only a server that rejects the token-id probe *and* takes the same request
-as text is used with text prompts (decoded with the tokenizer); any later HTTP 400/422 is an
+any other server gets one probe request of one token. Only a server that rejects the
+token-id probe *and* takes the same request as text is used with text prompts (decoded with the tokenizer); any later HTTP 400/422 is an
 :class:`EngineError` naming the server's message (e.g. vLLM's "max_tokens cannot be greater
 than max_model_len"), never a silent switch to text.
 
@@ -190,8 +190,8 @@ class OpenAIEngine:
 
     async def start(self) -> None:
         """Check the server, learn the model name, and decide token-id vs text prompts (by
-        the server's kind, else one probe). Raises :class:`EngineError` / :class:`EngineUnreachable` naming the server
-        and what to do; calling it again retries."""
+        the server's kind, else one probe). Raises :class:`EngineError` /
+        :class:`EngineUnreachable` naming the server and what to do; calling it again retries."""
         self._start_error = None
         names = await self.check()
         if self.model is None:
@@ -236,8 +236,9 @@ class OpenAIEngine:
 
     async def _probe_token_ids(self) -> bool:
         """One token from a token-id prompt; on 400/422, the same as text: True = token ids."""
-        ids = list(self.tokenizer.encode("Hi", add_special_tokens=False)) if self.tokenizer is not None else [0]
-        ids = [int(t) for t in ids] or [0]
+        tok = self.tokenizer
+        ids = [int(t) for t in tok.encode("Hi", add_special_tokens=False)] if tok is not None else []
+        ids = ids or [0]
         path = "/v1/completions"
         try:
             await self._post(path, self._body(ids, 1, 0.0, [], top_p=1.0, top_k=0, seed=None))
