@@ -11,8 +11,9 @@ trajectory::
   ``reserve_tokens`` of the engine's KV capacity until it ends; when no engine has room the
   caller waits in FIFO order, never polling (an engine of unknown capacity is booked
   against :data:`~tirl.dispatch.policy.UNKNOWN_CAPACITY_TOKENS` until its metrics report
-  one): the head of the queue sleeps on an :class:`asyncio.Event` that every release, drain and metrics reading sets, and wakes the
-  next one when it is placed (O(1) per event however many wait).
+  one): the head of the queue sleeps on an :class:`asyncio.Event` that every release,
+  drain and metrics reading sets, and wakes the next one when it is placed (O(1) per event
+  however many wait).
 * Booking (``kv``): ``booking="max"`` books the whole ``reserve_tokens`` (the paper's rule:
   an engine never overflows). ``booking="forecast"`` books the context so far plus the
   expected remaining length, learnt from the final lengths of earlier leases
