@@ -130,7 +130,11 @@ async def _server_engine(cfg: Config, tokenizer: Any) -> tuple[Any, list]:
         disp = dispatcher_for(cfg.dispatch, model=name)
         for eng in disp.engines:
             eng.tokenizer = tokenizer
-        await disp.start()
+        try:
+            await disp.start()  # checks every server at once; names each one that is down
+        except BaseException:
+            await disp.aclose()
+            raise
         return disp, [disp.aclose]
     from tirl.engines.openai import OpenAIEngine
 

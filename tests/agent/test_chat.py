@@ -28,7 +28,7 @@ async def test_chat_shows_calls_and_results_and_continues_the_conversation():
     first, second = trajs
     assert second.prompt_ids[:len(first.prompt_ids) + len(first.response_ids)] == first.prompt_ids + first.response_ids
     assert tok.decode(second.prompt_ids, skip_special_tokens=False).endswith(
-        "<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nthanks<|im_end|>\n<|im_start|>assistant\n<reason>")
 
 
 def test_describe_turn_shows_parse_errors():

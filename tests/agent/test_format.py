@@ -49,14 +49,14 @@ def test_tool_response_formats_outcomes_and_cuts_head_and_tail():
 def test_prompt_and_tool_turn_render_chatml():
     tok = tiny_tokenizer()
     text = fmt.render_prompt_text(tok, "What is 2+2?")
-    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n<reason>")
     assert json.dumps(fmt.TOOL_SCHEMA) in text and "<reason>" in text and "\\boxed{}" in text
     assert tok.decode(fmt.render_prompt(tok, "What is 2+2?"), skip_special_tokens=False) == text
     short = fmt.render_prompt_text(tok, "q", system="short")
     assert fmt.TOOL_NAME in short and len(short) < len(text) / 2
     closed = fmt.tool_turn_text(tok, ["a", "b"], turn_closed=True)
     assert closed == ("\n<|im_start|>user\n<tool_response>\na\n</tool_response>\n<tool_response>\nb\n"
-                      "</tool_response><|im_end|>\n<|im_start|>assistant\n")
+                      "</tool_response><|im_end|>\n<|im_start|>assistant\n<reason>")
     assert fmt.tool_turn_text(tok, ["a"], turn_closed=False).startswith("<|im_end|>\n<|im_start|>user")
 
 
@@ -93,3 +93,38 @@ def test_tool_response_timing_off_leaves_the_time_out():
     assert fmt.tool_result_body(err, timing=False).startswith("Execution failed with an error (exit code 2).")
     timeout = ExecResult(status="timeout", exec_ms=5000.0)
     assert fmt.tool_result_body(timeout, timing=False) == "Execution timed out."
+
+
+# ---- the <reason> opener (issue #12): the template opens every assistant turn
+
+
+def test_prompt_and_tool_turns_open_with_reason_by_default():
+    tok = tiny_tokenizer()
+    text = fmt.render_prompt_text(tok, "q")
+    assert text.endswith("<|im_start|>assistant\n<reason>")
+    assert fmt.render_prompt_text(tok, "q", open_with_reason=False).endswith("<|im_start|>assistant\n")
+    assert fmt.tool_turn_text(tok, ["a"]).endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n<reason>")
+    assert fmt.tool_turn_text(tok, ["a"], open_with_reason=False).endswith("<|im_start|>assistant\n")
+    assert fmt.user_turn_text("hi").endswith("<|im_start|>assistant\n<reason>")
+    assert tok.decode(fmt.render_tool_responses(tok, ["x"]), skip_special_tokens=False).endswith("<reason>")
+
+
+def test_sft_example_supplies_the_opener_and_does_not_train_on_it():
+    turns = [("<reason>use python</reason>" + fmt.format_tool_call("1+1"), [ExecResult(status="ok", stdout="2")]),
+             ("<reason>it is 2</reason><answer>\\boxed{2}</answer>", [])]
+    prompt, segs = fmt.render_sft_example("q", turns)
+    assert prompt.endswith("<|im_start|>assistant\n<reason>")
+    assert segs[0] == ("use python</reason>" + fmt.format_tool_call("1+1") + "<|im_end|>", True)
+    assert segs[1][0].endswith("<|im_start|>assistant\n<reason>") and not segs[1][1]
+    assert segs[2] == ("it is 2</reason><answer>\\boxed{2}</answer><|im_end|>", True)
+    # a turn written without the opener follows it as is (the stream the rollout would see)
+    _, segs = fmt.render_sft_example("q", [("<answer>\\boxed{2}</answer>", [])])
+    assert segs == [("<answer>\\boxed{2}</answer><|im_end|>", True)]
+    # turned off: the old rendering, the model writes <reason> itself and is trained on it
+    prompt, segs = fmt.render_sft_example("q", turns, open_with_reason=False)
+    assert prompt.endswith("<|im_start|>assistant\n") and segs[0][0].startswith("<reason>use python")
+
+
+def test_chat_template_format_has_no_opener():
+    assert fmt.assistant_opener("chat_template") == "" and fmt.assistant_opener("rstar2") == "<reason>"
+    assert fmt.assistant_opener("rstar2", open_with_reason=False) == ""

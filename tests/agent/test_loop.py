@@ -269,3 +269,110 @@ async def test_turn_seeds_derive_from_the_base_seed_problem_sample_and_turn():
     tok, eng, loop = make([ANSWER])
     await loop.run("What is 6*7?", problem_id="p1")
     assert eng.seeds == [None]  # no base seed: the engine's own randomness
+
+
+# ---- defects of issue #12: infra finishes, max_turns with an answer, unexecuted calls
+
+
+class _FinishEngine:
+    """Answers every turn with ``text`` and a given engine finish reason."""
+
+    def __init__(self, tok, text, finish, meta=None):
+        self.tok, self.text, self.finish, self.meta = tok, text, finish, meta or {}
+
+    async def generate(self, prompt_ids, max_new_tokens, temperature=1.0, stop=None, **kw):
+        from tirl.engines.base import Completion
+
+        ids = list(self.tok.encode(self.text, add_special_tokens=False))
+        return Completion(token_ids=ids, logprobs=[-0.1] * len(ids), finish_reason=self.finish,
+                          meta=dict(self.meta))
+
+
+async def test_engine_abort_is_an_infra_error_not_a_truncation():
+    tok = tiny_tokenizer()
+    eng = _FinishEngine(tok, "<reason>half a th", "abort", {"server_finish_reason": "abort"})
+    [t] = await AgentLoop(eng, tok, FakeTools()).run("q")
+    # before the fix: finish_reason "engine_stop", truncated, rewarded 0 by the trainer
+    assert t.finish_reason == "infra_error" and t.has_infra_error and not t.truncated
+    assert "abort" in t.meta["error"]
+    assert summarize([t])["finish_reasons"] == {"infra_error": 1}
+
+
+async def test_context_limit_is_still_an_engine_stop():
+    tok = tiny_tokenizer()
+    eng = _FinishEngine(tok, "<reason>long", "length", {"context_limit": True})
+    [t] = await AgentLoop(eng, tok, FakeTools()).run("q")
+    assert t.finish_reason == "engine_stop" and t.truncated and not t.has_infra_error
+
+
+async def test_max_turns_on_a_turn_with_a_complete_answer_is_graded():
+    tools = FakeTools()
+    last = call("print(1)") + "<answer>\\boxed{1}</answer>"
+    tok, eng, loop = make([call("print(1)"), last], tools, max_turns=2)
+    [t] = await loop.run("q")
+    assert t.finish_reason == "max_turns" and len(tools.calls) == 1
+    assert not t.truncated  # a complete final <answer> with a box: graded like the release
+    # the last call was recorded but never run: not a failure, not counted as answered
+    assert t.turns[-1].tool_calls[0].result is None
+    assert t.num_tool_calls == 1 and t.num_tool_errors == 0 and t.tool_errors_by_kind == {}
+    assert t.num_unexecuted_calls == 1 and len(t.tool_calls) == 2
+
+
+@pytest.mark.parametrize("last,truncated", [
+    ("<answer>\\boxed{1}</answer>", False),
+    ("<answer>\\boxed{1}</answer>" + "<tool_call>{}</tool_call>", False),
+    ("<answer>\\boxed{1}", True),  # not closed
+    ("<answer>1</answer>", True),  # no box
+    ("<answer>\\boxed{1</answer>", True),  # the box never closes
+    ("<tool_call><answer>\\boxed{1}</answer></tool_call>", True),  # inside code, not the model's answer
+    ("<reason>no answer</reason>", True),
+])
+def test_truncated_at_max_turns_depends_on_a_complete_final_answer(last, truncated):
+    from tirl.agent.trajectory import Turn
+
+    t = Trajectory(prompt_ids=[1], turns=[Turn(text="<reason>x</reason>"), Turn(text=last)],
+                   finish_reason="max_turns")
+    assert t.truncated is truncated
+    # other truncations stay truncated whatever the text
+    assert Trajectory(prompt_ids=[1], turns=[Turn(text="<answer>\\boxed{1}</answer>")],
+                      finish_reason="max_tokens").truncated
+
+
+async def test_turn_limit_calls_that_never_ran_are_not_tool_errors():
+    tools = FakeTools()
+    tok, eng, loop = make([call("print(1)")], tools, max_turns=3)
+    [t] = await loop.run("q")
+    assert t.truncated and t.num_unexecuted_calls == 1
+    assert t.num_tool_calls == 2 and t.num_tool_errors == 0  # before: 3 calls, 1 error
+    assert summarize([t])["tool_errors"] == 0 and summarize([t])["tool_calls_unexecuted"] == 1
+
+
+@pytest.mark.parametrize("open_with_reason", [True, False])
+async def test_sft_example_is_token_exact_with_the_rollout(open_with_reason):
+    """render_sft_example gives the very ids and mask a rollout of the same turns produces."""
+    from tirl.sandbox.types import ExecResult
+
+    tok = tiny_tokenizer()
+    turns = [("<reason>use python</reason>" + call("print(6*7)"),
+              [ExecResult(status="ok", stdout="6*7\n", exit_code=0, exec_ms=2.0)]),
+             ("<reason>so</reason><answer>\\boxed{42}</answer>", [])]
+    prompt, segs = fmt.render_sft_example("What is 6*7?", turns, open_with_reason=open_with_reason)
+    ids = list(tok.encode(prompt, add_special_tokens=False))
+    mask = [0] * len(ids)
+    for text, trained in segs:
+        seg = list(tok.encode(text, add_special_tokens=False))
+        ids += seg
+        mask += [int(trained)] * len(seg)
+    # the model writes what the SFT example trains on (after the template's opener)
+    opener = "<reason>" if open_with_reason else ""
+    script = [t[len(opener):] for t, _ in turns]
+    eng = ScriptedEngine(tok, script)
+    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(), open_with_reason=open_with_reason)
+    [t] = await loop.run("What is 6*7?")
+    assert t.finish_reason == "answer"
+    assert t.prompt_ids + t.response_ids == ids
+    assert [0] * len(t.prompt_ids) + t.response_mask == mask
+    text = tok.decode(t.prompt_ids + t.response_ids, skip_special_tokens=False)
+    assert text.count("<|im_start|>assistant\n<reason>") == 2  # the same text either way ...
+    # ... but the opener is template text (mask 0) only when the template writes it
+    assert tok.decode(t.prompt_ids, skip_special_tokens=False).endswith("<reason>") == open_with_reason

@@ -271,3 +271,68 @@ async def test_a_moved_lease_goes_before_new_waiters():
     free_b.set()
     await asyncio.gather(hb, m, n)
     assert order == [("moved", 1), ("new", 1)]
+
+
+# ---- start-up checks of owned engines, async close and health (issues #12, #17)
+
+
+class StartableEngine(FakeEngine):
+    def __init__(self, idx, fail=None):
+        super().__init__(idx)
+        self.fail, self.starts, self.closed = fail, 0, 0
+
+    async def start(self):
+        self.starts += 1
+        if self.fail:
+            raise ConnectionRefusedError(self.fail)
+
+    async def aclose(self):
+        self.closed += 1
+
+
+async def test_owned_engines_are_checked_at_start_and_a_dead_one_is_named():
+    from tirl.dispatch import EngineStartError
+
+    good, bad = StartableEngine(0), StartableEngine(1, fail="nothing listens on :9")
+    d = Dispatcher([good, bad], "kv", capacity_tokens=100, own_engines=True, names=["good", "bad"])
+    with pytest.raises(EngineStartError, match=r"1 of 2 engines.*bad: nothing listens on :9"):
+        await d.start()
+    assert good.closed == bad.closed == 1  # nothing left open
+    # lazily started by a lease: the first lease fails, later ones at once with the same error
+    d2 = Dispatcher([StartableEngine(0, fail="down")], "kv", capacity_tokens=100, own_engines=True)
+    for _ in range(3):
+        with pytest.raises(EngineStartError, match="down"):
+            async with d2.lease("t", 10):
+                pass
+    assert d2.engines[0].starts == 1
+    with pytest.raises(EngineStartError):  # an explicit start tries again
+        await d2.start()
+    assert d2.engines[0].starts == 2
+
+
+async def test_engines_not_owned_are_neither_started_nor_closed():
+    e = StartableEngine(0)
+    async with Dispatcher([e], "kv", capacity_tokens=100) as d:
+        async with d.lease("t", 10) as eng:
+            await eng.generate([1], 1)
+        h = await d.health()
+    assert e.starts == 0 and e.closed == 0
+    assert h["policy"] == "kv" and h["engines"][0]["leases_total"] == 1 and h["stats"]["leases"] == 1
+    async with Dispatcher([e], "kv", capacity_tokens=100, own_engines=True):
+        pass
+    assert e.starts == 1 and e.closed == 1
+
+
+async def test_dispatcher_for_urls_fails_fast_on_a_closed_port():
+    import socket
+
+    from tirl.dispatch import EngineStartError, dispatcher_for
+    from tirl.dispatch.config import DispatchConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = dispatcher_for(DispatchConfig(engines=[f"http://127.0.0.1:{port}/v1"]), model="m")
+    with pytest.raises(EngineStartError, match="is the server running"):
+        await d.start()
+    await d.aclose()

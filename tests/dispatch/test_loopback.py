@@ -98,7 +98,7 @@ class HttpEngine:
         ch = data["choices"][0]
         return Completion(ch["token_ids"], None, ch["finish_reason"])
 
-    async def close(self):
+    async def aclose(self):
         if self._session is not None:
             await self._session.close()
 
@@ -110,7 +110,7 @@ async def cluster():
     engines = [HttpEngine(u) for u in urls]
     yield servers, engines
     for e in engines:
-        await e.close()
+        await e.aclose()
     for s in servers:
         await s.stop()
 
@@ -169,7 +169,7 @@ async def test_server_that_dies_is_drained_its_calls_retried_and_it_comes_back(c
             await asyncio.sleep(0.02)
         assert d.loads[1].healthy
     finally:
-        await d.close()
+        await d.aclose()
     assert all(ld.reserved_tokens == 0 and ld.active == 0 for ld in d.loads)
 
 
@@ -201,10 +201,10 @@ async def test_wrapped_connection_errors_are_recognised_by_asking_the_server(clu
             with pytest.raises(RuntimeError, match="failed after"):
                 await d2.generate([1], 1)
             assert d2.loads[0].healthy
-            await bad.close()
+            await bad.aclose()
     finally:
         for e in engines:
-            await e.close()
+            await e.aclose()
 
 
 async def test_new_llamacpp_capacity_comes_from_slots():

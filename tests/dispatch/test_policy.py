@@ -65,3 +65,30 @@ def test_errors_name_the_bad_value():
         choose_engine("fastest", loads(1), 1)
     with pytest.raises(ValueError, match="at least one engine"):
         choose_engine("kv", [], 1)
+
+
+def test_kv_unknown_capacity_is_not_infinitely_free():
+    from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS
+
+    known = EngineLoad(capacity_tokens=4 * UNKNOWN_CAPACITY_TOKENS)
+    unknown = EngineLoad(reserved_tokens=1000, active=1)
+    # before: the unknown engine counted as infinitely free and got every lease first
+    assert unknown.free_tokens() == UNKNOWN_CAPACITY_TOKENS - 1000
+    assert choose_engine("kv", [unknown, known], 2000) == 1
+    # it is booked against the assumed capacity: full means wait (or another engine)
+    unknown.reserved_tokens, unknown.active = UNKNOWN_CAPACITY_TOKENS - 100, 3
+    assert choose_engine("kv", [unknown], 200) is None
+    assert choose_engine("kv", [unknown, known], 200) == 1
+    # once metrics (or the config) give the capacity, the real number rules
+    unknown.capacity_tokens = 10 * UNKNOWN_CAPACITY_TOKENS
+    assert choose_engine("kv", [unknown, known], 200) == 0
+
+
+def test_kv_an_idle_engine_of_unknown_capacity_takes_any_single_lease():
+    # progress: a lease larger than the assumed capacity is never stuck behind a guess
+    from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS
+
+    idle = EngineLoad()
+    assert choose_engine("kv", [idle], 3 * UNKNOWN_CAPACITY_TOKENS) == 0
+    idle.active, idle.reserved_tokens = 1, 3 * UNKNOWN_CAPACITY_TOKENS
+    assert choose_engine("kv", [idle], 10) is None

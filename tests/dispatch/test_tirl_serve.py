@@ -112,4 +112,4 @@ async def test_dispatch_over_two_tirl_serve_processes(servers):
             assert all(ld.reserved_tokens == 0 and ld.active == 0 for ld in d.loads)
     finally:
         for e in engines:
-            await e.close()
+            await e.aclose()

@@ -85,7 +85,7 @@ async def test_openai_engine_through_tirl_serve_is_token_exact():
                          sampling=SamplingConfig(max_tokens=30, max_turns=2))
         trajs = await loop.run("2+2?", n=2)
         assert all(len(t.response_ids) == len(t.logprobs) <= 30 for t in trajs)
-        await eng.close()
+        await eng.aclose()
     local.close()
 
 
@@ -108,13 +108,13 @@ async def test_chat_completions_returns_hermes_tool_calls():
     assert fmt.TOOL_NAME in prompt and prompt.endswith("<|im_start|>assistant\n")
 
 
-async def test_openai_engine_retries_then_gives_a_clear_error():
+async def test_openai_engine_fails_fast_with_a_clear_error_on_a_closed_port():
     port = free_port()
     eng = OpenAIEngine(f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)
-    with pytest.raises(EngineError, match="failed after 3 attempts"):
-        await eng.generate([1, 2, 3], 4)
-    assert eng.retried == 2
-    await eng.close()
+    with pytest.raises(EngineError, match="is the server running"):
+        await eng.generate([1, 2, 3], 4)  # the start-up check fails; no retries (issue #17)
+    assert eng.retried == 0
+    await eng.aclose()
 
 
 async def test_missing_logprobs_are_an_error_when_required():
@@ -136,7 +136,7 @@ async def test_missing_logprobs_are_an_error_when_required():
         eng.require_logprobs = False
         c = await eng.generate([1], 4)
         assert c.token_ids == [5, 6] and c.logprobs is None
-        await eng.close()
+        await eng.aclose()
     finally:
         await runner.cleanup()
 
@@ -165,9 +165,9 @@ async def test_text_only_server_falls_back_to_text_prompts():
         eng = OpenAIEngine(f"http://127.0.0.1:{port}", "m", tokenizer=tok)
         ids = tok.encode("<|im_start|>user\nhi<|im_end|>")
         c = await eng.generate(ids, 4)
-        assert seen == ["<|im_start|>user\nhi<|im_end|>"]
+        assert seen[1:] == ["<|im_start|>user\nhi<|im_end|>"]  # after the start-up probe as text
         assert tok.decode(c.token_ids) == " answer" and not c.meta["token_exact"]
         assert eng.token_ids is False
-        await eng.close()
+        await eng.aclose()
     finally:
         await runner.cleanup()

@@ -33,7 +33,8 @@ def few_shot_prompt(tok, question: str) -> list[int]:
         text += (f"<|im_start|>user\nWhat is {a} * {b}?<|im_end|>\n<|im_start|>assistant\n"
                  f"{fmt.format_tool_call(f'print({a} * {b})')}<|im_end|>")
         text += fmt.tool_turn_text(tok, [fmt.tool_result_body(ExecResult(status="ok", stdout=f"{a * b}\n",
-                                                                          exec_ms=10))], "rstar2", True)
+                                                                          exec_ms=10))], "rstar2", True,
+                                   open_with_reason=False)
         text += f"<answer>\\boxed{{{a * b}}}</answer><|im_end|>\n"
     text += f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
     return list(tok.encode(text, add_special_tokens=False))
@@ -84,11 +85,12 @@ async def test_smollm2_through_tirl_serve_openai_engine_and_sandbox():
         await wait_up(url, proc)
         engine = OpenAIEngine(url + "/v1", "smollm2", require_logprobs=True)
         tools = await make_executor()
-        loop = AgentLoop(engine, tok, tools, AgentConfig(),
+        # the few-shot examples show turns without the <reason> opener: the loop matches them
+        loop = AgentLoop(engine, tok, tools, AgentConfig(open_with_reason=False),
                          sampling=SamplingConfig(max_turns=2, max_tokens=128, temperature=0.0))
         prompt = few_shot_prompt(tok, "What is 123 * 45?")
         traj = await loop.rollout(prompt)
-        await engine.close()
+        await engine.aclose()
 
         assert traj.finish_reason in ("answer", "max_turns", "max_tokens"), traj.meta
         call = traj.turns[0].tool_calls[0]

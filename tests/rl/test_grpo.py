@@ -91,6 +91,70 @@ def test_resample_is_deterministic_for_a_seed_and_sized_g():
         resample_on_correct([1, 0, 1], [0, 0], 2)
 
 
+def test_roc_keeps_the_only_positive_when_g_is_two():
+    # G=2, 1 positive + 3 negatives: 1*2/4 = 0.5 rounds to 1 positive, but min_neg=2 used to
+    # take both slots and drop the only positive (an all-negative group: no learning signal)
+    assert roc_split(1, 3, 2) == (1, 1)
+    kept = resample_on_correct([0, 1, 0, 0], [0.0] * 4, 2, rng=random.Random(0))
+    assert 1 in kept and len(kept) == 2
+    # the mirror case keeps the only negative
+    assert roc_split(3, 1, 2) == (1, 1)
+
+
+def test_roc_keeps_a_rare_positive_with_min_pos_zero():
+    # oversample 3x (12 -> 4), 1 positive: 1*4/12 = 0.33 rounds to 0, and min_pos=0 did not help
+    assert roc_split(1, 11, 4, min_pos=0) == (1, 3)
+    assert roc_split(11, 1, 4, min_neg=0) == (3, 1)
+    kept = resample_on_correct([0] * 7 + [1] + [0] * 4, [0.0] * 12, 4, min_pos=0,
+                               rng=random.Random(3))
+    assert 7 in kept and len(kept) == 4
+
+
+def test_roc_g_one_keeps_one_rollout():
+    # G=1 cannot hold both classes: one rollout, never a negative count (it was (-1, 2))
+    assert sum(roc_split(1, 3, 1)) == 1 and min(roc_split(1, 3, 1)) >= 0
+
+
+def test_roc_split_property_over_all_small_groups():
+    # every group of 1..8 kept from 1x..4x oversampling, every class mix and minimum
+    for g in range(1, 9):
+        for factor in range(1, 5):
+            n = g * factor
+            for n_pos in range(n + 1):
+                n_neg = n - n_pos
+                for min_pos in range(4):
+                    for min_neg in range(4):
+                        k_pos, k_neg = roc_split(n_pos, n_neg, g, min_pos, min_neg)
+                        case = (n_pos, n_neg, g, min_pos, min_neg, k_pos, k_neg)
+                        assert 0 <= k_pos <= n_pos and 0 <= k_neg <= n_neg, case
+                        assert k_pos + k_neg == min(g, n), case
+                        if n_pos and n_neg and g >= 2:
+                            assert k_pos >= 1 and k_neg >= 1, case
+                        # the minimums hold whenever the group has room for both of them
+                        # (each raised to 1 by the both-classes rule)
+                        lo_pos, lo_neg = min(min_pos, n_pos), min(min_neg, n_neg)
+                        if n_pos and n_neg and g >= 2:
+                            lo_pos, lo_neg = max(lo_pos, 1), max(lo_neg, 1)
+                        if lo_pos + lo_neg <= g:
+                            assert k_pos >= lo_pos and k_neg >= lo_neg, case
+
+
+def test_resample_property_over_random_groups():
+    rng = random.Random(12)
+    for _ in range(3000):
+        g = rng.randint(2, 16)
+        n = g * rng.randint(1, 3)
+        rewards = [1.0 if rng.random() < rng.random() else 0.0 for _ in range(n)]
+        pens = [rng.random() * 2 for _ in range(n)]
+        kept = resample_on_correct(rewards, pens, g, mode=rng.choice(["weighted", "topk"]),
+                                   min_pos=rng.randint(0, 3), min_neg=rng.randint(0, 3),
+                                   rng=random.Random(rng.random()))
+        assert kept == sorted(set(kept)) and len(kept) == min(g, n)
+        classes = {rewards[i] > 0 for i in kept}
+        if 0.0 < sum(rewards) < n:  # both classes were there: both stay
+            assert classes == {True, False}, (rewards, kept, g)
+
+
 # ---- Eq. 4 ----------------------------------------------------------------------------
 
 def test_group_advantages_hand_example():

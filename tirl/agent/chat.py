@@ -83,7 +83,8 @@ async def chat_session(loop: AgentLoop, messages: Iterable[str] | AsyncIterable[
             ids = history.response_ids
             closed = bool(ids) and ids[-1] in loop.stop_ids
             prompt = history.prompt_ids + ids + list(
-                tok.encode(fmt.user_turn_text(msg, closed), add_special_tokens=False))
+                tok.encode(fmt.user_turn_text(msg, closed, open_with_reason=loop.open_with_reason),
+                           add_special_tokens=False))
         traj = await loop.rollout(prompt, on_turn=on_turn)
         if traj.finish_reason != "answer":
             why = traj.meta.get("error") or traj.finish_reason

@@ -6,13 +6,17 @@ Two formats, chosen by ``[agent] format``:
   ``<reason>…</reason>`` and the answer in ``<answer>…</answer>`` with ``\\boxed{}``, lists the
   one tool's JSON schema inside ``<tools>`` and asks for hermes-style calls
   ``<tool_call>{"name": …, "arguments": {…}}</tool_call>``. Tool results come back as a user
-  turn of ``<tool_response>…</tool_response>`` blocks, one per call, in call order.
+  turn of ``<tool_response>…</tool_response>`` blocks, one per call, in call order. Every
+  assistant turn is opened with ``<reason>`` by the template (:data:`REASON_OPENER`, as the
+  release does; ``open_with_reason=False`` leaves the turn to the model): the prompt ends
+  ``<|im_start|>assistant\n<reason>`` and so does every tool-response turn.
 * ``chat_template``: the tokenizer's own chat template, given the tool schema (Qwen-style
   templates render it); when the template ignores tools, the rStar2 tool instructions are put
   into the system message so the model still learns the call syntax.
 
 This module also holds the strings the SFT data uses (:func:`format_tool_call`,
-:func:`format_tool_response`), so SFT examples and rollouts share exactly one text, and the
+:func:`format_tool_response`, :func:`render_sft_example`), so SFT examples and rollouts share
+exactly one text — the opener included, as template text the model is not trained on — and the
 parser of tool calls (:func:`parse_tool_calls`), which never raises: a malformed call becomes
 a :class:`~tirl.agent.trajectory.ToolCall` with ``parse_error`` and an ``error_kind``.
 
@@ -78,6 +82,7 @@ SHORT_SYSTEM_PROMPT = (
     f'Run Python with <tool_call>{{"name": "{TOOL_NAME}", "arguments": {{"code": ..., "input": ""}}}}</tool_call>.'
 )
 
+REASON_OPENER = "<reason>"  # what the template writes at the start of every assistant turn (rstar2)
 
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
@@ -244,9 +249,16 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def assistant_opener(fmt: str = "rstar2", open_with_reason: bool = True) -> str:
+    """The text the template puts after every assistant header: ``<reason>`` in the rstar2
+    format when ``open_with_reason`` (the default, as the release), else nothing."""
+    return REASON_OPENER if fmt == "rstar2" and open_with_reason else ""
+
+
 def render_prompt_text(tokenizer, problem: str, fmt: str = "rstar2", *, stateful: bool = False,
-                       system: str | None = None) -> str:
-    """The prompt as text, ending with the assistant header the model continues from."""
+                       system: str | None = None, open_with_reason: bool = True) -> str:
+    """The prompt as text, ending with the assistant header the model continues from (and,
+    in the rstar2 format, the ``<reason>`` opener unless ``open_with_reason=False``)."""
     if fmt == "rstar2" or not has_chat_template(tokenizer):
         if fmt == "chat_template":
             raise ValueError(
@@ -255,7 +267,7 @@ def render_prompt_text(tokenizer, problem: str, fmt: str = "rstar2", *, stateful
             )
         sys_text = system_prompt(stateful, system)
         return (f"{IM_START}system\n{sys_text}{IM_END}\n{IM_START}user\n{problem}{IM_END}\n"
-                f"{IM_START}assistant\n")
+                f"{IM_START}assistant\n{assistant_opener(fmt, open_with_reason)}")
     if fmt != "chat_template":
         raise ValueError(f"unknown agent.format {fmt!r}; use 'rstar2' or 'chat_template'")
     msgs = [{"role": "user", "content": problem}]
@@ -273,9 +285,10 @@ def render_prompt_text(tokenizer, problem: str, fmt: str = "rstar2", *, stateful
 
 
 def render_prompt(tokenizer, problem: str, fmt: str = "rstar2", *, stateful: bool = False,
-                  system: str | None = None) -> list[int]:
+                  system: str | None = None, open_with_reason: bool = True) -> list[int]:
     """Token ids of the prompt for ``problem`` (the fixed prefix of every turn)."""
-    return _encode(tokenizer, render_prompt_text(tokenizer, problem, fmt, stateful=stateful, system=system))
+    return _encode(tokenizer, render_prompt_text(tokenizer, problem, fmt, stateful=stateful, system=system,
+                                                 open_with_reason=open_with_reason))
 
 
 def _template_tool_suffix(tokenizer, bodies: Sequence[str]) -> str:
@@ -298,14 +311,16 @@ def _template_tool_suffix(tokenizer, bodies: Sequence[str]) -> str:
 
 
 def tool_turn_text(tokenizer, bodies: Sequence[str], fmt: str = "rstar2",
-                   turn_closed: bool = True) -> str:
-    """The text inserted after an assistant turn with tool calls, up to the next assistant header.
+                   turn_closed: bool = True, *, open_with_reason: bool = True) -> str:
+    """The text inserted after an assistant turn with tool calls, up to the next assistant
+    header and its opener (:func:`assistant_opener`).
 
     ``turn_closed`` says whether the model already emitted the end-of-turn token; if not,
     the end-of-turn marker is inserted first (as a template token, mask 0).
     """
     if fmt == "rstar2" or not has_chat_template(tokenizer):
-        text = f"{IM_END}\n{IM_START}user\n{tool_responses_text(bodies)}{IM_END}\n{IM_START}assistant\n"
+        text = (f"{IM_END}\n{IM_START}user\n{tool_responses_text(bodies)}{IM_END}\n{IM_START}assistant\n"
+                f"{assistant_opener(fmt, open_with_reason)}")
     else:
         text = _template_tool_suffix(tokenizer, bodies)
     if turn_closed and text.startswith(IM_END):
@@ -319,36 +334,49 @@ def tool_turn_text(tokenizer, bodies: Sequence[str], fmt: str = "rstar2",
 
 def render_tool_responses(tokenizer, results: Sequence[ExecResult | str], fmt: str = "rstar2", *,
                           max_chars: int = 2048, turn_closed: bool = True,
-                          timing: bool = True) -> list[int]:
+                          timing: bool = True, open_with_reason: bool = True) -> list[int]:
     """Token ids of the tool-response turn for ``results`` (strings are parse errors)."""
     bodies = [tool_result_body(r, max_chars, timing) for r in results]
-    return _encode(tokenizer, tool_turn_text(tokenizer, bodies, fmt, turn_closed))
+    return _encode(tokenizer, tool_turn_text(tokenizer, bodies, fmt, turn_closed,
+                                             open_with_reason=open_with_reason))
 
 
-def user_turn_text(message: str, turn_closed: bool = True) -> str:
-    """A follow-up user message after a finished assistant turn (chat), ChatML."""
+def user_turn_text(message: str, turn_closed: bool = True, *, open_with_reason: bool = True) -> str:
+    """A follow-up user message after a finished assistant turn (chat), ChatML, ending with
+    the next assistant header and its opener (rstar2)."""
     start = "" if turn_closed else IM_END
-    return f"{start}\n{IM_START}user\n{message}{IM_END}\n{IM_START}assistant\n"
+    return (f"{start}\n{IM_START}user\n{message}{IM_END}\n{IM_START}assistant\n"
+            f"{assistant_opener('rstar2', open_with_reason)}")
 
 
 def render_sft_example(problem: str, turns: Sequence[tuple[str, Sequence[ExecResult | str]]], *,
                        stateful: bool = False, max_chars: int = 2048,
-                       system: str | None = None, timing: bool = True) -> tuple[str, list[tuple[str, bool]]]:
+                       system: str | None = None, timing: bool = True,
+                       open_with_reason: bool = True) -> tuple[str, list[tuple[str, bool]]]:
     """An rstar2-format SFT example as text segments ``(text, trained)``.
 
     ``turns`` is a list of (assistant text, tool results of that turn); the last turn should
     have no results. Returns the prompt text and the list of segments after it; segments with
     ``trained=True`` are the model's (mask 1), the others template/tool text (mask 0) — the
     same split the rollout makes.
+
+    With ``open_with_reason`` (the default) the prompt and every tool-response turn end with
+    the ``<reason>`` opener, exactly as the rollout supplies it: an assistant text that starts
+    with ``<reason>`` has it removed from its trained segment (the template wrote it), and
+    one that does not is rendered after the opener as is — the stream the rollout would see.
     """
+    opener = assistant_opener("rstar2", open_with_reason)
     prompt = (f"{IM_START}system\n{system_prompt(stateful, system)}{IM_END}\n{IM_START}user\n{problem}{IM_END}\n"
-              f"{IM_START}assistant\n")
+              f"{IM_START}assistant\n{opener}")
     segs: list[tuple[str, bool]] = []
     for text, results in turns:
+        if opener and text.startswith(opener):
+            text = text[len(opener):]
         segs.append((text + IM_END, True))
         if results:
             bodies = [tool_result_body(r, max_chars, timing) for r in results]
-            segs.append((tool_turn_text(None, bodies, "rstar2", turn_closed=True), False))
+            segs.append((tool_turn_text(None, bodies, "rstar2", turn_closed=True,
+                                        open_with_reason=open_with_reason), False))
     return prompt, segs
 
 

@@ -14,8 +14,11 @@ raises :class:`PrefixMismatch` (a bug, never a silent drift).
 Stops: a turn without a tool call (``answer``); the turn limit (``max_turns``; calls in the
 last turn are recorded but not executed); the token budget shared by generated and tool tokens
 (``max_tokens``; a tool response that would not leave room for another generated token ends
-the trajectory without it); the engine stopping for its own reason (``engine_stop``); the
-engine or sandbox failing (``infra_error``, never the policy's fault).
+the trajectory without it); the engine's context limit (``engine_stop``); the engine or
+sandbox failing (``infra_error``, never the policy's fault): an exception, or a turn the
+engine ended with a finish reason other than ``stop``/``length`` (``abort``: a lost
+connection, a server error, a cancelled request). Whether a ``max_turns`` trajectory is
+graded is decided by :attr:`Trajectory.truncated` (a complete final answer in the last turn).
 
 What it does not do: grade answers (``tirl.reward``), pick engines (``tirl.dispatch``), or
 retry failed engines.
@@ -64,7 +67,9 @@ class AgentLoop:
 with ``seed=derive_seed(seed, problem id, sample index, turn)``, so a trajectory's random
 numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``tools``: anything with ``async run(code, stdin="", timeout_s=None,
     session_id=None) -> ExecResult`` (and ``close_session(id)`` for the stateful tool), or
-    None (every call is then answered with an ``infra_error``).
+    None (every call is then answered with an ``infra_error``). ``cfg.open_with_reason``: in
+    the rstar2 format the template opens every assistant turn with ``<reason>`` (the prompt
+    and every tool-response turn end with it, as the release does); False leaves it to the model.
     """
 
     def __init__(self, engine: Any, tokenizer: Any, tools: Any, cfg: AgentConfig | None = None, *,
@@ -77,6 +82,7 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
         self.sampling = sampling or SamplingConfig()
         self.on_turn = on_turn
         self.tool_timeout_s = tool_timeout_s
+        self.open_with_reason = self.cfg.open_with_reason
         self.stop_ids = fmt.end_of_turn_ids(tokenizer)
         if not self.stop_ids:
             raise ValueError(
@@ -91,7 +97,7 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
 
     def render_prompt(self, problem: str) -> list[int]:
         return fmt.render_prompt(self.tokenizer, problem, self.cfg.format, stateful=self.cfg.stateful_tool,
-                                 system=self.cfg.system_prompt)
+                                 system=self.cfg.system_prompt, open_with_reason=self.open_with_reason)
 
     async def run(self, problem: str, *, n: int = 1, problem_id: str | None = None,
                   gold: str | None = None, sampling: SamplingConfig | None = None,
@@ -209,8 +215,11 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             turn = Turn(text=text, gen_ms=gen_ms, n_generated=len(ids), finish=comp.finish_reason)
             traj.turns.append(turn)
             closed = bool(ids) and ids[-1] in self.stop_ids
-            if comp.finish_reason == "abort":
-                traj.finish_reason = "engine_stop"
+            if comp.finish_reason not in ("stop", "length"):  # abort, lost connection, server error
+                traj.finish_reason = "infra_error"
+                said = comp.meta.get("server_finish_reason", comp.finish_reason)
+                traj.meta["error"] = (f"the engine ended turn {turn_idx} with finish reason "
+                                      f"{comp.finish_reason!r} (server: {said!r}); not the policy's fault")
                 await self._notify(on_turn, traj, turn)
                 return
             if not closed and (comp.finish_reason == "length" or len(ids) >= remaining):
@@ -238,7 +247,8 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             bodies = [fmt.parse_error_message(c) if c.result is None else c.result for c in calls]
             resp = fmt.render_tool_responses(self.tokenizer, bodies, cfg.format,
                                              max_chars=cfg.tool_response_max_chars, turn_closed=closed,
-                                             timing=cfg.tool_response_timing)
+                                             timing=cfg.tool_response_timing,
+                                             open_with_reason=self.open_with_reason)
             if len(traj.response_ids) + len(resp) >= max_tokens:
                 traj.finish_reason = "max_tokens"  # the response would leave no room: not appended
                 traj.meta["dropped_tool_tokens"] = len(resp)
@@ -275,7 +285,8 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
 
 
 def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
-    """Counts over trajectories: finish reasons, tool calls, tool errors by kind, tokens."""
+    """Counts over trajectories: finish reasons, tool calls (answered ones; those recorded at the
+    turn limit but never run apart), tool errors by kind, tokens."""
     finish: dict[str, int] = {}
     errors: dict[str, int] = {}
     for t in trajs:
@@ -288,6 +299,7 @@ def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
         "finish_reasons": finish,
         "tool_calls": sum(t.num_tool_calls for t in trajs),
         "tool_errors": sum(t.num_tool_errors for t in trajs),
+        "tool_calls_unexecuted": sum(t.num_unexecuted_calls for t in trajs),
         "tool_errors_by_kind": errors,
         "mean_turns": sum(len(t.turns) for t in trajs) / n,
         "mean_response_tokens": sum(len(t.response_ids) for t in trajs) / n,

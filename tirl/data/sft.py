@@ -82,25 +82,27 @@ def exec_result(r: Any):
                       stderr=r.get("stderr", ""), exec_ms=float(r.get("exec_ms", 0.0)))
 
 
-def render_example_text(example: dict, system: str | None = None,
-                        timing: bool = True) -> tuple[str, list[tuple[str, bool]]]:
-    """(prompt text, [(segment text, trained)]) exactly as rollouts render it; ``timing``
-    as ``[agent] tool_response_timing`` (False: tool responses without the run time)."""
+def render_example_text(example: dict, system: str | None = None, timing: bool = True,
+                        open_with_reason: bool = True) -> tuple[str, list[tuple[str, bool]]]:
+    """(prompt text, [(segment text, trained)]) exactly as rollouts render it; ``timing`` and
+    ``open_with_reason`` as ``[agent] tool_response_timing`` / ``open_with_reason``."""
     from tirl.agent.format import render_sft_example
 
     turns = [(text, [exec_result(r) for r in results]) for text, results in example["turns"]]
-    return render_sft_example(example["problem"], turns, system=system, timing=timing)
+    return render_sft_example(example["problem"], turns, system=system, timing=timing,
+                              open_with_reason=open_with_reason)
 
 
-def example_texts(example: dict, system: str | None = None, timing: bool = True) -> str:
-    prompt, segs = render_example_text(example, system, timing)
+def example_texts(example: dict, system: str | None = None, timing: bool = True,
+                  open_with_reason: bool = True) -> str:
+    prompt, segs = render_example_text(example, system, timing, open_with_reason)
     return prompt + "".join(s for s, _ in segs)
 
 
-def tokenize_example(tokenizer, example: dict, system: str | None = None,
-                     max_length: int | None = None, timing: bool = True) -> tuple[list[int], list[int]]:
+def tokenize_example(tokenizer, example: dict, system: str | None = None, max_length: int | None = None,
+                     timing: bool = True, open_with_reason: bool = True) -> tuple[list[int], list[int]]:
     """(ids, loss mask): mask 1 on assistant tokens, 0 on prompt, template and tool text."""
-    prompt, segs = render_example_text(example, system, timing)
+    prompt, segs = render_example_text(example, system, timing, open_with_reason)
     ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     mask = [0] * len(ids)
     for text, trained in segs:

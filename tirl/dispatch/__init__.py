@@ -10,6 +10,7 @@
 from tirl.dispatch.dispatcher import (
     Dispatcher,
     DispatchStats,
+    EngineStartError,
     EngineStatus,
     EngineUnavailable,
     LeasedEngine,
@@ -23,6 +24,7 @@ __all__ = [
     "DispatchStats",
     "Dispatcher",
     "EngineLoad",
+    "EngineStartError",
     "EngineStatus",
     "EngineUnavailable",
     "LeasedEngine",

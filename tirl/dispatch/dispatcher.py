@@ -9,9 +9,11 @@ trajectory::
 
 * Admission follows a policy from :mod:`tirl.dispatch.policy`. Under ``kv`` the lease books
   ``reserve_tokens`` of the engine's KV capacity until it ends; when no engine has room the
-  caller waits in FIFO order, never polling: the head of the queue sleeps on an
-  :class:`asyncio.Event` that every release, drain and metrics reading sets, and wakes the
-  next one when it is placed (O(1) per event however many wait).
+  caller waits in FIFO order, never polling (an engine of unknown capacity is booked
+  against :data:`~tirl.dispatch.policy.UNKNOWN_CAPACITY_TOKENS` until its metrics report
+  one): the head of the queue sleeps on an :class:`asyncio.Event` that every release,
+  drain and metrics reading sets, and wakes the next one when it is placed (O(1) per event
+  however many wait).
 * Booking (``kv``): ``booking="max"`` books the whole ``reserve_tokens`` (the paper's rule:
   an engine never overflows). ``booking="forecast"`` books the context so far plus the
   expected remaining length, learnt from the final lengths of earlier leases
@@ -47,13 +49,13 @@ import math
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Sequence
 
 from tirl.dispatch.config import POLICIES, DispatchConfig
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
-from tirl.dispatch.policy import EngineLoad, choose_engine
+from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
 from tirl.engines.base import Completion
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ _FORECAST_MAX_TOKENS = 1 << 17  # longest context the length forecast tabulates
 
 class NoEngineAvailable(RuntimeError):
     """Every engine is drained (and none can come back), so nothing can be admitted."""
+
+
+class EngineStartError(RuntimeError):
+    """Engines the dispatcher owns failed their start-up check; the message names each one."""
 
 
 class EngineUnavailable(ConnectionError):
@@ -187,12 +193,14 @@ class Dispatcher:
         booking: str = "max",
         forecast_window: int = 8192,
         names: Sequence[str] | None = None,
+        own_engines: bool = False,
     ):
         if not engines:
             raise ValueError("Dispatcher needs at least one engine; got none")
         if policy not in POLICIES:
             raise ValueError(f"unknown dispatch policy {policy!r}; use one of {', '.join(POLICIES)}")
         self.engines = list(engines)
+        self.own_engines = own_engines
         k = len(self.engines)
         self.policy = policy
         self.group_affinity = group_affinity
@@ -236,6 +244,8 @@ class Dispatcher:
         self._poller: asyncio.Task | None = None
         self._session: Any = None
         self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._start_error: EngineStartError | None = None
         self.stats = DispatchStats()
 
     @classmethod
@@ -257,9 +267,26 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
-        """Read metrics once (capacities) and start the background reader, if any URL is set."""
+        """Start the engines it owns (``own_engines``: each server is checked, all at once;
+        any that fails raises :class:`EngineStartError` naming every failed one), read metrics
+        once (capacities) and start the background reader, if any URL is set."""
         if self._started:
             return
+        self._start_error = None
+        if self.own_engines:
+            results = await asyncio.gather(*(e.start() for e in self.engines), return_exceptions=True)
+            failed = [(self.names[i], r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+            for _, r in failed:
+                if not isinstance(r, Exception):  # cancellation and the like: not a start failure
+                    raise r
+            if failed:
+                await self._close_engines()
+                self._start_error = EngineStartError(
+                    f"{len(failed)} of {len(self.engines)} engines failed their start-up check: "
+                    + "; ".join(f"{name}: {err}" for name, err in failed)
+                    + ". Start those servers or remove them from dispatch.engines"
+                )
+                raise self._start_error
         self._started = True
         if any(self.metrics_urls):
             import aiohttp
@@ -267,8 +294,26 @@ class Dispatcher:
             self._session = aiohttp.ClientSession()
             await self.refresh_metrics()
             self._poller = asyncio.create_task(self._poll_metrics(), name="tirl-dispatch-metrics")
+        unknown = [self.names[i] for i, ld in enumerate(self.loads) if ld.capacity_tokens is None]
+        if self.policy == "kv" and unknown:
+            log.warning("dispatch: KV capacity of %s is unknown; assuming %d tokens until metrics "
+                        "report it (set dispatch.kv_capacity_tokens to give it)",
+                        ", ".join(unknown), UNKNOWN_CAPACITY_TOKENS)
 
-    async def close(self) -> None:
+    async def _ensure_started(self) -> None:
+        """Start on first use; after a failed start, every later lease fails at once with
+        the same error (an explicit :meth:`start` tries again)."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._start_error is not None:
+                raise self._start_error
+            await self.start()
+
+    async def aclose(self) -> None:
+        """Stop the metrics reader, close its HTTP session and (``own_engines``) the engines."""
         if self._poller is not None:
             self._poller.cancel()
             try:
@@ -279,14 +324,28 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.own_engines:
+            await self._close_engines()
         self._started = False
+
+    async def _close_engines(self) -> None:
+        for e in self.engines:
+            await e.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        """The dispatcher's view of every engine (:meth:`snapshot`) and its counters."""
+        return {
+            "policy": self.policy,
+            "engines": [asdict(s) for s in self.snapshot()],
+            "stats": asdict(self.stats),
+        }
 
     async def __aenter__(self) -> Dispatcher:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     # -- public API -----------------------------------------------------------------
     @asynccontextmanager
@@ -294,7 +353,7 @@ class Dispatcher:
         """Hold one engine for a trajectory; its KV booking is released however the block exits."""
         if reserve_tokens < 0:
             raise ValueError(f"reserve_tokens must be ≥ 0, got {reserve_tokens}")
-        await self.start()
+        await self._ensure_started()
         lease = _Lease(key, math.ceil(reserve_tokens * self.reserve_fraction), group)
         if self.booking == "forecast" and self.forecast.n_observed:
             lease.booked = min(lease.reserve, self.forecast.booking(0, 0))
@@ -529,7 +588,9 @@ def dispatcher_for(cfg: DispatchConfig, engines: Sequence[Any] | None = None, *,
 
     Over ``engines`` when given, else over one OpenAI-compatible client per URL in
     ``cfg.engines`` (``tirl.engines.openai.OpenAIEngine(url, model)``), whose ``/metrics``
-    are then read for live correction.
+    are then read for live correction; the dispatcher then owns those clients: ``start()``
+    checks every server (failing at once, naming each one that is down) and ``aclose()``
+    closes them.
     """
     if engines is None:
         if not cfg.engines:
@@ -541,4 +602,5 @@ def dispatcher_for(cfg: DispatchConfig, engines: Sequence[Any] | None = None, *,
         # fail fast (one retry): the dispatcher retries a dead engine's call on another one
         engines = [OpenAIEngine(url, model, retries=1) for url in cfg.engines]
         kw.setdefault("metrics_urls", list(cfg.engines))
+        kw.setdefault("own_engines", True)
     return Dispatcher.from_config(cfg, engines, **kw)

@@ -18,6 +18,13 @@ Policies:
   fuller than its reservations say (other clients, a wrong capacity), and an engine that
   reports queued requests gets nothing new.
 
+Unknown capacity (``kv``): until the config or the engine's metrics give an engine's KV
+capacity, it is assumed to hold :data:`UNKNOWN_CAPACITY_TOKENS` — a conservative guess (one
+long trajectory; a real GPU engine holds several times more), so an engine nobody has
+measured neither gets every lease first nor overflows while its metrics are pending. An idle
+engine of unknown capacity still takes one lease of any size, so nothing waits forever on
+the guess. Set ``dispatch.kv_capacity_tokens`` or serve ``/metrics`` to use the real number.
+
 What this module does not do: waiting, I/O or bookkeeping — callers own the state.
 """
 
@@ -25,12 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+UNKNOWN_CAPACITY_TOKENS = 32768  # KV tokens assumed for an engine whose capacity is not known yet
+
 
 @dataclass
 class EngineLoad:
     """What a policy may know about one engine at the moment of a decision."""
 
-    capacity_tokens: int | None = None  # KV tokens; None = unknown (unbounded)
+    capacity_tokens: int | None = None  # KV tokens; None = unknown (UNKNOWN_CAPACITY_TOKENS assumed)
     reserved_tokens: int = 0  # sum of reservations of trajectories in flight here
     active: int = 0  # trajectories in flight here
     max_active: int | None = None  # cap on active, None = no cap
@@ -39,13 +48,13 @@ class EngineLoad:
     live_waiting: int | None = None  # from metrics: requests queued inside the engine
 
     def free_tokens(self) -> float:
-        """Unreserved KV tokens, lowered by live usage when the engine is fuller than booked."""
-        if self.capacity_tokens is None:
-            return float("inf")
+        """Unreserved KV tokens, lowered by live usage when the engine is fuller than booked
+        (of :data:`UNKNOWN_CAPACITY_TOKENS` while the capacity is unknown)."""
+        cap = UNKNOWN_CAPACITY_TOKENS if self.capacity_tokens is None else self.capacity_tokens
         used = self.reserved_tokens
         if self.live_used_tokens is not None:
             used = max(used, self.live_used_tokens)
-        return float(self.capacity_tokens - used)
+        return float(cap - used)
 
     def has_slot(self) -> bool:
         return self.max_active is None or self.active < self.max_active
@@ -108,4 +117,6 @@ def _kv_fits(ld: EngineLoad, reserve_tokens: int) -> bool:
         return False
     if ld.live_waiting and ld.active > 0:  # queueing already: more would only queue
         return False
+    if ld.capacity_tokens is None and ld.active == 0:  # never stuck behind the assumed capacity
+        return True
     return ld.free_tokens() >= reserve_tokens

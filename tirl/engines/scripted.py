@@ -35,6 +35,9 @@ class ScriptedEngine:
         self.calls = 0
         self.seeds: list[int | None] = []  # the ``seed`` of every call (the script ignores it)
 
+    async def aclose(self) -> None:
+        """Nothing to release (no connections, no threads); here so every engine closes alike."""
+
     def _text_for(self, prompt_text: str) -> str:
         turn = max(0, prompt_text.count(ASSISTANT_HEADER) - 1)
         if callable(self.script):

@@ -63,19 +63,30 @@ def roc_split(n_pos: int, n_neg: int, group_size: int, min_pos: int = 2, min_neg
     """How many positives and negatives RoC keeps out of ``n_pos + n_neg`` rollouts.
 
     Both classes are down-sampled in proportion (the paper keeps half of each when
-    2G → G), rounding half up for the positives; then at least ``min_pos`` positives and
-    ``min_neg`` negatives are kept where available, and never more than exist. When fewer
-    than ``group_size`` rollouts exist (e.g. infra failures were dropped), all are kept.
+    2G → G), rounding half up for the positives. Then, in order of priority:
+
+    1. a group that had both classes keeps both (at least one of each, when
+       ``group_size ≥ 2``): a one-class group has zero advantages and teaches nothing;
+    2. at least ``min_pos`` positives and ``min_neg`` negatives where available; when both
+       minimums do not fit in ``group_size``, the larger one gives way first (ties: the
+       negatives' minimum);
+    3. never more of a class than exist.
+
+    When at most ``group_size`` rollouts exist (e.g. infra failures were dropped), all are kept.
     """
+    if n_pos < 0 or n_neg < 0:
+        raise ValueError(f"n_pos={n_pos} and n_neg={n_neg} must be ≥ 0")
     n = n_pos + n_neg
     if n <= group_size:
         return n_pos, n_neg
-    k_pos = _round_half_up(n_pos * group_size / n)
-    k_pos = max(k_pos, min(min_pos, n_pos))
-    k_neg = group_size - k_pos
-    if k_neg < min(min_neg, n_neg):
-        k_neg = min(min_neg, n_neg)
-        k_pos = group_size - k_neg
+    floor = 1 if (n_pos and n_neg and group_size >= 2) else 0  # rule 1
+    lo_pos, lo_neg = max(min(min_pos, n_pos), floor), max(min(min_neg, n_neg), floor)
+    while lo_pos + lo_neg > group_size:  # rule 2 gives way; never below the floor (2·floor ≤ G)
+        if lo_neg >= lo_pos and lo_neg > floor:
+            lo_neg -= 1
+        else:
+            lo_pos -= 1
+    k_pos = min(max(_round_half_up(n_pos * group_size / n), lo_pos), group_size - lo_neg)
     k_pos = min(k_pos, n_pos)
     k_neg = min(group_size - k_pos, n_neg)
     k_pos = min(group_size - k_neg, n_pos)
@@ -124,7 +135,8 @@ def resample_on_correct(
       probability ∝ ``1 / (p + eps)`` (``eps`` keeps a penalty of 0 finite: such a trace
       is then ``(0.5 + eps) / eps`` times likelier than one with ``p = 0.5``);
       ``mode="topk"`` (the release) keeps the lowest penalties, ties by index.
-    * Class sizes come from :func:`roc_split`.
+    * Class sizes come from :func:`roc_split`: a group that had both classes keeps both
+      (``group_size ≥ 2``), so RoC never turns a group with a learning signal into one without.
 
     Returns sorted indices into ``rewards``.
     """

@@ -141,8 +141,9 @@ class Trainer:
         texts: list[str] = []
         if self.cfg.sft.enabled:
             exs = load_sft_examples(self.cfg.sft.data, min(self.cfg.sft.size, 500), self.cfg.run.seed)
-            texts += [example_texts(e, a.system_prompt, a.tool_response_timing) for e in exs]
-        texts += [fmt.render_prompt_text(None, p["problem"], "rstar2", system=a.system_prompt) for p in train[:500]]
+            texts += [example_texts(e, a.system_prompt, a.tool_response_timing, a.open_with_reason) for e in exs]
+        texts += [fmt.render_prompt_text(None, p["problem"], "rstar2", system=a.system_prompt,
+                                         open_with_reason=a.open_with_reason) for p in train[:500]]
         for r in (ExecResult(status="ok", stdout="1\n"), ExecResult(status="error", stderr="Traceback\nError"),
                   ExecResult(status="timeout")):
             texts.append(fmt.format_tool_response(r, timing=a.tool_response_timing))
@@ -248,8 +249,8 @@ class Trainer:
 
         s, a = self.cfg.sft, self.cfg.agent
         exs = load_sft_examples(s.data, s.size, self.cfg.run.seed)
-        toks = [tokenize_example(self.tokenizer, e, a.system_prompt, s.max_length, timing=a.tool_response_timing)
-                for e in exs]
+        toks = [tokenize_example(self.tokenizer, e, a.system_prompt, s.max_length, timing=a.tool_response_timing,
+                                 open_with_reason=a.open_with_reason) for e in exs]
         steps_total = math.ceil(len(toks) / s.batch_size) * s.epochs
         with progress_bar(steps_total, "SFT", enabled=self.progress and self.main) as bar:
             def on_step(step, total, loss):
