@@ -367,7 +367,7 @@ async def test_sft_example_is_token_exact_with_the_rollout(open_with_reason):
     opener = "<reason>" if open_with_reason else ""
     script = [t[len(opener):] for t, _ in turns]
     eng = ScriptedEngine(tok, script)
-    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(), open_with_reason=open_with_reason)
+    loop = AgentLoop(eng, tok, FakeTools(), AgentConfig(open_with_reason=open_with_reason))
     [t] = await loop.run("What is 6*7?")
     assert t.finish_reason == "answer"
     assert t.prompt_ids + t.response_ids == ids
