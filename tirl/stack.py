@@ -108,8 +108,12 @@ def load_tokenizer_for(cfg: Config) -> Any:
 
 def load_policy(cfg: Config, texts: list[str] | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of ``[model]`` on the run's device; ``texts`` build a scratch tokenizer."""
-    from tirl.engines.models import load_model
+    from tirl.engines.models import check_model_source, load_model
 
+    try:
+        check_model_source(cfg.model)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
     if cfg.model.path == "scratch" and texts is None:
         from tirl.agent.format import tokenizer_sample_texts
 

@@ -1,4 +1,4 @@
-"""The rollout's text format: prompts, tool calls and tool responses (reference.md, Rollout format).
+"""The rollout's text format: prompts, tool calls and tool responses (rStar2-Agent §2.1; docs/architecture.md).
 
 Two formats, chosen by ``[agent] format``:
 

@@ -1,4 +1,4 @@
-"""The multi-turn tool-integrated rollout loop (reference.md, Rollout format).
+"""The multi-turn tool-integrated rollout loop (rStar2-Agent §2.1; docs/architecture.md).
 
 :class:`AgentLoop` runs many trajectories concurrently on asyncio. Each trajectory is
 independent: the moment one turn ends, its tool calls go to the sandbox, and the next turn

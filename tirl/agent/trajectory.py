@@ -1,11 +1,11 @@
-"""Trajectories: what one multi-turn rollout produced, token-exact (architecture.md).
+"""Trajectories: what one multi-turn rollout produced, token-exact (docs/architecture.md, Agent and engines).
 
 ``response_ids`` is everything after the prompt: the model's sampled tokens (mask 1) and
 the tool-response / template tokens the loop inserted (mask 0). ``logprobs`` has one entry
 per response token (0.0 where mask is 0). Turns keep the text, tool calls and typed sandbox
 results for penalties (RoC), metrics and inspection.
 
-Truncation (reward 0, reference.md §2.1) is defined here, once: ``max_tokens`` and
+Truncation (reward 0, rStar2-Agent §2.1) is defined here, once: ``max_tokens`` and
 ``engine_stop`` (the context limit) always truncate; ``max_turns`` truncates unless the last
 turn holds a complete final answer — an ``<answer>…</answer>`` block, closed, with a
 well-formed ``\\boxed{…}`` inside, outside tool calls — which is then graded (as the

@@ -114,6 +114,14 @@ def _eval(args: argparse.Namespace) -> int:
         print("tirl eval: say which model to evaluate: --model PATH (in-process), or --base-url URL "
               "--model NAME (a server); see `tirl eval --help`", file=sys.stderr)
         return 2
+    if not (cfg.model.base_url or cfg.dispatch.engines):  # a bad path fails before any output exists
+        from tirl.engines.models import check_model_source
+
+        try:
+            check_model_source(cfg.model)
+        except FileNotFoundError as err:
+            print(f"tirl eval: {err}", file=sys.stderr)
+            return 2
     # never a training run's own directory: eval writes config.toml and samples/ there
     out = Path(args.output) if args.output else (
         Path(cfg.run.output_dir) / f"eval-{_slug(cfg.model.served_name or cfg.model.path)}")

@@ -6,7 +6,7 @@ trajectory on the same :class:`tirl.agent.loop.AgentLoop` that training uses (at
 :class:`~tirl.eval.samples.SampleRecord` to the store at once. Samples already in the
 store are reused, so a rerun after an interruption only does the rest.
 
-Grading follows training (reference.md §2.2.1): a truncated trajectory (turn limit,
+Grading follows training (rStar2-Agent §2.2.1): a truncated trajectory (turn limit,
 token budget, engine stop) scores 0 whatever it wrote; a trajectory the engine or sandbox
 failed is recorded as ``infra_error`` (scored 0 in the report, retried on the next run).
 

@@ -1,6 +1,6 @@
 """Find the model's final answer in a response: the last ``\\boxed{}`` it wrote.
 
-Rules (architecture.md, Reward; reference.md, rollout format):
+Rules (docs/architecture.md, Reward; rStar2-Agent §2.1–2.2.1):
 
 1. Text inside ``<tool_response>…</tool_response>`` is not the model's: it never supplies the
    answer (a printed ``\\boxed{5}`` in tool output is not an answer). Tool *calls*

@@ -1,4 +1,4 @@
-"""The grader's result type (architecture.md, Reward).
+"""The grader's result type (docs/architecture.md, Reward).
 
 ``Grade.reward`` is 1.0 for ``correct``, 0.0 for ``incorrect``, ``no_answer`` and
 ``timeout`` (an answer too slow to check is not rewarded), and ``None`` for

@@ -1,6 +1,6 @@
 """The sandbox's HTTP API (aiohttp), served from any *backend* with the Sandbox methods.
 
-Routes (architecture.md): ``POST /v1/execute``, ``POST /v1/execute/batch``,
+Routes (docs/architecture.md, Sandbox): ``POST /v1/execute``, ``POST /v1/execute/batch``,
 ``DELETE /v1/sessions/{session_id}``, ``GET /healthz``, ``GET /metrics``.
 
 A backend is any object with::

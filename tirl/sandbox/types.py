@@ -1,4 +1,4 @@
-"""The sandbox's result type: every request gets exactly one of these (architecture.md)."""
+"""The sandbox's result type: every request gets exactly one of these (docs/architecture.md, Sandbox)."""
 
 from __future__ import annotations
 
