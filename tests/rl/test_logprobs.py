@@ -246,8 +246,8 @@ def test_policy_loss_with_chunked_entropy_and_its_checks():
     # ratio = 1 everywhere: the pg term is −mean(A); the entropy term is −0.1·mean(H)
     n = float(mask.sum())
     mean_adv = float((adv.unsqueeze(-1) * mask).sum()) / n
-    assert float(loss0) == pytest.approx(-mean_adv, rel=1e-5)
-    assert float(loss1) == pytest.approx(-mean_adv - 0.1 * st0.entropy_sum / n, rel=1e-5)
+    assert loss0.item() == pytest.approx(-mean_adv, rel=1e-5)
+    assert loss1.item() == pytest.approx(-mean_adv - 0.1 * st0.entropy_sum / n, rel=1e-5)
     assert st0.entropy_sum == pytest.approx(float((ent * mask).sum()), rel=1e-6)
     with pytest.raises(ValueError, match="entropy_coef=0.1 but no entropy"):
         policy_loss(lp, old, adv, mask, entropy_coef=0.1)
