@@ -166,3 +166,38 @@ def test_plan_matches_a_measured_cpu_run(tmp_path, checkpointing):
                        micro_batch_tokens=B * T, activation_checkpointing=checkpointing, reserve_gib=0)
     ratio = plan.training_peak / got["peak"]
     assert 0.85 <= ratio <= 1.15, f"planned {plan.training_peak / 2**20:.1f} MiB vs measured {got['peak'] / 2**20:.1f} MiB"
+
+
+def test_plan_from_configs(tmp_path):
+    import io
+
+    from tirl.config import load_config
+    from tirl.plan import plan_from_config, run_plan, shape_from_model_config
+
+    cfg = load_config("rstar2-14b", [])
+    assert shape_from_model_config(cfg.model) == QWEN3_14B
+    plan = plan_from_config(cfg, gpus=64, gpu_mem_gib=192)
+    assert plan.strategy == "fsdp" and plan.dtype == "bfloat16" and plan.activation_checkpointing
+    assert plan.micro_batch_tokens == cfg.rl.micro_batch_tokens
+    assert plan.kv_cache_needed == cfg.rl.rollout_batch * max(s.max_tokens for s in cfg.stages) * 160 * 1024
+    buf = io.StringIO()
+    assert run_plan(cfg, gpus=64, gpu_mem_gib=192, out=buf) == 0 and "verdict: fits" in buf.getvalue()
+    buf = io.StringIO()
+    assert run_plan(cfg, gpus=64, gpu_mem_gib=80, out=buf, as_json=True) == 1
+    d = json.loads(buf.getvalue())
+    assert d["training_fits"] and not d["rollout_fits"] and d["shape"]["hidden"] == 5120
+    demo = load_config("demo", [])
+    assert plan_from_config(demo, gpus=1, gpu_mem_gib=8).strategy == "single"
+    remote = load_config("demo", ["model.base_url=http://localhost:8000/v1"])
+    rp = plan_from_config(remote, gpus=1, gpu_mem_gib=8)
+    assert rp.kv_cache_needed == 0 and "not planned here" in rp.notes[-1]
+
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
+    local = load_config("demo", [f"model.path={tmp_path}"])
+    assert shape_from_model_config(local.model) == ModelShape(32, 2, 4, 2, 64, 100, head_dim=8)
+    missing = load_config("demo", [f"model.path={tmp_path / 'nope'}"])
+    with pytest.raises(ValueError, match="no config.json there"):
+        shape_from_model_config(missing.model)

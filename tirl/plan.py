@@ -324,8 +324,9 @@ def plan_memory(
     if rollout_kv_tokens and not plan.rollout_fits:
         notes.append(
             f"rollouts need {plan.kv_cache_needed / GIB:.1f} GiB of KV cache but {plan.kv_cache_free / GIB:.1f} "
-            f"GiB are free ({plan.kv_tokens_free:,} tokens); raise rollout_tp, offload the optimizer, "
-            "or run fewer concurrent rollouts per GPU"
+            f"GiB are free ({plan.kv_tokens_free:,} tokens); "
+            + ("raise rollout_tp, " if plan.rollout_weights else "")
+            + "offload the optimizer, or run fewer concurrent rollouts per GPU"
         )
     return plan
 
@@ -337,8 +338,9 @@ def _g(n: int) -> str:
 def format_plan(plan: MemoryPlan) -> str:
     """A human-readable table (GiB per GPU) with the verdict."""
     s = plan.shape
+    size = f"{plan.params_total / 1e9:.2f}B" if plan.params_total >= 1e9 else f"{plan.params_total / 1e6:.1f}M"
     lines = [
-        f"model: {plan.params_total / 1e9:.2f}B params (hidden {s.hidden}, {s.layers} layers, {s.heads} heads, "
+        f"model: {size} params (hidden {s.hidden}, {s.layers} layers, {s.heads} heads, "
         f"{s.kv_heads} kv heads, intermediate {s.intermediate}, vocab {s.vocab:,})",
         f"layout: {plan.strategy} × {plan.gpus} GPUs of {plan.gpu_mem_gib:g} GiB, {plan.dtype}, micro-batch "
         f"{plan.micro_batch_tokens:,} tokens, checkpointing {'on' if plan.activation_checkpointing else 'off'}, "
@@ -353,7 +355,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"  fsdp gathered units            {_g(plan.fsdp_working)}",
         f"  activations saved              {_g(plan.activations)}",
         f"  decoder backward working       {_g(plan.activations_working)}",
-        f"  {'loss (' + plan.loss + ')':<29}{_g(plan.loss_memory)}",
+        f"  {'loss (' + plan.loss + ')':<31}{_g(plan.loss_memory)}",
         f"  reserve (context, buffers)     {_g(plan.reserve)}",
         f"  = training peak                {_g(plan.training_peak)}   "
         f"{'fits' if plan.training_fits else 'DOES NOT FIT'} in {plan.gpu_mem_gib:g}"
@@ -373,3 +375,103 @@ def format_plan(plan: MemoryPlan) -> str:
     ]
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# From a tirl config (the library side of `tirl plan CONFIG --gpus N --gpu-mem GiB`)
+
+#: Shapes of hub models named in configs, so planning needs no download.
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "Qwen/Qwen3-14B-Base": QWEN3_14B,
+    "Qwen/Qwen3-14B": QWEN3_14B,
+}
+
+
+def shape_from_model_config(model_cfg) -> ModelShape:
+    """The :class:`ModelShape` of a ``[model]`` section: the scratch architecture, a known hub
+    name (:data:`KNOWN_SHAPES`), or a local directory's ``config.json``."""
+    if model_cfg.path == "scratch":
+        # tirl.engines.models.build_scratch_model: Llama, MHA, intermediate 4·hidden, tied
+        # embeddings; its vocabulary is the locally built tokenizer's (model.vocab_size targets it)
+        return ModelShape(hidden=model_cfg.hidden_size, layers=model_cfg.num_layers, heads=model_cfg.num_heads,
+                          kv_heads=model_cfg.num_heads, intermediate=4 * model_cfg.hidden_size,
+                          vocab=model_cfg.vocab_size, tied_embeddings=True)
+    if model_cfg.path in KNOWN_SHAPES:
+        return KNOWN_SHAPES[model_cfg.path]
+    from pathlib import Path
+
+    if (Path(model_cfg.path) / "config.json").is_file():
+        from transformers import AutoConfig
+
+        return ModelShape.from_hf_config(AutoConfig.from_pretrained(model_cfg.path))
+    raise ValueError(
+        f"model.path = {model_cfg.path!r}: no config.json there and not a known shape "
+        f"({', '.join(KNOWN_SHAPES)}); point model.path at a local model directory to plan it"
+    )
+
+
+def plan_from_config(
+    cfg,
+    *,
+    gpus: int,
+    gpu_mem_gib: float,
+    strategy: Strategy | None = None,
+    activation_checkpointing: bool | None = None,
+    offload_optimizer: bool = False,
+    rollout_kv_tokens: int | None = None,
+    rollout_tp: int = 1,
+    rollout_shares_weights: bool = True,
+    reserve_gib: float = 3.0,
+) -> MemoryPlan:
+    """Plan a tirl run's config on ``gpus`` GPUs of ``gpu_mem_gib`` GiB.
+
+    Reads the model shape and ``model.dtype`` (:func:`shape_from_model_config`),
+    ``rl.micro_batch_tokens``, ``model.gradient_checkpointing`` (unless
+    ``activation_checkpointing`` is given) and ``rl.entropy_coef`` (entropy is computed only
+    when it is > 0). ``strategy`` defaults to ``single`` on one GPU, else ``fsdp``.
+    Rollouts: with ``model.base_url`` they run on a server and are not planned here;
+    otherwise the in-process engine decodes ``rl.rollout_batch`` sequences with the training
+    weights, each up to the largest stage ``max_tokens`` (prompt tokens not counted) — unless
+    ``rollout_kv_tokens`` is given; ``rollout_shares_weights=False`` plans a colocated engine
+    with its own bf16 weights (vLLM/SGLang) sharded ``rollout_tp`` ways.
+    """
+    shape = shape_from_model_config(cfg.model)
+    remote = bool(getattr(cfg.model, "base_url", None))
+    if rollout_kv_tokens is None:
+        if remote:
+            rollout_kv_tokens = 0
+        else:
+            budgets = [s.max_tokens for s in cfg.stages] or [cfg.agent.max_tokens]
+            rollout_kv_tokens = cfg.rl.rollout_batch * max(budgets)
+    plan = plan_memory(
+        shape, dtype=cfg.model.dtype, strategy=strategy or ("single" if gpus == 1 else "fsdp"), gpus=gpus,
+        gpu_mem_gib=gpu_mem_gib, micro_batch_tokens=cfg.rl.micro_batch_tokens,
+        activation_checkpointing=(cfg.model.gradient_checkpointing if activation_checkpointing is None
+                                  else activation_checkpointing),
+        offload_optimizer=offload_optimizer, rollout_kv_tokens=rollout_kv_tokens, rollout_tp=rollout_tp,
+        rollout_shares_weights=remote or rollout_shares_weights, with_entropy=cfg.rl.entropy_coef > 0,
+        reserve_gib=reserve_gib,
+    )
+    if remote:
+        plan.notes.append(f"rollouts run on {cfg.model.base_url} (model.base_url): their memory is not planned here")
+    return plan
+
+
+def run_plan(cfg, *, gpus: int, gpu_mem_gib: float, as_json: bool = False, out=None, **options) -> int:
+    """Print the plan of ``cfg`` (table, or JSON with ``as_json``); 0 when it fits, else 1.
+
+    ``options`` go to :func:`plan_from_config` (strategy, activation_checkpointing,
+    offload_optimizer, rollout_kv_tokens, rollout_tp, reserve_gib).
+    """
+    import json
+    import sys
+
+    plan = plan_from_config(cfg, gpus=gpus, gpu_mem_gib=gpu_mem_gib, **options)
+    stream = out or sys.stdout
+    if as_json:
+        d = plan.to_dict()
+        d["shape"] = asdict(plan.shape)
+        stream.write(json.dumps(d) + "\n")
+    else:
+        stream.write(format_plan(plan) + "\n")
+    return 0 if plan.fits else 1
