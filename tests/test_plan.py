@@ -146,6 +146,7 @@ print(json.dumps({"peak": peak - base, "measured": peak > before_max}))
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_plan_matches_a_measured_cpu_run(tmp_path, checkpointing):
     """A tiny Llama, fp32, two forward+backward+AdamW steps with the chunked loss, in a fresh
