@@ -21,6 +21,7 @@ import sys
 COMMAND_MODULES = [
     "tirl.cli.train",  # demo, train
     "tirl.cli.eval",  # eval
+    "tirl.cli.plan",  # plan
     "tirl.cli.view",  # view
     "tirl.cli.grade",  # grade
     "tirl.cli.serve",  # serve

@@ -83,10 +83,10 @@ class RLConfig(Section):
     micro_batch_tokens: int = Field(
         16384, ge=16, description="Token budget of one forward/backward micro-batch (padded tokens)."
     )
-    logprob_chunk_tokens: int = Field(
-        1024, ge=16,
-        description="Sequence positions whose logits exist at once in the loss (memory: "
-        "chunk × vocab × 4 bytes per row), so no full [tokens × vocab] tensor is built.",
+    loss_chunk_tokens: int | None = Field(
+        None, ge=1,
+        description="Tokens whose logits exist at once in the loss (memory: chunk × vocab × 4 "
+        "bytes), so no full [tokens × vocab] tensor is built; unset = 2**26 / vocab (256 MiB).",
     )
     rollout_batch: int = Field(
         64, ge=1, description="Sequences the in-process engine decodes together (LocalEngine max_batch)."

@@ -234,6 +234,12 @@ def policy_loss(
     exactly the token-level mean of the paper; default = ``mask.sum()``. Optional terms:
     ``− entropy_coef · entropy`` and ``kl_coef · KL`` (the k3 estimator against
     ``ref_logprobs``). Both are off by default, as in the paper.
+
+    ``entropy`` is only needed when ``entropy_coef > 0`` (it may be detached when only
+    logged; ``stats.entropy_sum`` is then its masked sum, else 0): compute it with
+    ``tirl.rl.logprobs.token_logprobs(..., with_entropy=True)`` — never over the full
+    ``[tokens × vocab]`` logits. A coefficient without an entropy, or a term without its
+    input, raises instead of being ignored.
     """
     if advantages.ndim == logprobs.ndim - 1:
         advantages = advantages.unsqueeze(-1).expand_as(logprobs)
@@ -245,6 +251,15 @@ def policy_loss(
         )
     if dual_clip and dual_clip <= 1.0:
         raise ValueError(f"dual_clip={dual_clip} must be > 1 (or 0 to disable)")
+    if entropy_coef and entropy is None:
+        raise ValueError(
+            f"entropy_coef={entropy_coef} but no entropy was given; pass entropy= (from "
+            "token_logprobs(..., with_entropy=True)) or set entropy_coef = 0"
+        )
+    if entropy is not None and entropy.shape != logprobs.shape:
+        raise ValueError(f"entropy {tuple(entropy.shape)} must match logprobs {tuple(logprobs.shape)}")
+    if kl_coef and ref_logprobs is None:
+        raise ValueError(f"kl_coef={kl_coef} but no ref_logprobs were given; pass them or set kl_coef = 0")
     mask = mask.to(logprobs.dtype)
     denom = float(num_tokens) if num_tokens is not None else float(mask.sum().item())
     denom = max(denom, 1.0)

@@ -55,12 +55,13 @@ def pack(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     return ids.to(device), attn.to(device), mask.to(device), adv.to(device)
 
 
-def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, *, with_entropy: bool = False,
-                      chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of ``ids[:, 1:]`` under ``model`` (``[B, T-1]``), and their entropy if asked."""
+def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, *,
+                      with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``ids[:, 1:]`` under ``model`` (``[B, T-1]``, computed where ``mask`` is 1),
+    and their entropy if asked — chunk by chunk, never a full ``[tokens × vocab]`` tensor."""
     from tirl.rl.logprobs import token_logprobs
 
-    return token_logprobs(model, ids, attn, chunk_size=chunk, with_entropy=with_entropy)
+    return token_logprobs(model, ids, attn, loss_mask=mask, chunk_size=chunk, with_entropy=with_entropy)
 
 
 def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], list[int], float]]:
@@ -90,16 +91,16 @@ def policy_update(model, optimizer, groups: list[list], rl, *, step: int, pad_id
     items = training_items(groups, rl.advantage)
     total_tokens = D.all_sum([float(sum(sum(m) for _, m, _ in items))])[0]
     mbs = micro_batches(items, rl.micro_batch_tokens) if items else []
-    want_entropy = rl.entropy_coef > 0
     with torch.no_grad():  # old logprobs: the weights that generated the rollouts
-        old = [sequence_logprobs(model, *pack(mb, pad_id, device)[:2], chunk=rl.logprob_chunk_tokens)[0]
+        old = [sequence_logprobs(model, *pack(mb, pad_id, device)[:3], chunk=rl.loss_chunk_tokens)[0]
                for mb in mbs]
     model.train()
     sums = {"tokens": 0.0, "clipped": 0.0, "dual": 0.0, "entropy": 0.0, "loss": 0.0}
     optimizer.zero_grad(set_to_none=True)
     for mb, old_lp in zip(mbs, old):
         ids, attn, mask, adv = pack(mb, pad_id, device)
-        lp, ent = sequence_logprobs(model, ids, attn, with_entropy=want_entropy, chunk=rl.logprob_chunk_tokens)
+        # entropy costs one exp per chunk (no memory); its gradient flows only when entropy_coef > 0
+        lp, ent = sequence_logprobs(model, ids, attn, mask, with_entropy=True, chunk=rl.loss_chunk_tokens)
         loss, st = policy_loss(lp, old_lp, adv, mask, clip_low=rl.clip_low, clip_high=rl.clip_high,
                                dual_clip=rl.dual_clip, num_tokens=total_tokens, entropy=ent,
                                entropy_coef=rl.entropy_coef)
@@ -128,5 +129,5 @@ def policy_update(model, optimizer, groups: list[list], rl, *, step: int, pad_id
     tok, clipped, dual, ent, loss = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
                                                sums["entropy"], sums["loss"]])
     return {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
-            "entropy": ent / max(1.0, tok) if want_entropy else None, "grad_norm": gnorm,
+            "entropy": ent / max(1.0, tok), "grad_norm": gnorm,
             "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": len(mbs)}
