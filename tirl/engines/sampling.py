@@ -9,7 +9,23 @@ distribution (a delta has logprob 0, which tells the trainer nothing).
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """Raise ValueError naming the parameter unless temperature is finite and >= 0, top_p is
+    in (0, 1] and top_k is an integer >= 0 (0 = no top-k). A NaN reaching
+    :func:`sample_tokens` would poison its whole batch, so engines check at submission."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) \
+            or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
 
 
 def filter_logits(logits: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
