@@ -31,13 +31,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from tirl.engines.base import Completion
-from tirl.engines.sampling import check_sampling, row_generator, sample_tokens
+from tirl.engines.sampling import check_sampling, row_generator, sample_tokens, top_logprobs
 
 FAST_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 DEFAULT_CPU_KV_BYTES = 2 << 30  # default KV budget on CPU (bytes), see default_kv_budget_bytes
@@ -69,6 +69,9 @@ class _Seq:
     t_start: float = 0.0
     generator: torch.Generator | None = None  # this request's own sampling RNG (``seed``)
     error: BaseException | None = None  # why it failed alone (finish = "error")
+    top_n: int = 0  # alternatives to report per token
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    on_token: Callable[[int, float, list | None], None] | None = None  # called in the caller's loop
 
     @property
     def need(self) -> int:
@@ -408,10 +411,17 @@ class LocalEngine:
 
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0, seed: int | None = None) -> Completion:
+                       top_k: int = 0, seed: int | None = None, top_logprobs: int = 0,
+                       on_token: Callable[[int, float, list | None], None] | None = None) -> Completion:
+        """See :class:`tirl.engines.base.Engine`. Extras: ``top_logprobs = n`` lists the ``n``
+        most likely tokens (id, logprob) at each step in ``meta["top_logprobs"]``; ``on_token(
+        token, logprob, top)`` is called in the caller's event loop as each token is sampled
+        (before the result resolves), for streaming."""
         if self._closed:
             raise RuntimeError("LocalEngine is closed")
         check_sampling(temperature, top_p, top_k)
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be an integer >= 0, got {top_logprobs!r}")
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("prompt_ids is empty; give at least one token")
@@ -426,7 +436,8 @@ class LocalEngine:
                    stop_strs=tuple(s for s in stop if isinstance(s, str) and s),
                    future=loop.create_future(), loop=loop,
                    context_limited=max_new_tokens > room, t_submit=time.perf_counter(),
-                   generator=None if seed is None else row_generator(seed))
+                   generator=None if seed is None else row_generator(seed),
+                   top_n=top_logprobs, on_token=on_token)
         if seq.max_new == 0:
             return Completion([], [], "length", meta={"prompt_tokens": len(prompt)})
         if self._fast is not None and seq.need > self.kv_budget_tokens:
@@ -675,6 +686,16 @@ class LocalEngine:
         for r, o in enumerate(out):
             if not isinstance(o, BaseException) and o[1] != o[1]:  # a NaN logprob: bad logits
                 out[r] = RuntimeError("the model's logits for this request are not finite")
+        want = [r for r, s in enumerate(seqs) if s.top_n and not isinstance(out[r], BaseException)]
+        if want:
+            ix = torch.tensor(want, device=dev)
+            rows = [seqs[r] for r in want]
+            ids, vals = top_logprobs(
+                logits[ix], torch.tensor([s.temperature for s in rows], device=dev),
+                torch.tensor([s.top_p for s in rows], device=dev),
+                torch.tensor([s.top_k for s in rows], dtype=torch.long, device=dev), max(s.top_n for s in rows))
+            for r, i_row, v_row in zip(want, ids.tolist(), vals.tolist()):
+                seqs[r].tops.append(list(zip(i_row, v_row))[:seqs[r].top_n])
         return out
 
     def _sample_and_finish(self, seqs: list[_Seq], logits: torch.Tensor, row_offset: int) -> None:
@@ -690,6 +711,8 @@ class LocalEngine:
             self.tokens_generated += 1
             s.out.append(t)
             s.lps.append(lp)
+            if s.on_token is not None:
+                s.loop.call_soon_threadsafe(s.on_token, t, lp, s.tops[-1] if s.top_n else None)
             if t in s.stop_ids:
                 s.finish, s.stop_reason = "stop", t
             elif s.stop_strs and self._hit_stop_string(s):
@@ -789,6 +812,8 @@ class LocalEngine:
                     meta = {"prompt_tokens": len(s.prompt), "queue_ms": (s.t_start - s.t_submit) * 1000,
                             "gen_ms": (now - s.t_start) * 1000,
                             "context_limit": s.context_limited and s.finish == "length"}
+                    if s.top_n:
+                        meta["top_logprobs"] = s.tops
                     comp = Completion(token_ids=s.out, logprobs=s.lps,
                                       finish_reason="abort" if s.finish == "abort" else s.finish,
                                       stop_reason=s.stop_reason, meta=meta)

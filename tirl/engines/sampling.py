@@ -105,3 +105,18 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
         lp_greedy = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         lp = torch.where(greedy, lp_greedy, lp)
     return tokens, lp
+
+
+def top_logprobs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 top_k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` most likely tokens of each row [B, n] and their logprobs, under the
+    distribution :func:`sample_tokens` samples that row from (temperature, top-k/top-p; greedy
+    rows: the unscaled one), so the sampled token's logprob is the one listed with it.
+    Filtered-out tokens have logprob -inf."""
+    logits = logits.float()
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+    scaled = torch.log_softmax(filter_logits(logits / safe_t.unsqueeze(-1), top_p, top_k), dim=-1)
+    logp = torch.where(greedy.unsqueeze(-1), torch.log_softmax(logits, dim=-1), scaled)
+    vals, ids = torch.topk(logp, min(int(n), logits.shape[-1]), dim=-1)
+    return ids, vals
