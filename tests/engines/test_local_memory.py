@@ -149,3 +149,20 @@ async def test_a_cancelled_request_stops_generating():
     c = await eng.generate([5, 6, 7], 5, 0.0)  # the engine keeps serving
     assert len(c.token_ids) == 5
     eng.close()
+
+
+async def test_parked_prefixes_are_exact_copies_evicted_to_stay_in_the_budget():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok, max_batch=4, kv_budget_tokens=130)
+    p = list(range(10, 60))
+    c = await eng.generate(p, 10, 0.0)
+    assert eng.stats()["kv_allocated_tokens"] == len(p) + 9  # idle: only the parked turn, exact length
+    nxt = p + c.token_ids + [7, 8]
+    c2 = await eng.generate(nxt, 4, 0.0)  # reuses it
+    assert eng.prefix_hit_tokens == len(p) + 9 and c2.token_ids == hf_greedy(model, nxt, 4)
+    other = list(range(100, 200))
+    c3 = await eng.generate(other, 20, 0.0)  # needs 120: the parked turns make room
+    assert c3.token_ids == hf_greedy(model, other, 20)
+    assert eng.kv_peak_tokens <= 130
+    eng.close()

@@ -19,8 +19,14 @@ Generation runs under ``torch.inference_mode`` with the model in eval mode; the 
 previous mode is restored when the engine goes idle. Logprobs are those of the sampling
 distribution actually used (see ``tirl.engines.sampling``).
 
-What it does not do: prefix caching across calls (each call prefills its whole prompt),
-paged attention, tensor parallelism, or speculative decoding.
+Memory is bounded by ``kv_budget_tokens`` (K/V positions): a request reserves its prompt and
+``max_new_tokens`` when it joins the batch, the cache is sized to the running rows (and shrunk
+when they finish), requests wait while the budget is full, and a prompt longer than
+``prefill_chunk`` is prefilled in windows. A row whose sampling fails errors alone; a
+cancelled request leaves the batch at the next step.
+
+What it does not do: paged attention (rows are as long as the longest reservation), preemption,
+tensor parallelism, or speculative decoding.
 """
 
 from __future__ import annotations
@@ -46,6 +52,16 @@ DEFAULT_CPU_KV_BYTES = 2 << 30  # default KV budget on CPU (bytes), see default_
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+@dataclass
+class _Parked:
+    """A finished turn's K/V, per layer [kv_heads, len(tokens), head_dim]."""
+
+    tokens: list[int]
+    used: float
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
 
 
 @dataclass
@@ -134,17 +150,12 @@ class _KVCache:
         self.k, self.v, self.rows, self.cap = k, v, rows, cap
 
     def move(self, src: int, dst: int, length: int) -> None:
-        copy_rows(self, src, self, dst, length)
+        for i in range(self.layers):
+            self.k[i][dst, :, :length] = self.k[i][src, :, :length]
+            self.v[i][dst, :, :length] = self.v[i][src, :, :length]
 
     def release(self) -> None:
         self.k, self.v, self.rows, self.cap = [], [], 0, 0
-
-
-def copy_rows(src: _KVCache, src_row: int, dst: _KVCache, dst_row: int, length: int) -> None:
-    """Copy the first ``length`` positions of one cache row into another (either cache)."""
-    for i in range(src.layers):
-        dst.k[i][dst_row, :, :length] = src.k[i][src_row, :, :length]
-        dst.v[i][dst_row, :, :length] = src.v[i][src_row, :, :length]
 
 
 class _LlamaRunner:
@@ -379,11 +390,10 @@ class LocalEngine:
         if prefix_cache_rows is None:
             prefix_cache_rows = 4 * self.max_batch
         self.prefix_cache_rows = int(prefix_cache_rows or 0) if self._fast else 0
-        self._parked: dict[int, tuple[list[int], float]] = {}  # park row -> (tokens, last use)
+        self._parked: dict[int, _Parked] = {}  # id -> a finished turn's exact-size K/V
+        self._park_ids = 0
         self._cache = (self._fast.new_cache(self.max_batch, self.max_seq_len, self.kv_budget_tokens)
                        if self._fast else None)
-        self._park_cache = (self._fast.new_cache(max(1, self.prefix_cache_rows), self.max_seq_len, 0)
-                            if self._fast else None)
         self._parked_version: tuple | None = None
         self.prefix_hit_tokens = 0
         self.prefill_tokens_computed = 0
@@ -461,7 +471,7 @@ class LocalEngine:
             running = len(self._active)
             waiting = len(self._waiting)
             used = sum(s.cached + 1 for s in self._active)
-            alloc = (self._cache.tokens + self._park_cache.tokens) if self._cache is not None else 0
+            alloc = (self._cache.tokens + self._parked_tokens()) if self._cache is not None else 0
         cap = self.kv_budget_tokens
         return {"running": running, "waiting": waiting, "kv_used_tokens": used,
                 "kv_capacity_tokens": cap, "kv_usage": min(1.0, used / cap) if cap else 0.0,
@@ -548,7 +558,10 @@ class LocalEngine:
         self._waiting.clear()
 
     def _note_alloc(self) -> None:
-        self.kv_peak_tokens = max(self.kv_peak_tokens, self._cache.tokens + self._park_cache.tokens)
+        self.kv_peak_tokens = max(self.kv_peak_tokens, self._cache.tokens + self._parked_tokens())
+
+    def _parked_tokens(self) -> int:
+        return sum(len(p.tokens) for p in list(self._parked.values()))
 
     # one scheduler step on the fast path: prefill the admitted, decode everyone
     def _step_fast(self, admit: list[_Seq]) -> None:
@@ -558,11 +571,9 @@ class LocalEngine:
             admit.sort(key=lambda s: len(s.prompt))
             rows = len(self._active) + len(admit)
             need = max(s.need for s in self._active + admit)
-            cache.budget = self.kv_budget_tokens - self._park_cache.tokens
+            cache.budget = self.kv_budget_tokens
             r, c = cache.plan(rows, need)
-            if r * c > cache.budget:
-                self._drop_parked()  # parked prefixes are an optimisation: room first
-                cache.budget = self.kv_budget_tokens
+            self._evict_parked(self.kv_budget_tokens - r * c)  # parked prefixes are an optimisation
             cache.ensure(rows, need, keep=len(self._active))
             self._note_alloc()
             i = 0
@@ -607,12 +618,12 @@ class LocalEngine:
 
     def _shrink(self) -> None:
         """Reallocate the cache to the running rows' need when it holds more than twice that
-        (everything when none run), so a finished long request gives its memory back."""
-        with self._cv:
-            n = len(self._active)
-            need = max((s.need for s in self._active), default=0)
-            if self._cache.tokens > 2 * n * need:
-                self._cache.fit(n, need, keep=n)
+        (everything when none run), so a finished long request gives its memory back. Only the
+        scheduler thread changes ``_active`` and the cache, so no lock is held while copying."""
+        n = len(self._active)
+        need = max((s.need for s in self._active), default=0)
+        if self._cache.tokens > 2 * n * need:
+            self._cache.fit(n, need, keep=n)
 
     def _prefill_group(self, chunk: list[_Seq], row0: int, offsets: list[int]) -> torch.Tensor:
         """Right-padded prompts (after their reused prefixes) in one forward; last-token logits."""
@@ -736,8 +747,14 @@ class LocalEngine:
 
     def _drop_parked(self) -> None:
         self._parked.clear()
-        if self._park_cache is not None:
-            self._park_cache.release()
+
+    def _evict_parked(self, room: int) -> None:
+        """Evict parked prefixes, least recently used first, until they hold at most ``room``
+        positions."""
+        total = self._parked_tokens()
+        while self._parked and total > room:
+            key = min(self._parked, key=lambda k: self._parked[k].used)
+            total -= len(self._parked.pop(key).tokens)
 
     def _reuse_prefix(self, s: _Seq, row: int) -> int:
         """Copy the longest parked prefix of ``s.prompt`` into ``row``; the reused length."""
@@ -746,40 +763,42 @@ class LocalEngine:
         if self._weights_version() != self._parked_version:  # trained since: stale K/V
             self._drop_parked()
             return 0
-        best_row, best = -1, 0
+        best_key, best = -1, 0
         limit = len(s.prompt) - 1  # at least one token must be computed for the logits
-        for prow, (toks, _) in self._parked.items():
-            m = _common_prefix(toks, s.prompt, limit)
+        for key, p in self._parked.items():
+            m = _common_prefix(p.tokens, s.prompt, limit)
             if m > best:
-                best_row, best = prow, m
+                best_key, best = key, m
         if best < 16:  # not worth a copy
             return 0
-        copy_rows(self._park_cache, best_row, self._cache, row, best)
-        self._parked[best_row] = (self._parked[best_row][0], time.perf_counter())
+        p = self._parked[best_key]
+        for i in range(len(p.k)):
+            self._cache.k[i][row, :, :best] = p.k[i][:, :best]
+            self._cache.v[i][row, :, :best] = p.v[i][:, :best]
+        p.used = time.perf_counter()
         self.prefix_hit_tokens += best
         return best
 
     def _park(self, s: _Seq, row: int) -> None:
-        """Keep a finished turn's K/V in the park cache for the trajectory's next turn, if it
-        fits in the KV budget next to the running rows."""
+        """Keep a copy of a finished turn's K/V (exactly its length) for the trajectory's next
+        turn, evicting older ones to stay within the KV budget next to the running rows."""
         n = s.cached  # K/V of prompt + out[:-1]
-        if n < 16:
+        if n < 16 or n + self._cache.tokens > self.kv_budget_tokens:
             return
-        pc = self._park_cache
         version = self._weights_version()
         if version != self._parked_version:
             self._drop_parked()
             self._parked_version = version
-        free = [r for r in range(self.prefix_cache_rows) if r not in self._parked]
-        slot = free[0] if free else min(self._parked, key=lambda r: self._parked[r][1])  # LRU
-        if slot >= pc.rows or n > pc.cap:
-            if max(slot + 1, pc.rows) * max(n, pc.cap) + self._cache.tokens > self.kv_budget_tokens:
-                return  # no room next to the running rows
-            pc.budget = self.kv_budget_tokens - self._cache.tokens
-            pc.ensure(slot + 1, n)
-            self._note_alloc()
-        copy_rows(self._cache, row, pc, slot, n)
-        self._parked[slot] = ((s.prompt + s.out)[:n], time.perf_counter())
+        self._evict_parked(self.kv_budget_tokens - self._cache.tokens - n)
+        while len(self._parked) >= self.prefix_cache_rows:
+            self._parked.pop(min(self._parked, key=lambda k: self._parked[k].used))
+        c = self._cache
+        self._parked[self._park_ids] = _Parked(
+            tokens=(s.prompt + s.out)[:n], used=time.perf_counter(),
+            k=[c.k[i][row, :, :n].clone() for i in range(c.layers)],
+            v=[c.v[i][row, :, :n].clone() for i in range(c.layers)])
+        self._park_ids += 1
+        self._note_alloc()
 
     def _weights_version(self) -> tuple:
         """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict)."""
