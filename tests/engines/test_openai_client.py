@@ -178,3 +178,49 @@ async def test_errors_are_openai_errors(local):
         with pytest.raises(openai.BadRequestError, match="maximum context length is 512"):
             await c.completions.create(model="tiny", prompt=[5, 6, 7] * 167, max_tokens=20)
     assert await asyncio.wait_for(eng.generate([5, 6], 2, 0.0), 30)  # still serving
+
+
+async def test_streams_with_stop_strings_n_choices_and_chat_logprobs(local):
+    eng, tok = local
+    async with running_client(eng, tok) as c:
+        base = dict(model="tiny", prompt="What is 6 times 7? Let me think.", max_tokens=24, temperature=0)
+        full = (await c.completions.create(**base, extra_body={"ignore_eos": True})).choices[0].text
+        assert len(full) > 12
+        stop = full[6:9]  # a stop string in the middle of the greedy text
+        kw = dict(base, stop=[stop], n=2)
+        whole = await c.completions.create(**kw)
+        stream = await c.completions.create(**kw, stream=True)
+        texts = {0: "", 1: ""}
+        finish = {}
+        async for ch in stream:
+            for x in ch.choices:
+                texts[x.index] += x.text
+                if x.finish_reason:
+                    finish[x.index] = x.finish_reason
+        assert texts == {i: whole.choices[i].text for i in (0, 1)} and stop not in texts[0]
+        assert finish == {0: "stop", 1: "stop"} and whole.choices[0].model_extra["stop_reason"] == stop
+        # chat: every token's logprob arrives exactly once across the chunks
+        ckw = dict(model="tiny", messages=[{"role": "user", "content": "6*7?"}], max_tokens=10, temperature=0,
+                   logprobs=True, top_logprobs=2)
+        whole = await c.chat.completions.create(**ckw)
+        stream = await c.chat.completions.create(**ckw, stream=True)
+        got = [e async for ch in stream if ch.choices and ch.choices[0].logprobs
+               for e in ch.choices[0].logprobs.content]
+        assert [e.logprob for e in got] == pytest.approx([e.logprob for e in whole.choices[0].logprobs.content])
+        assert all(len(e.top_logprobs) == 2 for e in got)
+
+
+async def test_chat_stop_strings_are_cut_whole_and_streamed(local):
+    eng, tok = local
+    async with running_client(eng, tok) as c:
+        base = dict(model="tiny", messages=[{"role": "user", "content": "What is 6 times 7?"}], max_tokens=20,
+                    temperature=0)
+        full = (await c.chat.completions.create(**base)).choices[0].message.content
+        assert len(full) > 8
+        stop = full[4:6]
+        whole = await c.chat.completions.create(**base, stop=stop)
+        assert whole.choices[0].message.content == full[:full.index(stop)]
+        assert whole.choices[0].finish_reason == "stop"
+        stream = await c.chat.completions.create(**base, stop=stop, stream=True)
+        text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+        assert text == whole.choices[0].message.content

@@ -202,3 +202,14 @@ def test_check_serve_args_names_what_to_change():
         held.listen()
         with pytest.raises(ServeArgError, match="cannot listen on 127.0.0.1:.*pick another --port"):
             check_serve_args("127.0.0.1", held.getsockname()[1], 4)
+
+
+def test_stable_prefix_holds_back_what_may_still_change():
+    from tirl.engines.server import _stable_prefix
+
+    assert _stable_prefix("hello wor", []) == "hello wor"
+    assert _stable_prefix("hello wor", ["world"]) == "hello"  # "wor" + 1 may start "world"
+    assert _stable_prefix("a...b", ["..."]) == "a"  # already stopped: cut at the stop
+    assert _stable_prefix("ab.x..", [".x", "zz"]) == "ab"
+    assert _stable_prefix("caf\ufffd", []) == "caf"  # a partial UTF-8 character
+    assert _stable_prefix("abc", ["abcd"]) == ""

@@ -526,9 +526,7 @@ class ModelServer:
         """The text of ``tokens`` that no later token can change: without a trailing partial
         UTF-8 character nor a tail that may still grow into a stop string."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=_bool(body, "skip_special_tokens", True))
-        text = text.rstrip("\ufffd")
-        hold = max((len(s) for s in stops), default=1) - 1
-        return text[:len(text) - hold] if hold else text
+        return _stable_prefix(text, stops)
 
     def _stop_reason(self, comp, sampling: _Sampling):
         r = comp.stop_reason
@@ -713,10 +711,13 @@ class ModelServer:
                            f"{_tool_wrap(m)}{fmt.IM_END}\n" for m in msgs) + f"{fmt.IM_START}assistant\n"
         return list(tok.encode(text, add_special_tokens=False))
 
-    def _reply(self, comp, tools_on: bool) -> tuple[str | None, list[dict]]:
-        """(content, tool_calls) of a finished chat reply."""
+    def _reply(self, comp, tools_on: bool, keep_stop: bool = False) -> tuple[str | None, list[dict]]:
+        """(content, tool_calls) of a finished chat reply (the stop string cut off unless
+        ``keep_stop``)."""
         eot = set(fmt.end_of_turn_ids(self.tokenizer)) | set(self.eos_ids)
         text = self.tokenizer.decode([t for t in comp.token_ids if t not in eot], skip_special_tokens=False)
+        if isinstance(comp.stop_reason, str) and not keep_stop and comp.stop_reason in text:
+            text = text[:text.index(comp.stop_reason)]
         calls = []
         if tools_on:
             for m in _CALL_RE.finditer(text):
@@ -729,16 +730,18 @@ class ModelServer:
                     continue  # left in the content for the client to see
                 calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                               "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}})
-        content = _CALL_RE.sub("", text).strip() if calls else text
-        return content or None, calls
+        if calls:
+            return _CALL_RE.sub("", text).strip() or None, calls  # null content beside tool calls
+        return text, calls
 
-    def _visible(self, tokens: list[int], tools_on: bool) -> str:
-        """Chat content that can be streamed now: no partial character, nothing from the first
-        ``<tool_call>`` (or a tail that may become one) on, no trailing blanks (a tool call may
-        follow them, and the final content is stripped then)."""
+    def _visible(self, tokens: list[int], tools_on: bool, stops: list[str]) -> str:
+        """Chat content that can be streamed now: no partial character or possible stop string
+        (see :func:`_stable_prefix`), nothing from the first ``<tool_call>`` (or a tail that may
+        become one) on, no trailing blanks (a tool call may follow them, and the final content
+        is stripped then)."""
         eot = set(fmt.end_of_turn_ids(self.tokenizer)) | set(self.eos_ids)
         text = self.tokenizer.decode([t for t in tokens if t not in eot], skip_special_tokens=False)
-        text = text.rstrip("\ufffd")
+        text = _stable_prefix(text, stops)
         if tools_on:
             i = text.find(_CALL_OPEN)
             if i >= 0:
@@ -782,6 +785,7 @@ class ModelServer:
             top_n = self._logprobs_n(body, chat=True)
             sampling.top_n = max(0, top_n)
             stream, include_usage = self._stream_opts(body)
+            keep = _bool(body, "include_stop_str_in_output")
             self._check_room(len(prompt), max_tokens)
         except BadRequest as err:
             return _err(err.status, str(err), err.kind, err.param)
@@ -790,7 +794,7 @@ class ModelServer:
         jobs = [_Job(i, prompt) for i in range(n)]
         if stream:
             return await self._stream_chat(request, rid, jobs, max_tokens, sampling, top_n >= 0, tools_on,
-                                           include_usage, len(prompt))
+                                           include_usage, len(prompt), keep)
         try:
             failed = await self._gather(jobs, max_tokens, sampling)
         except asyncio.CancelledError:
@@ -802,7 +806,7 @@ class ModelServer:
         for j in jobs:
             comp = j.done
             n_out += len(comp.token_ids)
-            content, calls = self._reply(comp, tools_on)
+            content, calls = self._reply(comp, tools_on, keep)
             msg: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 msg["tool_calls"] = calls
@@ -822,7 +826,7 @@ class ModelServer:
         })
 
     async def _stream_chat(self, request, rid, jobs, max_tokens, sampling, want_lp, tools_on,
-                           include_usage, n_in) -> web.StreamResponse:
+                           include_usage, n_in, keep) -> web.StreamResponse:
         resp = await self._sse_start(request)
         created = int(time.time())
 
@@ -853,10 +857,10 @@ class ModelServer:
                         new = slice(j.sent_tokens, len(toks))
                         calls: list[dict] = []
                         if comp is not None:
-                            content, calls = self._reply(comp, tools_on)
+                            content, calls = self._reply(comp, tools_on, keep)
                             content = content or ""
                         else:
-                            content = self._visible(toks, tools_on)
+                            content = self._visible(toks, tools_on, [] if keep else sampling.stop_strs)
                         delta_text = content[len(j.sent_text):] if content.startswith(j.sent_text) else ""
                         if not delta_text and comp is None and new.start == new.stop:
                             continue
@@ -889,6 +893,19 @@ class ModelServer:
             self._disconnected(rid, jobs)
             raise asyncio.CancelledError() from None
         return resp
+
+
+def _stable_prefix(text: str, stops: list[str]) -> str:
+    """The part of a growing text that the final one will start with: cut at the first stop
+    string already in it (the engine has stopped there, the final text is cut there), else
+    without its last ``len(longest stop) - 1`` characters (a stop may be starting), and
+    without a trailing partial UTF-8 character (U+FFFD)."""
+    cut = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if cut:
+        return text[:min(cut)]
+    text = text.rstrip("\ufffd")
+    hold = max((len(s) for s in stops), default=1) - 1
+    return text[:len(text) - hold] if hold else text
 
 
 def _check_tools(tools: Any) -> list[dict] | None:
