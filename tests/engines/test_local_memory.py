@@ -166,3 +166,23 @@ async def test_parked_prefixes_are_exact_copies_evicted_to_stay_in_the_budget():
     assert c3.token_ids == hf_greedy(model, other, 20)
     assert eng.kv_peak_tokens <= 130
     eng.close()
+
+
+async def test_a_reused_prefix_beside_a_longer_fresh_prompt_stays_in_the_cache_rows():
+    """One prefill group: row A reuses 41 parked positions and adds 2, row B prefills 44. The
+    padded suffix width (44) past A's offset must not write beyond the rows' length (46)."""
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok, max_batch=4)
+    p = [(7 * i) % 300 + 5 for i in range(41)]
+    await eng.generate(p, 1, 0.0)  # parks the prompt's K/V
+    a, b = p + [5, 6], [(11 * i) % 300 + 5 for i in range(44)]
+    with eng._cv:  # both queued before the scheduler thread looks (the lock is re-entrant)
+        ta = asyncio.ensure_future(eng.generate(a, 3, 0.0))
+        tb = asyncio.ensure_future(eng.generate(b, 2, 0.0))
+        while len(eng._waiting) < 2:
+            await asyncio.sleep(0)
+    ca, cb = await asyncio.gather(ta, tb)
+    assert eng.prefix_hit_tokens == 41
+    assert ca.token_ids == hf_greedy(model, a, 3) and cb.token_ids == hf_greedy(model, b, 2)
+    eng.close()

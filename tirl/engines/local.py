@@ -256,6 +256,9 @@ class _LlamaRunner:
         n, sl = tokens.shape
         dev = tokens.device
         pos = offsets.unsqueeze(1) + torch.arange(sl, device=dev).unsqueeze(0)  # [n, S]
+        # a row's padding (past its own suffix) may run past the rows' length: park it on the
+        # last position, beyond every real token of the row (masked now, rewritten before use)
+        pos = pos.clamp(max=cache.cap - 1)
         length = int(pos.max()) + 1
         mask = (torch.arange(length, device=dev).view(1, 1, length) <= pos.unsqueeze(2)).unsqueeze(1)
         rows = torch.arange(row0, row0 + n, device=dev).unsqueeze(1)
@@ -566,7 +569,6 @@ class LocalEngine:
     # one scheduler step on the fast path: prefill the admitted, decode everyone
     def _step_fast(self, admit: list[_Seq]) -> None:
         cache = self._cache
-        dev = self.device
         if admit:
             admit.sort(key=lambda s: len(s.prompt))
             rows = len(self._active) + len(admit)
