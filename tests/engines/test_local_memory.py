@@ -186,3 +186,27 @@ async def test_a_reused_prefix_beside_a_longer_fresh_prompt_stays_in_the_cache_r
     assert eng.prefix_hit_tokens == 41
     assert ca.token_ids == hf_greedy(model, a, 3) and cb.token_ids == hf_greedy(model, b, 2)
     eng.close()
+
+
+@pytest.mark.parametrize("budget, chunk", [(None, 512), (700, 16), (250, 16)])
+async def test_mixed_two_turn_traffic_matches_hf_within_the_budget(budget, chunk):
+    """Random prompt lengths and budgets, second turns reusing parked prefixes, short and long
+    prompts in the same steps: every greedy completion equals HF's, the cache stays in budget."""
+    import random
+
+    rng = random.Random(5)
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    eng = LocalEngine(model, tok, max_batch=3, kv_budget_tokens=budget, prefill_chunk=chunk)
+    prompts = [[rng.randrange(5, 300) for _ in range(rng.randrange(3, 60))] for _ in range(8)]
+    news = [rng.randrange(1, 12) for _ in prompts]
+    firsts = await asyncio.gather(*(eng.generate(p, n, 0.0) for p, n in zip(prompts, news)))
+    seconds = [p + c.token_ids + [rng.randrange(5, 300) for _ in range(rng.randrange(1, 40))]
+               for p, c in zip(prompts, firsts)]
+    outs = await asyncio.gather(*(eng.generate(s, n, 0.0) for s, n in zip(seconds, news)))
+    for p, n, c in zip(prompts + seconds, news + news, list(firsts) + list(outs)):
+        assert c.token_ids == hf_greedy(model, p, n)
+    assert eng.kv_peak_tokens <= eng.kv_budget_tokens
+    if budget is None:  # room to park every first turn
+        assert eng.prefix_hit_tokens > 0
+    eng.close()
