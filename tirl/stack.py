@@ -219,8 +219,9 @@ def _local_engine(cfg: Config, phase: Phase, model: Any, tokenizer: Any, samplin
         want = cfg.serve.max_seq_len or model_len or want
     max_seq_len = min(model_len, want) if model_len else want
     max_batch = cfg.serve.max_batch if phase == "serve" else min(64, cfg.eval.concurrency)
-    return LocalEngine(model, tokenizer, max_batch=max_batch, device=device_for(cfg),
-                       max_seq_len=max_seq_len, seed=cfg.run.seed, threads=cfg.run.threads or None)
+    budget = cfg.serve.kv_budget_tokens if phase == "serve" else None
+    return LocalEngine(model, tokenizer, max_batch=max_batch, device=device_for(cfg), max_seq_len=max_seq_len,
+                       seed=cfg.run.seed, threads=cfg.run.threads or None, kv_budget_tokens=budget)
 
 
 def _rank() -> int:

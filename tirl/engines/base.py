@@ -11,6 +11,13 @@ stop token or the last token of a stop string, and includes it in ``token_ids``.
 give the same tokens whatever else the engine is running at the time (``LocalEngine``: a
 per-request generator; vLLM / SGLang: the request's ``seed`` field; scripted engines ignore
 it). ``None`` = the engine's shared random state.
+
+Optional extras an engine may take (``tirl serve`` looks for them in ``generate``'s
+signature): ``top_logprobs: int`` — the n most likely (token id, logprob) pairs of every
+step in ``Completion.meta["top_logprobs"]``; ``on_token(token_id, logprob, top)`` — called in
+the caller's event loop as each token is sampled, before the result resolves (streaming).
+An engine may also have ``max_request_tokens() -> int``: the most ``len(prompt) +
+max_new_tokens`` one request may reserve (its context, or a smaller KV budget).
 """
 
 from __future__ import annotations

@@ -19,31 +19,49 @@ Generation runs under ``torch.inference_mode`` with the model in eval mode; the 
 previous mode is restored when the engine goes idle. Logprobs are those of the sampling
 distribution actually used (see ``tirl.engines.sampling``).
 
-What it does not do: prefix caching across calls (each call prefills its whole prompt),
-paged attention, tensor parallelism, or speculative decoding.
+Memory is bounded by ``kv_budget_tokens`` (K/V positions): a request reserves its prompt and
+``max_new_tokens`` when it joins the batch, the cache is sized to the running rows (and shrunk
+when they finish), requests wait while the budget is full, and a prompt longer than
+``prefill_chunk`` is prefilled in windows. A row whose sampling fails errors alone; a
+cancelled request leaves the batch at the next step.
+
+What it does not do: paged attention (rows are as long as the longest reservation), preemption,
+tensor parallelism, or speculative decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from tirl.engines.base import Completion
-from tirl.engines.sampling import row_generator, sample_tokens
+from tirl.engines.sampling import check_sampling, row_generator, sample_tokens, top_logprobs
 
 FAST_MODEL_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+DEFAULT_CPU_KV_BYTES = 2 << 30  # default KV budget on CPU (bytes), see default_kv_budget_bytes
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+@dataclass
+class _Parked:
+    """A finished turn's K/V, per layer [kv_heads, len(tokens), head_dim]."""
+
+    tokens: list[int]
+    used: float
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
 
 
 @dataclass
@@ -66,36 +84,70 @@ class _Seq:
     t_submit: float = 0.0
     t_start: float = 0.0
     generator: torch.Generator | None = None  # this request's own sampling RNG (``seed``)
+    error: BaseException | None = None  # why it failed alone (finish = "error")
+    top_n: int = 0  # alternatives to report per token
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    on_token: Callable[[int, float, list | None], None] | None = None  # called in the caller's loop
+
+    @property
+    def need(self) -> int:
+        """KV positions it reserves: its prompt and every token it may generate."""
+        return len(self.prompt) + self.max_new
 
 
 class _KVCache:
-    """Per-layer K/V buffers [rows, kv_heads, capacity, head_dim], grown by doubling."""
+    """Per-layer K/V buffers [rows, kv_heads, cap, head_dim] sized to what is asked for.
+
+    ``ensure(rows, length)`` grows the buffers (rows by doubling, within ``max_rows`` and the
+    token ``budget``; ``cap`` to exactly ``length``), ``fit(rows, length)`` reallocates them to
+    that size (growing or shrinking), keeping rows ``0..rows-1``. ``tokens`` = rows × cap, the
+    allocated size the engine's KV budget bounds."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, device, max_rows: int,
-                 max_len: int):
+                 max_len: int, budget: int | None = None):
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.dtype, self.device = dtype, device
         self.max_rows, self.max_len = max_rows, max_len
+        self.budget = budget if budget is not None else max_rows * max_len
         self.rows, self.cap = 0, 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
 
-    def ensure(self, rows: int, length: int) -> None:
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.cap
+
+    def plan(self, rows: int, length: int) -> tuple[int, int]:
+        """The (rows, cap) :meth:`ensure` would allocate for ``rows`` rows of ``length``."""
         if rows <= self.rows and length <= self.cap:
+            return self.rows, self.cap
+        cap = max(self.cap, length)
+        if rows * cap > self.budget:  # an old, longer cap no longer fits: size to the need
+            cap = length
+        grown = max(rows, 2 * self.rows) if rows > self.rows else self.rows
+        return max(rows, min(grown, self.max_rows, self.budget // max(1, cap))), cap
+
+    def ensure(self, rows: int, length: int, keep: int | None = None) -> None:
+        """At least ``rows`` rows of at least ``length`` positions; rows ``0..keep-1`` (default:
+        all) keep their contents."""
+        new_rows, cap = self.plan(rows, length)
+        if (new_rows, cap) != (self.rows, self.cap):
+            self.fit(new_rows, cap, self.rows if keep is None else keep)
+
+    def fit(self, rows: int, cap: int, keep: int) -> None:
+        """Reallocate to exactly ``rows`` × ``cap`` (0 rows: free), copying rows ``0..keep-1``."""
+        if rows <= 0 or cap <= 0:
+            self.release()
             return
-        new_rows = max(self.rows, min(self.max_rows, max(rows, 2 * self.rows, 8)))
-        new_cap = self.cap
-        while new_cap < length:
-            new_cap = max(64, 2 * new_cap)
-        new_cap = min(max(new_cap, length), max(self.max_len, length))
-        shape = (new_rows, self.kv_heads, new_cap, self.head_dim)
+        shape = (rows, self.kv_heads, cap, self.head_dim)
         k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
         v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)]
-        if self.rows and self.cap:
+        n, m = min(keep, rows, self.rows), min(cap, self.cap)
+        if n and m:
             for i in range(self.layers):
-                k[i][: self.rows, :, : self.cap] = self.k[i]
-                v[i][: self.rows, :, : self.cap] = self.v[i]
-        self.k, self.v, self.rows, self.cap = k, v, new_rows, new_cap
+                k[i][:n, :, :m] = self.k[i][:n, :, :m]
+                v[i][:n, :, :m] = self.v[i][:n, :, :m]
+        self.k, self.v, self.rows, self.cap = k, v, rows, cap
 
     def move(self, src: int, dst: int, length: int) -> None:
         for i in range(self.layers):
@@ -143,9 +195,15 @@ class _LlamaRunner:
         a = base.layers[0].self_attn
         return all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))
 
-    def new_cache(self, max_rows: int, max_len: int) -> _KVCache:
+    def new_cache(self, max_rows: int, max_len: int, budget: int | None = None) -> _KVCache:
         p = next(self.model.parameters())
-        return _KVCache(len(self.layers), self.n_kv, self.head_dim, p.dtype, p.device, max_rows, max_len)
+        return _KVCache(len(self.layers), self.n_kv, self.head_dim, p.dtype, p.device, max_rows, max_len,
+                        budget)
+
+    def bytes_per_token(self) -> int:
+        """K and V of one position over all layers."""
+        p = next(self.model.parameters())
+        return len(self.layers) * 2 * self.n_kv * self.head_dim * p.element_size()
 
     def _qkv(self, i, layer, x, cos, sin):
         a = layer.self_attn
@@ -198,6 +256,9 @@ class _LlamaRunner:
         n, sl = tokens.shape
         dev = tokens.device
         pos = offsets.unsqueeze(1) + torch.arange(sl, device=dev).unsqueeze(0)  # [n, S]
+        # a row's padding (past its own suffix) may run past the rows' length: park it on the
+        # last position, beyond every real token of the row (masked now, rewritten before use)
+        pos = pos.clamp(max=cache.cap - 1)
         length = int(pos.max()) + 1
         mask = (torch.arange(length, device=dev).view(1, 1, length) <= pos.unsqueeze(2)).unsqueeze(1)
         rows = torch.arange(row0, row0 + n, device=dev).unsqueeze(1)
@@ -253,12 +314,33 @@ class _GenericRunner:
         return out.logits[:, -1]
 
 
+def default_kv_budget_bytes(device: torch.device) -> int:
+    """KV-cache bytes a LocalEngine may allocate by default: half the free memory of a CUDA
+    device; on CPU a quarter of physical memory, at most 2 GiB."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free) // 2
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return min(DEFAULT_CPU_KV_BYTES, ram // 4)
+
+
 class LocalEngine:
     """An in-process engine over a transformers causal LM (see the module docstring).
 
     ``max_batch``: sequences decoded together; ``max_seq_len``: context limit (default: the
     model's ``max_position_embeddings``); ``prefill_tokens``: padded prompt tokens per
-    prefill forward; ``seed``: the shared sampling generator's seed (requests without their own).
+    prefill forward; ``prefill_chunk``: a prompt longer than this is prefilled alone in
+    windows of this many tokens (bounds the attention scores' memory); ``seed``: the shared
+    sampling generator's seed (requests without their own).
+
+    ``kv_budget_tokens``: the most K/V positions (cache rows × their length, parked prefixes
+    included) the engine allocates (default: :func:`default_kv_budget_bytes` / the model's
+    bytes per token, at most ``max_batch × max_seq_len``). A request reserves
+    ``len(prompt) + max_new_tokens`` positions when it joins the batch; one that waits for room
+    stays in the queue; one that could never fit is refused by ``generate`` (ValueError).
 
     ``generate(..., seed=s)`` gives the request its own generator: it draws one uniform per
     sampled token and picks by inverse CDF, so which random numbers it gets no longer depends
@@ -268,10 +350,15 @@ class LocalEngine:
 
     def __init__(self, model, tokenizer, max_batch: int = 64, device: str | torch.device | None = None,
                  max_seq_len: int | None = None, prefill_tokens: int = 8192, seed: int = 0,
-                 threads: int | None = None, prefix_cache_rows: int | None = None):
+                 threads: int | None = None, prefix_cache_rows: int | None = None,
+                 kv_budget_tokens: int | None = None, prefill_chunk: int = 512):
+        if int(max_batch) < 1:
+            raise ValueError(f"LocalEngine(max_batch={max_batch}): give at least 1")
+        if int(prefill_chunk) < 1:
+            raise ValueError(f"LocalEngine(prefill_chunk={prefill_chunk}): give at least 1")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch = max_batch
+        self.max_batch = int(max_batch)
         params = next(model.parameters())
         self.device = torch.device(device) if device is not None else params.device
         if self.device != params.device:
@@ -282,6 +369,7 @@ class LocalEngine:
         cfg = model.config
         self.max_seq_len = int(max_seq_len or getattr(cfg, "max_position_embeddings", 0) or 4096)
         self.prefill_tokens = prefill_tokens
+        self.prefill_chunk = int(prefill_chunk)
         # torch threads of the scheduler thread only (OpenMP settings are per thread). On a
         # shared CPU a second OpenMP thread mostly waits at barriers (measured: 10x slower on
         # 2 busy cores), so CPU defaults to 1; set `threads` on an idle many-core machine.
@@ -291,20 +379,28 @@ class LocalEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self._fast = _LlamaRunner(model) if _LlamaRunner.supports(model) else None
         self._generic = None if self._fast else _GenericRunner(model, pad if pad is not None else 0)
-        # finished turns park their K/V in extra rows; a later prompt that extends one (the
+        self.kv_bytes_per_token = self._fast.bytes_per_token() if self._fast else 0
+        full = self.max_batch * self.max_seq_len
+        if kv_budget_tokens is None:
+            kv_budget_tokens = full
+            if self._fast is not None:
+                kv_budget_tokens = min(full, default_kv_budget_bytes(self.device) // self.kv_bytes_per_token)
+        if int(kv_budget_tokens) < 1:
+            raise ValueError(f"LocalEngine(kv_budget_tokens={kv_budget_tokens}): give at least 1")
+        self.kv_budget_tokens = int(kv_budget_tokens)
+        # finished turns park their K/V in a second cache; a later prompt that extends one (the
         # next turn of the same trajectory) copies it back and prefills only the new tokens
-        if prefix_cache_rows is None and self._fast is not None:  # default: what fits in 1 GiB
-            f = self._fast
-            elem = next(model.parameters()).element_size()
-            per_row = len(f.layers) * 2 * f.n_kv * f.head_dim * elem * self.max_seq_len
-            prefix_cache_rows = min(4 * max_batch, (1 << 30) // max(1, per_row))
-        self.prefix_cache_rows = (prefix_cache_rows or 0) if self._fast else 0
-        self._parked: dict[int, tuple[list[int], float]] = {}  # cache row -> (tokens, last use)
-        self._cache = (self._fast.new_cache(max_batch + self.prefix_cache_rows, self.max_seq_len)
+        if prefix_cache_rows is None:
+            prefix_cache_rows = 4 * self.max_batch
+        self.prefix_cache_rows = int(prefix_cache_rows or 0) if self._fast else 0
+        self._parked: dict[int, _Parked] = {}  # id -> a finished turn's exact-size K/V
+        self._park_ids = 0
+        self._cache = (self._fast.new_cache(self.max_batch, self.max_seq_len, self.kv_budget_tokens)
                        if self._fast else None)
         self._parked_version: tuple | None = None
         self.prefix_hit_tokens = 0
         self.prefill_tokens_computed = 0
+        self.kv_peak_tokens = 0  # the most K/V positions allocated at once (both caches)
         self._waiting: deque[_Seq] = deque()
         self._active: list[_Seq] = []
         self._cv = threading.Condition()
@@ -321,11 +417,24 @@ class LocalEngine:
     def fast_path(self) -> bool:
         return self._fast is not None
 
+    def max_request_tokens(self) -> int:
+        """The most ``len(prompt) + max_new_tokens`` one request may reserve: the context, or
+        the KV budget when that is smaller."""
+        return min(self.max_seq_len, self.kv_budget_tokens) if self._fast else self.max_seq_len
+
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0, seed: int | None = None) -> Completion:
+                       top_k: int = 0, seed: int | None = None, top_logprobs: int = 0,
+                       on_token: Callable[[int, float, list | None], None] | None = None) -> Completion:
+        """See :class:`tirl.engines.base.Engine`. Extras: ``top_logprobs = n`` lists the ``n``
+        most likely tokens (id, logprob) at each step in ``meta["top_logprobs"]``; ``on_token(
+        token, logprob, top)`` is called in the caller's event loop as each token is sampled
+        (before the result resolves), for streaming."""
         if self._closed:
             raise RuntimeError("LocalEngine is closed")
+        check_sampling(temperature, top_p, top_k)
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be an integer >= 0, got {top_logprobs!r}")
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("prompt_ids is empty; give at least one token")
@@ -334,15 +443,21 @@ class LocalEngine:
             return Completion([], [], "length", meta={"context_limit": True, "prompt_tokens": len(prompt)})
         stop = list(stop or [])
         loop = asyncio.get_running_loop()
-        seq = _Seq(prompt=prompt, max_new=max(0, min(max_new_tokens, room)),
+        seq = _Seq(prompt=prompt, max_new=max(0, min(int(max_new_tokens), room)),
                    temperature=float(temperature), top_p=float(top_p), top_k=int(top_k or 0),
                    stop_ids=frozenset(int(s) for s in stop if isinstance(s, int)),
                    stop_strs=tuple(s for s in stop if isinstance(s, str) and s),
                    future=loop.create_future(), loop=loop,
                    context_limited=max_new_tokens > room, t_submit=time.perf_counter(),
-                   generator=None if seed is None else row_generator(seed))
+                   generator=None if seed is None else row_generator(seed),
+                   top_n=top_logprobs, on_token=on_token)
         if seq.max_new == 0:
             return Completion([], [], "length", meta={"prompt_tokens": len(prompt)})
+        if self._fast is not None and seq.need > self.kv_budget_tokens:
+            raise ValueError(
+                f"this request needs {seq.need} KV-cache positions (prompt {len(prompt)} + "
+                f"max_new_tokens {seq.max_new}) but the engine's kv_budget_tokens is "
+                f"{self.kv_budget_tokens}; shorten the request or raise kv_budget_tokens")
         with self._cv:
             self._waiting.append(seq)
             self._ensure_thread()
@@ -350,14 +465,21 @@ class LocalEngine:
         return await seq.future
 
     def stats(self) -> dict[str, Any]:
-        """Live load: running / waiting requests and KV-cache usage (for `/metrics`)."""
+        """Live load: running / waiting requests and KV-cache usage (for `/metrics`).
+
+        ``kv_capacity_tokens`` is the KV budget (positions); ``kv_used_tokens`` the positions
+        the running requests hold; ``kv_allocated_tokens`` what is allocated now (rows × length,
+        parked prefixes included) and ``kv_peak_tokens`` the most ever allocated at once."""
         with self._cv:
             running = len(self._active)
             waiting = len(self._waiting)
             used = sum(s.cached + 1 for s in self._active)
-        cap = self.max_batch * self.max_seq_len
+            alloc = (self._cache.tokens + self._parked_tokens()) if self._cache is not None else 0
+        cap = self.kv_budget_tokens
         return {"running": running, "waiting": waiting, "kv_used_tokens": used,
                 "kv_capacity_tokens": cap, "kv_usage": min(1.0, used / cap) if cap else 0.0,
+                "kv_allocated_tokens": alloc, "kv_peak_tokens": self.kv_peak_tokens,
+                "kv_bytes_per_token": self.kv_bytes_per_token,
                 "tokens_generated": self.tokens_generated, "steps": self.steps}
 
     def close(self) -> None:
@@ -389,11 +511,7 @@ class LocalEngine:
                     self._fail_all(RuntimeError("LocalEngine closed"))
                     self._restore_mode()
                     return
-                admit = []
-                while self._waiting and len(self._active) + len(admit) < self.max_batch:
-                    s = self._waiting.popleft()
-                    if not s.future.cancelled():
-                        admit.append(s)
+                admit = self._admit()
             try:
                 if self._was_training is None:
                     self._was_training = self.model.training
@@ -410,12 +528,31 @@ class LocalEngine:
                         if s not in self._active:
                             self._active.append(s)
                     self._fail_all(err)
+                    if self._cache is not None:  # rows are gone; so is what they held
+                        self._cache.release()
+
+    def _admit(self) -> list[_Seq]:
+        """Waiting requests (oldest first) that fit in the batch and the KV budget; a
+        cancelled one is dropped (its client went away before it started)."""
+        admit: list[_Seq] = []
+        cap = max((s.need for s in self._active), default=0)
+        while self._waiting and len(self._active) + len(admit) < self.max_batch:
+            s = self._waiting[0]
+            if s.future.cancelled():
+                self._waiting.popleft()
+                continue
+            if self._fast is not None:
+                grown = max(cap, s.need)
+                if (len(self._active) + len(admit) + 1) * grown > self.kv_budget_tokens:
+                    break
+                cap = grown
+            admit.append(self._waiting.popleft())
+        return admit
 
     def _restore_mode(self) -> None:
         if self._was_training is not None:
             self.model.train(self._was_training)
             self._was_training = None
-
 
     def _fail_all(self, err: BaseException) -> None:
         for s in list(self._active) + list(self._waiting):
@@ -423,48 +560,105 @@ class LocalEngine:
         self._active.clear()
         self._waiting.clear()
 
+    def _note_alloc(self) -> None:
+        self.kv_peak_tokens = max(self.kv_peak_tokens, self._cache.tokens + self._parked_tokens())
+
+    def _parked_tokens(self) -> int:
+        return sum(len(p.tokens) for p in list(self._parked.values()))
+
     # one scheduler step on the fast path: prefill the admitted, decode everyone
     def _step_fast(self, admit: list[_Seq]) -> None:
         cache = self._cache
-        dev = self.device
         if admit:
             admit.sort(key=lambda s: len(s.prompt))
+            rows = len(self._active) + len(admit)
+            need = max(s.need for s in self._active + admit)
+            cache.budget = self.kv_budget_tokens
+            r, c = cache.plan(rows, need)
+            self._evict_parked(self.kv_budget_tokens - r * c)  # parked prefixes are an optimisation
+            cache.ensure(rows, need, keep=len(self._active))
+            self._note_alloc()
             i = 0
             while i < len(admit):
                 j = i + 1
-                while j < len(admit) and (j + 1 - i) * len(admit[j].prompt) <= self.prefill_tokens:
-                    j += 1
+                if len(admit[i].prompt) <= self.prefill_chunk:  # pack short prompts together
+                    while (j < len(admit) and len(admit[j].prompt) <= self.prefill_chunk
+                           and (j + 1 - i) * len(admit[j].prompt) <= self.prefill_tokens):
+                        j += 1
                 chunk = admit[i:j]
+                i = j
                 row0 = len(self._active)
-                cache.ensure(row0 + len(chunk), max(len(s.prompt) for s in chunk) + 1)
                 offsets = [self._reuse_prefix(s, row0 + r) for r, s in enumerate(chunk)]
-                p = max(len(s.prompt) - o for s, o in zip(chunk, offsets))
-                cache.ensure(row0 + len(chunk), max(offsets) + p + 1)
-                toks = torch.zeros((len(chunk), p), dtype=torch.long, device=dev)
-                for r, (s, o) in enumerate(zip(chunk, offsets)):
-                    toks[r, :len(s.prompt) - o] = torch.tensor(s.prompt[o:], dtype=torch.long)
-                    s.cached = len(s.prompt)
+                for s in chunk:
                     s.t_start = time.perf_counter()
-                lengths = torch.tensor([len(s.prompt) - o for s, o in zip(chunk, offsets)], device=dev)
-                self.prefill_tokens_computed += int(lengths.sum())
-                if any(offsets):
-                    logits = self._fast.extend(cache, row0, toks, torch.tensor(offsets, device=dev), lengths)
+                if len(chunk) == 1 and len(chunk[0].prompt) - offsets[0] > self.prefill_chunk:
+                    logits = self._prefill_windows(chunk[0], row0, offsets[0])
                 else:
-                    logits = self._fast.prefill(cache, row0, toks, lengths)
+                    logits = self._prefill_group(chunk, row0, offsets)
                 with self._cv:
                     self._active.extend(chunk)
+                if logits is None:  # its client went away during a long prefill
+                    chunk[0].finish = "abort"
+                    self._retire()
+                    continue
+                for s in chunk:
+                    s.cached = len(s.prompt)
                 self._sample_and_finish(chunk, logits, row_offset=row0)
-                i = j
         # every active sequence now holds one sampled token not yet in the cache
-        if not self._active:
-            return
+        if self._active:
+            self._decode()
+        self._shrink()
+
+    def _decode(self) -> None:
+        cache, dev = self._cache, self.device
         toks = torch.tensor([s.out[-1] for s in self._active], dtype=torch.long, device=dev)
         pos = torch.tensor([s.cached for s in self._active], dtype=torch.long, device=dev)
-        cache.ensure(len(self._active), int(pos.max()) + 1)
         logits = self._fast.decode(cache, toks, pos)
         for s in self._active:
             s.cached += 1
         self._sample_and_finish(list(self._active), logits, row_offset=0)
+
+    def _shrink(self) -> None:
+        """Reallocate the cache to the running rows' need when it holds more than twice that
+        (everything when none run), so a finished long request gives its memory back. Only the
+        scheduler thread changes ``_active`` and the cache, so no lock is held while copying."""
+        n = len(self._active)
+        need = max((s.need for s in self._active), default=0)
+        if self._cache.tokens > 2 * n * need:
+            self._cache.fit(n, need, keep=n)
+
+    def _prefill_group(self, chunk: list[_Seq], row0: int, offsets: list[int]) -> torch.Tensor:
+        """Right-padded prompts (after their reused prefixes) in one forward; last-token logits."""
+        dev = self.device
+        p = max(len(s.prompt) - o for s, o in zip(chunk, offsets))
+        toks = torch.zeros((len(chunk), p), dtype=torch.long, device=dev)
+        for r, (s, o) in enumerate(zip(chunk, offsets)):
+            toks[r, :len(s.prompt) - o] = torch.tensor(s.prompt[o:], dtype=torch.long)
+        lengths = torch.tensor([len(s.prompt) - o for s, o in zip(chunk, offsets)], device=dev)
+        self.prefill_tokens_computed += int(lengths.sum())
+        if any(offsets):
+            return self._fast.extend(self._cache, row0, toks, torch.tensor(offsets, device=dev), lengths)
+        return self._fast.prefill(self._cache, row0, toks, lengths)
+
+    def _prefill_windows(self, s: _Seq, row: int, start: int) -> torch.Tensor | None:
+        """One long prompt in windows of ``prefill_chunk`` tokens, each attending to the cache
+        filled so far; the last window's logits (None if the request was cancelled meanwhile)."""
+        dev = self.device
+        pos, logits = start, None
+        while pos < len(s.prompt):
+            if pos > start and s.future.cancelled():
+                s.cached = pos
+                return None
+            end = min(len(s.prompt), pos + self.prefill_chunk)
+            toks = torch.tensor([s.prompt[pos:end]], dtype=torch.long, device=dev)
+            length = torch.tensor([end - pos], device=dev)
+            if pos == 0:
+                logits = self._fast.prefill(self._cache, row, toks, length)
+            else:
+                logits = self._fast.extend(self._cache, row, toks, torch.tensor([pos], device=dev), length)
+            self.prefill_tokens_computed += end - pos
+            pos = end
+        return logits
 
     def _step_generic(self, admit: list[_Seq]) -> None:
         with self._cv:
@@ -477,21 +671,61 @@ class LocalEngine:
         logits = self._generic.logits([s.prompt + s.out for s in batch], self.device)
         self._sample_and_finish(batch, logits, row_offset=0)
 
-    def _sample_and_finish(self, seqs: list[_Seq], logits: torch.Tensor, row_offset: int) -> None:
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> list[tuple[int, float] | BaseException]:
+        """One (token, logprob) per row, or the error of a row whose sampling failed: a batch
+        that fails is sampled row by row, so one bad row never fails its neighbours."""
         dev = logits.device
-        temp = torch.tensor([s.temperature for s in seqs], device=dev)
-        top_p = torch.tensor([s.top_p for s in seqs], device=dev)
-        top_k = torch.tensor([s.top_k for s in seqs], dtype=torch.long, device=dev)
-        gens = [s.generator for s in seqs]
-        tokens, lps = sample_tokens(logits, temp, top_p, top_k, self.generator,
-                                    row_generators=gens if any(g is not None for g in gens) else None)
-        tokens, lps = tokens.tolist(), lps.tolist()
+
+        def run(rows: list[_Seq], lg: torch.Tensor):
+            temp = torch.tensor([s.temperature for s in rows], device=dev)
+            top_p = torch.tensor([s.top_p for s in rows], device=dev)
+            top_k = torch.tensor([s.top_k for s in rows], dtype=torch.long, device=dev)
+            gens = [s.generator for s in rows]
+            tokens, lps = sample_tokens(lg, temp, top_p, top_k, self.generator,
+                                        row_generators=gens if any(g is not None for g in gens) else None)
+            return tokens.tolist(), lps.tolist()
+
+        try:
+            tokens, lps = run(seqs, logits)
+            out: list[tuple[int, float] | BaseException] = list(zip(tokens, lps))
+        except RuntimeError:
+            out = []
+            for r, s in enumerate(seqs):
+                try:
+                    (t,), (lp,) = run([s], logits[r:r + 1])
+                    out.append((t, lp))
+                except RuntimeError as err:
+                    out.append(err)
+        for r, o in enumerate(out):
+            if not isinstance(o, BaseException) and o[1] != o[1]:  # a NaN logprob: bad logits
+                out[r] = RuntimeError("the model's logits for this request are not finite")
+        want = [r for r, s in enumerate(seqs) if s.top_n and not isinstance(out[r], BaseException)]
+        if want:
+            ix = torch.tensor(want, device=dev)
+            rows = [seqs[r] for r in want]
+            ids, vals = top_logprobs(
+                logits[ix], torch.tensor([s.temperature for s in rows], device=dev),
+                torch.tensor([s.top_p for s in rows], device=dev),
+                torch.tensor([s.top_k for s in rows], dtype=torch.long, device=dev), max(s.top_n for s in rows))
+            for r, i_row, v_row in zip(want, ids.tolist(), vals.tolist()):
+                seqs[r].tops.append(list(zip(i_row, v_row))[:seqs[r].top_n])
+        return out
+
+    def _sample_and_finish(self, seqs: list[_Seq], logits: torch.Tensor, row_offset: int) -> None:
+        results = self._sample(seqs, logits)
         self.steps += 1
-        self.tokens_generated += len(seqs)
         done = False
-        for s, t, lp in zip(seqs, tokens, lps):
+        for s, res in zip(seqs, results):
+            if isinstance(res, BaseException):
+                s.finish, s.error = "error", res
+                done = True
+                continue
+            t, lp = res
+            self.tokens_generated += 1
             s.out.append(t)
             s.lps.append(lp)
+            if s.on_token is not None:
+                s.loop.call_soon_threadsafe(s.on_token, t, lp, s.tops[-1] if s.top_n else None)
             if t in s.stop_ids:
                 s.finish, s.stop_reason = "stop", t
             elif s.stop_strs and self._hit_stop_string(s):
@@ -513,44 +747,60 @@ class LocalEngine:
                 return True
         return False
 
+    def _drop_parked(self) -> None:
+        self._parked.clear()
+
+    def _evict_parked(self, room: int) -> None:
+        """Evict parked prefixes, least recently used first, until they hold at most ``room``
+        positions."""
+        total = self._parked_tokens()
+        while self._parked and total > room:
+            key = min(self._parked, key=lambda k: self._parked[k].used)
+            total -= len(self._parked.pop(key).tokens)
+
     def _reuse_prefix(self, s: _Seq, row: int) -> int:
         """Copy the longest parked prefix of ``s.prompt`` into ``row``; the reused length."""
         if not self._parked:
             return 0
         if self._weights_version() != self._parked_version:  # trained since: stale K/V
-            self._parked.clear()
+            self._drop_parked()
             return 0
-        best_row, best = -1, 0
+        best_key, best = -1, 0
         limit = len(s.prompt) - 1  # at least one token must be computed for the logits
-        for prow, (toks, _) in self._parked.items():
-            m = _common_prefix(toks, s.prompt, limit)
+        for key, p in self._parked.items():
+            m = _common_prefix(p.tokens, s.prompt, limit)
             if m > best:
-                best_row, best = prow, m
+                best_key, best = key, m
         if best < 16:  # not worth a copy
             return 0
-        self._cache.move(best_row, row, best)
-        self._parked[best_row] = (self._parked[best_row][0], time.perf_counter())
+        p = self._parked[best_key]
+        for i in range(len(p.k)):
+            self._cache.k[i][row, :, :best] = p.k[i][:, :best]
+            self._cache.v[i][row, :, :best] = p.v[i][:, :best]
+        p.used = time.perf_counter()
         self.prefix_hit_tokens += best
         return best
 
     def _park(self, s: _Seq, row: int) -> None:
-        """Keep a finished turn's K/V in a spare row for the trajectory's next turn."""
+        """Keep a copy of a finished turn's K/V (exactly its length) for the trajectory's next
+        turn, evicting older ones to stay within the KV budget next to the running rows."""
         n = s.cached  # K/V of prompt + out[:-1]
-        if n < 16 or n > self._cache.cap:
+        if n < 16 or n + self._cache.tokens > self.kv_budget_tokens:
             return
-        base = self.max_batch
-        free = [r for r in range(base, base + self.prefix_cache_rows) if r not in self._parked]
-        if free:
-            slot = free[0]
-        else:
-            slot = min(self._parked, key=lambda r: self._parked[r][1])  # least recently used
-        self._cache.ensure(base + self.prefix_cache_rows, self._cache.cap)
         version = self._weights_version()
         if version != self._parked_version:
-            self._parked.clear()
+            self._drop_parked()
             self._parked_version = version
-        self._cache.move(row, slot, n)
-        self._parked[slot] = ((s.prompt + s.out)[:n], time.perf_counter())
+        self._evict_parked(self.kv_budget_tokens - self._cache.tokens - n)
+        while len(self._parked) >= self.prefix_cache_rows:
+            self._parked.pop(min(self._parked, key=lambda k: self._parked[k].used))
+        c = self._cache
+        self._parked[self._park_ids] = _Parked(
+            tokens=(s.prompt + s.out)[:n], used=time.perf_counter(),
+            k=[c.k[i][row, :, :n].clone() for i in range(c.layers)],
+            v=[c.v[i][row, :, :n].clone() for i in range(c.layers)])
+        self._park_ids += 1
+        self._note_alloc()
 
     def _weights_version(self) -> tuple:
         """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict)."""
@@ -566,21 +816,25 @@ class LocalEngine:
                 raise RuntimeError("release_cache() while requests are running; call it when idle")
             if self._cache is not None:
                 self._cache.release()
-            self._parked.clear()
+            self._drop_parked()
 
     def _retire(self) -> None:
         """Resolve finished sequences and compact the batch (move the last rows into the holes)."""
         now = time.perf_counter()
-        done: list[tuple[_Seq, Completion]] = []
+        done: list[tuple[_Seq, Completion | BaseException]] = []
         with self._cv:
             rows = self._active
             for r, s in enumerate(rows):
                 if s.finish in ("stop", "length") and self.prefix_cache_rows:
                     self._park(s, r)
-                if s.finish is not None:
+                if s.finish == "error":
+                    done.append((s, s.error))
+                elif s.finish is not None:
                     meta = {"prompt_tokens": len(s.prompt), "queue_ms": (s.t_start - s.t_submit) * 1000,
                             "gen_ms": (now - s.t_start) * 1000,
                             "context_limit": s.context_limited and s.finish == "length"}
+                    if s.top_n:
+                        meta["top_logprobs"] = s.tops
                     comp = Completion(token_ids=s.out, logprobs=s.lps,
                                       finish_reason="abort" if s.finish == "abort" else s.finish,
                                       stop_reason=s.stop_reason, meta=meta)
@@ -604,8 +858,11 @@ class LocalEngine:
             self._active = [s for s in rows if s.finish is None]
             if not self._active and not self._waiting:
                 self._restore_mode()  # before the caller resumes (and perhaps trains)
-            for s, comp in done:
-                s.loop.call_soon_threadsafe(_set_result, s.future, comp)
+            for s, res in done:
+                if isinstance(res, BaseException):
+                    s.loop.call_soon_threadsafe(_set_exception, s.future, res)
+                else:
+                    s.loop.call_soon_threadsafe(_set_result, s.future, res)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

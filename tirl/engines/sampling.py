@@ -9,7 +9,23 @@ distribution (a delta has logprob 0, which tells the trainer nothing).
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """Raise ValueError naming the parameter unless temperature is finite and >= 0, top_p is
+    in (0, 1] and top_k is an integer >= 0 (0 = no top-k). A NaN reaching
+    :func:`sample_tokens` would poison its whole batch, so engines check at submission."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) \
+            or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
 
 
 def filter_logits(logits: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -89,3 +105,18 @@ def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
         lp_greedy = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         lp = torch.where(greedy, lp_greedy, lp)
     return tokens, lp
+
+
+def top_logprobs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                 top_k: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` most likely tokens of each row [B, n] and their logprobs, under the
+    distribution :func:`sample_tokens` samples that row from (temperature, top-k/top-p; greedy
+    rows: the unscaled one), so the sampled token's logprob is the one listed with it.
+    Filtered-out tokens have logprob -inf."""
+    logits = logits.float()
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+    scaled = torch.log_softmax(filter_logits(logits / safe_t.unsqueeze(-1), top_p, top_k), dim=-1)
+    logp = torch.where(greedy.unsqueeze(-1), torch.log_softmax(logits, dim=-1), scaled)
+    vals, ids = torch.topk(logp, min(int(n), logits.shape[-1]), dim=-1)
+    return ids, vals
