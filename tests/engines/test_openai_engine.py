@@ -208,3 +208,28 @@ async def test_health_reports_the_server_and_mode():
         assert h["ok"] and h["models"] == ["a", "b"] and h["model"] == "b" and h["token_ids"] is True
         await eng.aclose()
         await eng.aclose()  # idempotent
+
+
+async def test_max_tokens_is_capped_to_the_servers_context():
+    """A server that lists max_model_len refuses prompt + max_tokens beyond it (vLLM, tirl
+    serve): the engine asks for what fits, and a prompt at the limit is a context stop."""
+    srv = FakeServer(owner="vllm", finish="length")
+    orig = srv.list_models
+
+    async def with_context(request):
+        resp = await orig(request)
+        import json as _json
+
+        data = _json.loads(resp.body)
+        data["data"][0]["max_model_len"] = 10
+        return web.json_response(data)
+
+    srv.list_models = with_context
+    async with srv.running() as url:
+        eng = OpenAIEngine(url, "m")
+        c = await eng.generate([1, 2, 3, 4], 100)
+        assert srv.bodies[-1]["max_tokens"] == 6 and c.meta.get("context_limit") is True
+        n = len(srv.bodies)
+        full = await eng.generate(list(range(10)), 5)
+        assert full.token_ids == [] and full.meta["context_limit"] and len(srv.bodies) == n
+        await eng.aclose()

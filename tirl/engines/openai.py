@@ -131,6 +131,7 @@ class OpenAIEngine:
         self._started = False
         self._start_error: EngineError | None = None
         self.owners: dict[str, str] = {}  # model name -> its `owned_by` in /v1/models
+        self.context_lens: dict[str, int] = {}  # model name -> its `max_model_len` (vLLM, tirl serve)
         self.requests = 0
         self.retried = 0
 
@@ -184,6 +185,8 @@ class OpenAIEngine:
         try:
             data = json.loads(text)
             self.owners = {str(m["id"]): str(m.get("owned_by", "")) for m in data.get("data", [])}
+            self.context_lens = {str(m["id"]): int(m["max_model_len"]) for m in data.get("data", [])
+                                 if isinstance(m.get("max_model_len"), int) and m["max_model_len"] > 0}
             return list(self.owners)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise EngineError(f"{url} answered something that is not a model list: {text[:300]!r}") from None
@@ -356,6 +359,15 @@ class OpenAIEngine:
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
                        top_k: int = 0, seed: int | None = None) -> Completion:
         await self._ensure_started()
+        context = self.context_lens.get(self.model or "")
+        capped = False
+        if context is not None and len(prompt_ids) + max_new_tokens > context:
+            # servers refuse prompt + max_tokens beyond their context (vLLM, tirl serve): ask for
+            # what fits and report a context stop, as the in-process engine does
+            if len(prompt_ids) >= context:
+                return Completion(token_ids=[], logprobs=[], finish_reason="length",
+                                  meta={"context_limit": True, "token_exact": True})
+            max_new_tokens, capped = context - len(prompt_ids), True
         self.requests += 1
         text_prompt = self.token_ids is False
         prompt = self._text_of(prompt_ids) if text_prompt else [int(t) for t in prompt_ids]
@@ -366,7 +378,10 @@ class OpenAIEngine:
         except _HTTPError as err:
             raise EngineError(f"{self.base_url}/v1/completions answered {err.status}: "
                               f"{server_message(err.text)}") from None
-        return self._completion(data, text_prompt=text_prompt)
+        comp = self._completion(data, text_prompt=text_prompt)
+        if capped and comp.finish_reason == "length":
+            comp.meta["context_limit"] = True
+        return comp
 
     def _completion(self, data: dict, text_prompt: bool) -> Completion:
         try:
