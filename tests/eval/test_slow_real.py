@@ -73,7 +73,7 @@ def test_cli_in_process_model_end_to_end(tmp_path, data_dir, capsys):
     argv = ["eval", "--model", str(model_dir), "--benchmark", "aime24,amc23", "--limit", "2",
             "--k", "2", "--temperature", "1.0", "--max-tokens", "40", "--max-turns", "2",
             "--data-dir", str(data_dir), "--output", str(out), "--bootstrap", "50", "--no-progress",
-            "--set", "sandbox.slots=2", "--set", "reward.workers=1"]
+            "sandbox.slots=2", "reward.workers=1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| aime24 | 2 |" in printed and "| amc23 | 2 |" in printed

@@ -71,7 +71,7 @@ async def test_eval_against_openai_compatible_servers(tmp_path, data_dir, server
         cfg = load_config(None, [
             f'data.data_dir="{data_dir}"', 'eval.benchmarks=["aime24"]', "eval.k=2", "eval.limit=2",
             "eval.sampling.max_tokens=2000", "eval.sampling.max_turns=4", "eval.bootstrap_samples=100",
-            'model.served_name="scripted-model"', f'eval.tokenizer="{tok_dir}"', "sandbox.slots=2",
+            'model.served_name="scripted-model"', f'model.tokenizer="{tok_dir}"', "sandbox.slots=2",
             "reward.workers=1", *where])
         res = await evaluate(cfg, tmp_path / "run", progress=False)
     finally:

@@ -8,7 +8,8 @@ end-of-turn token appended, and ``max_new_tokens`` honoured (``finish_reason="le
 using the CPU. Every prompt it receives is recorded in ``prompts`` (for prefix checks), and its
 ``seed`` argument in ``seeds``.
 
-What it is not: a model. Logprobs are a fixed ``logprob`` per token.
+What it is not: a model. Logprobs are a fixed ``logprob`` per token; asked for
+``top_logprobs``, it lists the emitted token as the only alternative.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ScriptedEngine:
 
     async def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                        stop: Sequence[str | int] | None = None, *, top_p: float = 1.0,
-                       top_k: int = 0, seed: int | None = None) -> Completion:
+                       top_k: int = 0, seed: int | None = None, top_logprobs: int = 0) -> Completion:
         self.calls += 1
         if self.record:
             self.prompts.append(list(prompt_ids))
@@ -61,5 +62,7 @@ class ScriptedEngine:
         if len(ids) > max_new_tokens:
             ids = ids[:max_new_tokens]
             finish = "length"
+        # the script is the whole distribution: the emitted token is the only alternative
+        meta = {"top_logprobs": [[(t, self.logprob)] for t in ids]} if top_logprobs else {}
         return Completion(token_ids=ids, logprobs=[self.logprob] * len(ids), finish_reason=finish,
-                          stop_reason=self.eot_id if finish == "stop" else None)
+                          stop_reason=self.eot_id if finish == "stop" else None, meta=meta)
