@@ -2,7 +2,9 @@
 of calls, the request shapes, the in-flight policy → pause mode, and what a failure leaves behind.
 (Runs in `make test`; the real-server suite is tests/vllm/test_real_vllm.py.)"""
 
+import asyncio
 import contextlib
+import json
 import socket
 
 import aiohttp
@@ -21,8 +23,8 @@ def free_port() -> int:
 class FakeVLLM:
     """Records every call; behaves as vLLM 0.32 with VLLM_SERVER_DEV_MODE=1 (or without: dev=False)."""
 
-    def __init__(self, *, dev=True, reload_error=None, flush_ok=True, version_override=None):
-        self.dev, self.reload_error, self.flush_ok = dev, reload_error, flush_ok
+    def __init__(self, *, dev=True, ext=True, reload_error=None, flush_ok=True, version_override=None):
+        self.dev, self.ext, self.reload_error, self.flush_ok = dev, ext, reload_error, flush_ok
         self.version_override = version_override
         self.calls: list[tuple[str, dict, dict | None]] = []
         self.paused = False
@@ -51,6 +53,11 @@ class FakeVLLM:
         if path == "/is_paused":
             return web.json_response({"is_paused": self.paused})
         if path == "/collective_rpc":
+            if body["method"] == vw.EXTENSION_METHOD and not self.ext:  # vLLM 0.32's own words
+                return web.json_response({"error": {"message": (
+                    "Call to collective_rpc method failed: Worker failed with error ''CPUWorker' "
+                    "object has no attribute 'tirl_reload_weights'', please check the stack trace "
+                    "above for the root cause"), "code": 500}}, status=500)
             if self.reload_error:
                 return web.json_response({"error": self.reload_error}, status=500)
             return web.json_response({"results": [None]})
@@ -85,12 +92,13 @@ async def test_reload_pauses_reloads_flushes_versions_resumes_in_that_order():
                                          "/update_weight_version", "/resume", "/weight_info"]
     pause_q = srv.calls[0][1]
     assert pause_q == {"mode": "wait", "clear_cache": "true"}  # in_flight="finish" by default
-    assert srv.calls[1][2]["method"] == "reload_weights"
+    assert srv.calls[1][2]["method"] == "tirl_reload_weights"  # the worker extension's
     assert srv.calls[1][2]["kwargs"] == {"weights_path": "/shared/v3"}  # strings only, as vLLM takes
     assert srv.calls[2][1] == {"reset_running_requests": "true"}
     assert srv.calls[3][2] == {"new_version": "3"}
     assert srv.version == "3" and not srv.paused
-    assert set(times) == {"pause_s", "reload_s", "flush_s", "resume_s", "total_s"}
+    assert set(times) == {"method", "pause_s", "reload_s", "flush_s", "resume_s", "total_s"}
+    assert times["method"] == "tirl_reload_weights"
     assert times["total_s"] >= times["reload_s"] >= 0
 
 
@@ -165,3 +173,65 @@ def test_server_root_strips_v1_and_slashes():
     assert vw.server_root("http://h:8000/v1/") == "http://h:8000"
     assert vw.server_root("http://h:8000") == "http://h:8000"
     assert vw.pause_mode("pause") == "keep"
+
+
+def model_dir(tmp_path, tied: bool):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "tie_word_embeddings": tied}))
+    return str(tmp_path)
+
+
+async def test_without_the_extension_an_untied_model_uses_vllms_own_reload(tmp_path):
+    srv = FakeVLLM(ext=False)
+    d = model_dir(tmp_path, tied=False)
+    async with srv.running() as url, aiohttp.ClientSession() as s:
+        times = await vw.reload_from_disk(s, url, d, 5)
+    rpcs = [c[2]["method"] for c in srv.calls if c[0] == "/collective_rpc"]
+    assert rpcs == ["tirl_reload_weights", "reload_weights"] and times["method"] == "reload_weights"
+    assert srv.version == "5" and not srv.paused
+
+
+@pytest.mark.parametrize("tied", [True, None])  # None: no readable config.json: the safe path
+async def test_without_the_extension_a_tied_model_is_refused_before_any_reload(tmp_path, tied):
+    srv = FakeVLLM(ext=False)
+    d = model_dir(tmp_path, tied=True) if tied else str(tmp_path / "missing")
+    async with srv.running() as url, aiohttp.ClientSession() as s:
+        with pytest.raises(vw.VLLMWeightError, match="ties its LM head.*--worker-extension-cls "
+                                                     "tirl.engines.vllm_ext.TirlWorkerExtension"):
+            await vw.reload_from_disk(s, url, d, 5)
+    rpcs = [c[2]["method"] for c in srv.calls if c[0] == "/collective_rpc"]
+    assert rpcs == ["tirl_reload_weights"] and srv.paused and srv.version == "default"
+
+
+@contextlib.asynccontextmanager
+async def hangs_up(times: int):
+    """Closes the first ``times`` connections without answering, then answers 200 with JSON."""
+    seen = []
+
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        seen.append(1)
+        if len(seen) <= times:
+            writer.close()
+            return
+        body = b'{"weight_version": "9"}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+
+
+async def test_a_connection_closed_by_the_server_is_retried_once():
+    # POST: aiohttp itself never resends it (it may resend a GET on its own)
+    async with hangs_up(1) as (url, seen), aiohttp.ClientSession() as s:
+        await vw.set_weight_version(s, url, 9)
+        assert len(seen) == 2
+    async with hangs_up(2) as (url, seen), aiohttp.ClientSession() as s:
+        with pytest.raises(vw.VLLMWeightError, match="closed the connection twice"):
+            await vw.set_weight_version(s, url, 9)
+        assert len(seen) == 2

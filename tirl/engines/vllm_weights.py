@@ -10,6 +10,10 @@ when the server runs with ``VLLM_SERVER_DEV_MODE=1``):
   loader reads every ``*.safetensors`` file of ``DIR`` (Hugging Face parameter names) and
   ``model.load_weights`` copies them into the live model, layer by layer. ``DIR`` is read by
   the *server*, so it must be a path on the server's file system (a shared disk).
+  **A tied LM head is not updated on CPU** (its packed GEMM copy keeps the old values; measured:
+  the server then matches "new embeddings + old head" to 1e-5), so tirl calls
+  ``tirl_reload_weights`` from its worker extension :mod:`tirl.engines.vllm_ext` instead, which
+  re-packs tied layers after vLLM's reload; without the extension, a tied model is refused.
 * ``POST /pause?mode=wait|keep|abort`` and ``POST /resume``
   (``vllm/entrypoints/rl/online/api_router.py`` → ``AsyncLLM.pause_generation``): while
   paused, new requests queue. ``wait`` lets in-flight requests finish on the old weights,
@@ -26,8 +30,9 @@ when the server runs with ``VLLM_SERVER_DEV_MODE=1``):
 version, resume, and reads the version back. The mapping from tirl's in-flight policy
 (``[rollout] in_flight``) to vLLM's pause mode is :data:`PAUSE_MODES`.
 
-Failures raise :class:`VLLMWeightError` naming the route, the server's answer and what to do.
-A reload that fails leaves the server **paused** on purpose: it may hold a half-loaded model,
+Every route used is idempotent, so a request whose kept-alive connection the server had closed
+is sent once more. Failures raise :class:`VLLMWeightError` naming the route, the server's answer
+and what to do. A reload that fails leaves the server **paused** on purpose: it may hold a half-loaded model,
 and a paused server answers nothing rather than something from unknown weights. The caller
 takes it out of rotation; :func:`resume` or a restart brings it back.
 
@@ -95,21 +100,30 @@ async def _call(session: Any, method: str, base_url: str, path: str, *, timeout_
     import aiohttp
 
     url = server_root(base_url) + path
-    try:
-        async with session.request(method, url, params=params, json=body,
-                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            text = await resp.text()
-            if resp.status == 404:
-                raise VLLMWeightError(f"{method} {url} answered 404: the server has no such route; "
-                                      f"{DEV_MODE_HINT}")
-            if resp.status >= 400:
-                raise VLLMWeightError(f"{method} {url} answered {resp.status}: {_message(text)}")
-    except aiohttp.ClientConnectionError as err:
-        raise VLLMWeightError(f"cannot reach {url} ({type(err).__name__}: {err}); is the vLLM "
-                              "server running?") from None
-    except asyncio.TimeoutError:
-        raise VLLMWeightError(f"{method} {url} did not answer within {timeout_s:g} s; the server "
-                              "is hung or the step takes longer (raise timeout_s)") from None
+    for attempt in (0, 1):
+        try:
+            async with session.request(method, url, params=params, json=body,
+                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                text = await resp.text()
+                if resp.status == 404:
+                    raise VLLMWeightError(f"{method} {url} answered 404: the server has no such "
+                                          f"route; {DEV_MODE_HINT}")
+                if resp.status >= 400:
+                    raise VLLMWeightError(f"{method} {url} answered {resp.status}: {_message(text)}")
+            break
+        except aiohttp.ServerDisconnectedError:
+            # a kept-alive connection the server closed while idle (uvicorn does after 5 s):
+            # every route here is idempotent, so send it once more on a new connection
+            if attempt == 0:
+                continue
+            raise VLLMWeightError(f"{method} {url}: the server closed the connection twice without "
+                                  "answering; did it crash? (check its log)") from None
+        except aiohttp.ClientConnectionError as err:
+            raise VLLMWeightError(f"cannot reach {url} ({type(err).__name__}: {err}); is the vLLM "
+                                  "server running?") from None
+        except asyncio.TimeoutError:
+            raise VLLMWeightError(f"{method} {url} did not answer within {timeout_s:g} s; the server "
+                                  "is hung or the step takes longer (raise timeout_s)") from None
     if not text.strip():
         return None
     try:
@@ -175,26 +189,64 @@ async def weight_version(session: Any, base_url: str, *, timeout_s: float = 30.0
                               "not {'weight_version': ...}") from None
 
 
+EXTENSION_METHOD = "tirl_reload_weights"
+EXTENSION_HINT = ("start vLLM with tirl on its PYTHONPATH and --worker-extension-cls "
+                  "tirl.engines.vllm_ext.TirlWorkerExtension")
+
+
+def ties_embeddings(model_dir: str) -> bool:
+    """Whether ``model_dir/config.json`` ties the LM head to the embeddings (True when it cannot
+    be read: then the safe path is taken). Read on this machine: a shared disk, as the server's."""
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return True
+    text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    return bool(cfg.get("tie_word_embeddings", text_cfg.get("tie_word_embeddings", False)))
+
+
 async def reload_weights(session: Any, base_url: str, model_dir: str, *,
-                         timeout_s: float = 600.0) -> None:
-    """``POST /collective_rpc`` ``reload_weights(weights_path=model_dir)`` on every worker.
+                         timeout_s: float = 600.0) -> str:
+    """Load ``model_dir``'s weights into the running model through ``POST /collective_rpc``;
+    returns the worker method used.
 
     ``model_dir`` holds ``*.safetensors`` with Hugging Face parameter names (as
-    ``save_pretrained`` writes them) and is read by the server process.
+    ``save_pretrained`` writes them) and is read by the server process. The method is
+    ``tirl_reload_weights`` (:mod:`tirl.engines.vllm_ext`: vLLM's reload, then the tied LM head
+    re-packed) when the server has the extension. Without it, vLLM's own ``reload_weights`` is
+    used for a model with untied embeddings; for a tied one it raises :class:`VLLMWeightError`
+    before touching the weights, because vLLM 0.32 on CPU would keep the old head.
     """
+    try:
+        await _call(session, "POST", base_url, "/collective_rpc", timeout_s=timeout_s,
+                    body={"method": EXTENSION_METHOD, "kwargs": {"weights_path": str(model_dir)},
+                          "timeout": timeout_s})
+        return EXTENSION_METHOD
+    except VLLMWeightError as err:
+        if f"no attribute '{EXTENSION_METHOD}'" not in str(err) and "is not implemented" not in str(err):
+            raise
+    if ties_embeddings(model_dir):
+        raise VLLMWeightError(
+            f"{server_root(base_url)} has no {EXTENSION_METHOD} worker method and {model_dir} ties its "
+            "LM head to the embeddings: vLLM 0.32's own reload_weights keeps a tied head's packed "
+            f"(CPU) copy on the old values, so the server would serve mixed weights; {EXTENSION_HINT}")
     await _call(session, "POST", base_url, "/collective_rpc", timeout_s=timeout_s,
                 body={"method": "reload_weights", "kwargs": {"weights_path": str(model_dir)},
                       "timeout": timeout_s})
+    return "reload_weights"
 
 
 async def reload_from_disk(session: Any, base_url: str, model_dir: str, version: int | str, *,
-                           in_flight: str = "finish", timeout_s: float = 600.0) -> dict[str, float]:
+                           in_flight: str = "finish", timeout_s: float = 600.0) -> dict[str, Any]:
     """Load ``model_dir``'s weights into the running vLLM server at ``base_url`` as ``version``.
 
     Steps: pause (``in_flight``: ``finish`` / ``pause`` / ``abort``, see :data:`PAUSE_MODES`),
     reload from disk, flush the prefix cache (preempting frozen requests), set the weight
-    version, resume, and read the version back. Returns the seconds each step took
-    (``pause_s``, ``reload_s``, ``flush_s``, ``resume_s``, ``total_s``).
+    version, resume, and read the version back. Returns the worker ``method`` used (see
+    :func:`reload_weights`) and the seconds each step took (``pause_s``, ``reload_s``,
+    ``flush_s``, ``resume_s``, ``total_s``).
 
     Raises :class:`VLLMWeightError`. When the reload or the flush fails the server is left
     paused (it may hold a half-loaded model) and the message says so; when the version read
@@ -205,9 +257,10 @@ async def reload_from_disk(session: Any, base_url: str, model_dir: str, version:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     await pause(session, root, mode, timeout_s=timeout_s)
+    method = ""
     t1 = time.perf_counter()
     try:
-        await reload_weights(session, root, model_dir, timeout_s=timeout_s)
+        method = await reload_weights(session, root, model_dir, timeout_s=timeout_s)
         t2 = time.perf_counter()
         await reset_prefix_cache(session, root, reset_running_requests=True, timeout_s=timeout_s)
         await set_weight_version(session, root, version, timeout_s=timeout_s)
@@ -222,7 +275,7 @@ async def reload_from_disk(session: Any, base_url: str, model_dir: str, version:
     if served != str(version):
         raise VLLMWeightError(f"{root} reports weight version {served!r} after loading version "
                               f"{version!r} from {model_dir}; another client changed it meanwhile")
-    times.update(pause_s=t1 - t0, reload_s=t2 - t1, flush_s=t3 - t2, resume_s=t4 - t3,
+    times.update(method=method, pause_s=t1 - t0, reload_s=t2 - t1, flush_s=t3 - t2, resume_s=t4 - t3,
                  total_s=time.perf_counter() - t0)
     return times
 
