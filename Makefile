@@ -36,7 +36,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 # Opt-in, not part of `make test`: the rollout and weight-reload tests against a real vLLM
-# (CPU build) server. vLLM lives in its own environment (.venv-vllm/, ~2 GB: it pins its own
+# (CPU build) server. vLLM lives in its own environment (.venv-vllm/, ~3.5 GB: it pins its own
 # torch and transformers); the registry's torchvision/torchaudio/torchcodec are CUDA builds
 # that break vLLM's import, so they are removed. The suite starts one server (minutes on a CPU)
 # and stops it; docs/vllm.md says what it checks.

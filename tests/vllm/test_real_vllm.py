@@ -9,7 +9,8 @@
 3. The prefix cache: a long prompt cached before a reload gives the new weights' logprobs after
    it. A control reload without the flush shows the check can fail (stale KV entries).
 4. In-flight requests: with ``in_flight="finish"`` a request running during the reload ends
-   entirely on the old weights; with ``"pause"`` it is frozen, then finishes (not aborted).
+   entirely on the old weights; with ``"pause"`` it is frozen, then finishes (not aborted);
+   with ``"abort"`` it ends at once as ``abort``.
 """
 
 import asyncio
@@ -79,7 +80,8 @@ async def complete(session, url: str, prompt: list[int], n: int) -> tuple[list[i
         data = json.loads(await r.text())
         assert r.status == 200, data
     c = data["choices"][0]
-    return c["token_ids"], [float(x) for x in c["logprobs"]["token_logprobs"]], c["finish_reason"]
+    lps = (c.get("logprobs") or {}).get("token_logprobs") or []  # none when aborted at once
+    return c.get("token_ids") or [], [float(x) for x in lps], c["finish_reason"]
 
 
 def fixed_prompt(tok) -> list[int]:
@@ -157,6 +159,7 @@ async def test_reload_from_disk_serves_the_new_weights(vllm_server, models):
     new_ref, old_ref = reference(bumped, prompt, ids1), reference(base, prompt, ids1)
     print(json.dumps({"reload_from_disk_s": times, "model_bytes": sum(
         p.numel() * p.element_size() for p in bumped.parameters())}))
+    assert times["method"] == "tirl_reload_weights" and "lm_head" in times["repacked"]
     assert max_diff(lp1, new_ref) < ATOL                      # the perturbed model's own
     assert max_diff(new_ref, old_ref) > 50 * ATOL             # and the perturbation is visible
     assert ids1 != ids0 or max_diff(lp1, lp0) > 50 * ATOL     # the server's answer changed
@@ -187,7 +190,7 @@ async def test_prefix_cache_is_flushed_by_the_reload(vllm_server, models):
     assert stale_gap > 10 * ATOL, "without the flush the cached prompt should give stale logprobs"
 
 
-async def test_in_flight_requests_finish_on_old_weights_or_pause(vllm_server, models):
+async def test_in_flight_requests_finish_pause_or_abort(vllm_server, models):
     tok, base, bumped, bumped_dir = models
     prompt = fixed_prompt(tok)
     url = vllm_server.url
@@ -210,4 +213,12 @@ async def test_in_flight_requests_finish_on_old_weights_or_pause(vllm_server, mo
         ids, lp, finish = await running
         assert finish == "length" and len(ids) == 96
         assert await vw.weight_version(s, url) == "3"
+
+        # abort: the running request ends at once with finish_reason "abort" (an infra error)
+        running = asyncio.create_task(complete(s, url, prompt, 96))
+        await asyncio.sleep(1.0)
+        await vw.reload_from_disk(s, url, str(bumped_dir), 4, in_flight="abort")
+        ids, lp, finish = await running
+        assert finish == "abort" and len(ids) < 96
+        assert await vw.weight_version(s, url) == "4"
     print(json.dumps({"reload_with_running_request_s": waited}))

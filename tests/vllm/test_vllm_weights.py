@@ -60,6 +60,9 @@ class FakeVLLM:
                     "above for the root cause"), "code": 500}}, status=500)
             if self.reload_error:
                 return web.json_response({"error": self.reload_error}, status=500)
+            if body["method"] == vw.EXTENSION_METHOD:  # one worker's answer
+                return web.json_response({"results": [{"weights_path": body["kwargs"]["weights_path"],
+                                                       "reprocessed": ["lm_head", "model.embed_tokens"]}]})
             return web.json_response({"results": [None]})
         if path == "/reset_prefix_cache":
             return web.json_response({"success": self.flush_ok})
@@ -97,8 +100,9 @@ async def test_reload_pauses_reloads_flushes_versions_resumes_in_that_order():
     assert srv.calls[2][1] == {"reset_running_requests": "true"}
     assert srv.calls[3][2] == {"new_version": "3"}
     assert srv.version == "3" and not srv.paused
-    assert set(times) == {"method", "pause_s", "reload_s", "flush_s", "resume_s", "total_s"}
+    assert set(times) == {"method", "repacked", "pause_s", "reload_s", "flush_s", "resume_s", "total_s"}
     assert times["method"] == "tirl_reload_weights"
+    assert times["repacked"] == ["lm_head", "model.embed_tokens"]
     assert times["total_s"] >= times["reload_s"] >= 0
 
 
@@ -187,6 +191,7 @@ async def test_without_the_extension_an_untied_model_uses_vllms_own_reload(tmp_p
         times = await vw.reload_from_disk(s, url, d, 5)
     rpcs = [c[2]["method"] for c in srv.calls if c[0] == "/collective_rpc"]
     assert rpcs == ["tirl_reload_weights", "reload_weights"] and times["method"] == "reload_weights"
+    assert times["repacked"] == []
     assert srv.version == "5" and not srv.paused
 
 

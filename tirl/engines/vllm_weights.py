@@ -208,9 +208,9 @@ def ties_embeddings(model_dir: str) -> bool:
 
 
 async def reload_weights(session: Any, base_url: str, model_dir: str, *,
-                         timeout_s: float = 600.0) -> str:
+                         timeout_s: float = 600.0) -> tuple[str, list[str]]:
     """Load ``model_dir``'s weights into the running model through ``POST /collective_rpc``;
-    returns the worker method used.
+    returns the worker method used and the tied layers the extension re-packed.
 
     ``model_dir`` holds ``*.safetensors`` with Hugging Face parameter names (as
     ``save_pretrained`` writes them) and is read by the server process. The method is
@@ -220,10 +220,13 @@ async def reload_weights(session: Any, base_url: str, model_dir: str, *,
     before touching the weights, because vLLM 0.32 on CPU would keep the old head.
     """
     try:
-        await _call(session, "POST", base_url, "/collective_rpc", timeout_s=timeout_s,
-                    body={"method": EXTENSION_METHOD, "kwargs": {"weights_path": str(model_dir)},
-                          "timeout": timeout_s})
-        return EXTENSION_METHOD
+        data = await _call(session, "POST", base_url, "/collective_rpc", timeout_s=timeout_s,
+                           body={"method": EXTENSION_METHOD, "kwargs": {"weights_path": str(model_dir)},
+                                 "timeout": timeout_s})
+        results = data.get("results") if isinstance(data, dict) else None
+        repacked = sorted({str(n) for r in results or [] if isinstance(r, dict)
+                           for n in r.get("reprocessed", [])})
+        return EXTENSION_METHOD, repacked
     except VLLMWeightError as err:
         if f"no attribute '{EXTENSION_METHOD}'" not in str(err) and "is not implemented" not in str(err):
             raise
@@ -235,7 +238,7 @@ async def reload_weights(session: Any, base_url: str, model_dir: str, *,
     await _call(session, "POST", base_url, "/collective_rpc", timeout_s=timeout_s,
                 body={"method": "reload_weights", "kwargs": {"weights_path": str(model_dir)},
                       "timeout": timeout_s})
-    return "reload_weights"
+    return "reload_weights", []
 
 
 async def reload_from_disk(session: Any, base_url: str, model_dir: str, version: int | str, *,
@@ -244,8 +247,8 @@ async def reload_from_disk(session: Any, base_url: str, model_dir: str, version:
 
     Steps: pause (``in_flight``: ``finish`` / ``pause`` / ``abort``, see :data:`PAUSE_MODES`),
     reload from disk, flush the prefix cache (preempting frozen requests), set the weight
-    version, resume, and read the version back. Returns the worker ``method`` used (see
-    :func:`reload_weights`) and the seconds each step took (``pause_s``, ``reload_s``,
+    version, resume, and read the version back. Returns the worker ``method`` used and the
+    tied layers it ``repacked`` (see :func:`reload_weights`), and the seconds each step took (``pause_s``, ``reload_s``,
     ``flush_s``, ``resume_s``, ``total_s``).
 
     Raises :class:`VLLMWeightError`. When the reload or the flush fails the server is left
@@ -257,10 +260,10 @@ async def reload_from_disk(session: Any, base_url: str, model_dir: str, version:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     await pause(session, root, mode, timeout_s=timeout_s)
-    method = ""
+    method, repacked = "", []
     t1 = time.perf_counter()
     try:
-        method = await reload_weights(session, root, model_dir, timeout_s=timeout_s)
+        method, repacked = await reload_weights(session, root, model_dir, timeout_s=timeout_s)
         t2 = time.perf_counter()
         await reset_prefix_cache(session, root, reset_running_requests=True, timeout_s=timeout_s)
         await set_weight_version(session, root, version, timeout_s=timeout_s)
@@ -275,7 +278,7 @@ async def reload_from_disk(session: Any, base_url: str, model_dir: str, version:
     if served != str(version):
         raise VLLMWeightError(f"{root} reports weight version {served!r} after loading version "
                               f"{version!r} from {model_dir}; another client changed it meanwhile")
-    times.update(method=method, pause_s=t1 - t0, reload_s=t2 - t1, flush_s=t3 - t2, resume_s=t4 - t3,
+    times.update(method=method, repacked=repacked, pause_s=t1 - t0, reload_s=t2 - t1, flush_s=t3 - t2, resume_s=t4 - t3,
                  total_s=time.perf_counter() - t0)
     return times
 
