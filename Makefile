@@ -26,8 +26,9 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/tirl demo
 
-# Tests need Redis (the sandbox fleet); scripts/ensure_services.sh installs Debian's
-# redis-server when missing. Tests start their own redis-server on a free loopback port.
+# Tests need Redis (the sandbox fleet) and chromium + chromium-driver (the browser tests of
+# `tirl view`); scripts/ensure_services.sh installs the Debian packages when missing. Tests
+# start their own redis-server on a free loopback port.
 test: venv
 	@bash scripts/ensure_services.sh
 	$(PY) -m pytest -q -ra
