@@ -2,22 +2,25 @@
 
 Scenarios (tirl.dispatch.sim.SCENARIOS): the paper's step — 64 engines, 512 problems × 32
 rollouts — with an 8K and a 12K response cap (KV 480K tokens per engine: a 14B model on a
-192 GB accelerator shared with the trainer), plus the same two with 800K-token engines
-(a dedicated inference GPU) to show where the comparison changes.
+192 GB accelerator shared with the trainer); ``--scenarios`` adds the same two with
+800K-token engines (``paper-8k/800K-KV``, ``paper-12k/800K-KV``: a dedicated inference GPU).
 
 Policies: ``static`` (the paper's baseline: a fixed share per engine, by group),
-``round_robin``, ``least_requests``, ``kv`` (the paper's rule: book prompt + maximum
-response, admit only what fits), ``kv+forecast`` (book the context so far plus the
-expected remaining length learnt from the previous step, re-booked every turn) and
-``kv+peak`` (admit while the engine's expected peak usage ahead, plus 2 standard
-deviations, fits; simulator only) and ``kv@0.5`` (book half of prompt + maximum: a fixed
-overcommit). The baseline is ``static`` on the very same workload; the
-headline numbers are ratios (makespan of static / makespan of the policy). Several seeds
-(different workloads drawn from the same distributions) give a range.
+``round_robin``, ``kv`` = the default (``SimConfig()``: kv with peak booking — each rollout
+books the most it is expected to hold at any future point, 2 standard deviations of the
+engine's summed bookings kept free, growth since the last booking read from live usage),
+``kv+max`` (the paper's rule: book prompt + maximum response), ``kv+forecast`` (book the
+expected final size), ``kv+peak@z1`` (the default with 1 standard deviation: how much the
+margin costs). More with ``--policies`` (``least_requests``, ``kv@0.5``). The baseline is
+``static`` on the very same workload; the headline numbers are ratios (makespan of static
+/ makespan of the policy), per seed (different workloads drawn from the same
+distributions), and ``default_vs_best_of_rr_and_forecast`` compares the default with the
+better of round_robin and kv+forecast seed by seed (≥ 1 = at least as good).
 
-Run: ``.venv/bin/python benchmarks/dispatch_bench.py [--seeds 0,1,2] [--png PATH]``.
-Prints one JSON object; writes a PNG (default benchmarks/results/dispatch_bench.png).
-The simulation is deterministic; only ``sim_seconds`` depends on the machine.
+Run: ``.venv/bin/python benchmarks/dispatch_bench.py [--seeds 0,1,2] [--png PATH]``
+(about 5 minutes on a loaded 2-core machine). Prints one JSON object; writes a PNG
+(default benchmarks/results/dispatch_bench.png). The simulation is deterministic; only
+``sim_seconds`` depends on the machine.
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tirl.dispatch.plot import plot_comparison  # noqa: E402
+from tirl.dispatch.config import SimConfig  # noqa: E402
 from tirl.dispatch.sim import sample_workload, scenario_config, simulate  # noqa: E402
 
-POLICIES = {
+ALL_POLICIES = {
     "static": {"policy": "static"},
     "round_robin": {"policy": "round_robin"},
     "least_requests": {"policy": "least_requests"},
-    "kv": {"policy": "kv"},
+    "kv": {},  # the default: whatever SimConfig() selects
+    "kv+max": {"policy": "kv", "kv_booking": "max"},
     "kv+forecast": {"policy": "kv", "kv_booking": "forecast"},
-    "kv+peak": {"policy": "kv", "kv_booking": "peak"},
-    "kv@0.5": {"policy": "kv", "kv_reserve_fraction": 0.5},
+    "kv+peak@z1": {"policy": "kv", "kv_booking": "peak", "kv_peak_z": 1.0},
+    "kv@0.5": {"policy": "kv", "kv_booking": "max", "kv_reserve_fraction": 0.5},
 }
+DEFAULT_POLICIES = ("static", "round_robin", "kv", "kv+max", "kv+forecast", "kv+peak@z1")
 SCENARIOS = {
     "paper-8k": ("paper-8k", {}),
     "paper-12k": ("paper-12k", {}),
@@ -51,58 +57,73 @@ SCENARIOS = {
 }
 
 
-def run_scenario(name: str, seed: int) -> tuple[dict, dict, float]:
+def run_scenario(name: str, seed: int, policies: dict[str, dict]) -> tuple[dict, dict, float]:
     base, over = SCENARIOS[name]
     cfg = scenario_config(base, seed=seed, **over)
     wl = sample_workload(cfg.workload, seed)
     t0 = time.perf_counter()
-    results = {label: simulate(cfg.model_copy(update=upd), wl) for label, upd in POLICIES.items()}
+    results = {label: simulate(cfg.model_copy(update=upd), wl) for label, upd in policies.items()}
     return cfg.model_dump(), results, time.perf_counter() - t0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2", help="workload seeds (comma-separated)")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="which scenarios")
+    ap.add_argument("--scenarios", default="paper-8k,paper-12k", help=f"some of {', '.join(SCENARIOS)}")
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help=f"some of {', '.join(ALL_POLICIES)}")
     ap.add_argument("--png", default=str(ROOT / "benchmarks/results/dispatch_bench.png"))
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     names = [s for s in args.scenarios.split(",") if s.strip()]
-    out: dict = {"policies": POLICIES, "seeds": seeds, "scenarios": {}}
+    labels = [p for p in args.policies.split(",") if p.strip()]
+    bad = [x for x in names if x not in SCENARIOS] + [x for x in labels if x not in ALL_POLICIES]
+    if bad:
+        ap.error(f"unknown {', '.join(bad)}; scenarios: {', '.join(SCENARIOS)}; policies: {', '.join(ALL_POLICIES)}")
+    if "static" not in labels:
+        labels.insert(0, "static")  # the baseline of every ratio
+    policies = {label: ALL_POLICIES[label] for label in labels}
+    default = SimConfig()
+    out: dict = {
+        "default": {"policy": default.policy, "kv_booking": default.kv_booking, "kv_peak_z": default.kv_peak_z,
+                    "kv_margin": default.kv_margin},
+        "policies": policies,
+        "seeds": seeds,
+        "scenarios": {},
+    }
     first_seed_results = {}
     for name in names:
         per_seed = []
         for seed in seeds:
-            cfg, results, secs = run_scenario(name, seed)
+            cfg, results, secs = run_scenario(name, seed, policies)
             per_seed.append((results, secs))
             if seed == seeds[0]:
                 first_seed_results[name] = results
                 entry = {"config": cfg, "results": {k: r.summary() for k, r in results.items()}}
         ratios = {
             label: [round(res["static"].makespan_s / res[label].makespan_s, 3) for res, _ in per_seed]
-            for label in POLICIES
+            for label in policies
         }
-        kv = [res["kv"] for res, _ in per_seed]
-        fc = [res["kv+forecast"] for res, _ in per_seed]
         entry["makespan_speedup_vs_static"] = {k: {"min": min(v), "max": max(v), "per_seed": v} for k, v in ratios.items()}
+        entry["preemptions"] = {label: [res[label].preemptions for res, _ in per_seed] for label in policies}
         entry["busy_fraction"] = {
-            label: [round(res[label].busy_fraction, 3) for res, _ in per_seed] for label in POLICIES
+            label: [round(res[label].busy_fraction, 3) for res, _ in per_seed] for label in policies
         }
-        entry["target_kv"] = {
-            "busy_ge_0.9": all(r.busy_fraction >= 0.9 for r in kv),
-            "no_preemption": all(r.preemptions == 0 for r in kv),
-            "makespan_ge_1.3x_static": min(ratios["kv"]) >= 1.3,
+        entry["kv_usage_mean"] = {
+            label: [round(res[label].kv_usage_mean, 3) for res, _ in per_seed] for label in policies
         }
-        entry["target_kv+forecast"] = {
-            "busy_ge_0.9": all(r.busy_fraction >= 0.9 for r in fc),
-            "no_preemption": all(r.preemptions == 0 for r in fc),
-            "makespan_ge_1.3x_static": min(ratios["kv+forecast"]) >= 1.3,
-        }
-        entry["sim_seconds_per_policy"] = round(sum(s for _, s in per_seed) / (len(per_seed) * len(POLICIES)), 3)
+        if {"kv", "round_robin", "kv+forecast"} <= set(policies):
+            best = [max(a, b) for a, b in zip(ratios["round_robin"], ratios["kv+forecast"])]
+            entry["default_vs_best_of_rr_and_forecast"] = [round(d / b, 3) for d, b in zip(ratios["kv"], best)]
+        if "kv" in policies:
+            kv = [res["kv"] for res, _ in per_seed]
+            entry["target_default"] = {
+                "busy_ge_0.9": all(r.busy_fraction >= 0.9 for r in kv),
+                "no_preemption": all(r.preemptions == 0 for r in kv),
+                "makespan_ge_1.3x_static": min(ratios["kv"]) >= 1.3,
+            }
+        entry["sim_seconds_per_policy"] = round(sum(s for _, s in per_seed) / (len(per_seed) * len(policies)), 3)
         out["scenarios"][name] = entry
-        print(f"[{name}] kv×{ratios['kv']} kv+forecast×{ratios['kv+forecast']} kv+peak×{ratios['kv+peak']} "
-              f"kv@0.5×{ratios['kv@0.5']} rr×{ratios['round_robin']}",
-              file=sys.stderr)
+        print(f"[{name}] " + " ".join(f"{k}×{v}" for k, v in ratios.items()), file=sys.stderr)
     png = plot_comparison(first_seed_results, args.png)
     out["png"] = str(png)
     print(json.dumps(out, indent=1))

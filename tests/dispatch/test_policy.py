@@ -92,3 +92,30 @@ def test_kv_an_idle_engine_of_unknown_capacity_takes_any_single_lease():
     assert choose_engine("kv", [idle], 3 * UNKNOWN_CAPACITY_TOKENS) == 0
     idle.active, idle.reserved_tokens = 1, 3 * UNKNOWN_CAPACITY_TOKENS
     assert choose_engine("kv", [idle], 10) is None
+
+
+def test_kv_keeps_safety_sd_standard_deviations_of_the_bookings_free():
+    # cap 1000, booked 600 with a standard deviation of 100: two sd kept free leaves 200
+    ld = EngineLoad(capacity_tokens=1000, reserved_tokens=600, reserved_var=100.0**2, active=3, safety_sd=2.0)
+    assert ld.free_tokens() == 200
+    assert choose_engine("kv", [ld], 250) is None
+    assert choose_engine("kv", [ld], 150) == 0
+    # the same bookings taken as sure (variance 0) leave 400
+    sure = EngineLoad(capacity_tokens=1000, reserved_tokens=600, active=3, safety_sd=2.0)
+    assert sure.free_tokens() == 400
+    assert choose_engine("kv", [ld, sure], 150) == 1  # more free room wins
+
+
+def test_kv_growth_since_the_last_booking_is_read_from_live_usage():
+    # bookings 500 made when the trajectories held 300 tokens; live usage says 450 now:
+    # they grew 150 since, which the bookings do not know about
+    ld = EngineLoad(capacity_tokens=1000, reserved_tokens=500, context_tokens=300, live_used_tokens=450, active=4)
+    assert ld.free_tokens() == 1000 - 500 - 150
+    assert choose_engine("kv", [ld], 360) is None
+    assert choose_engine("kv", [ld], 340) == 0
+    # without the context, live usage only caps: max(500, 450) used
+    untracked = EngineLoad(capacity_tokens=1000, reserved_tokens=500, live_used_tokens=450, active=4)
+    assert untracked.free_tokens() == 500
+    # live usage below the booked context (a cache evicted, a turn queued): no credit, no debit
+    ld.live_used_tokens = 200
+    assert ld.free_tokens() == 500

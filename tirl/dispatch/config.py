@@ -43,10 +43,19 @@ class DispatchConfig(Section):
         description="kv: book this fraction of prompt + max response per trajectory (1.0 = the "
         "paper's rule, never preempts; lower overcommits, see docs/dispatch.md).",
     )
-    kv_booking: Literal["max", "forecast"] = Field(
-        "max",
-        description="kv: book the whole budget (max) or context so far + remaining length "
-        "forecast from earlier trajectories, re-booked every turn (forecast).",
+    kv_booking: Literal["max", "forecast", "peak"] = Field(
+        "peak",
+        description="kv: book the whole budget (max, the paper's rule: never overflows); context "
+        "so far + expected remaining length (forecast); or the most a trajectory is expected "
+        "to hold at any future point, kv_peak_z standard deviations kept free (peak, the "
+        "default). forecast and peak learn lengths from finished trajectories, book the whole "
+        "budget until they have seen one, and re-book every turn.",
+    )
+    kv_peak_z: float = Field(
+        2.0, ge=0, description="kv peak: standard deviations of an engine's summed bookings kept free."
+    )
+    kv_margin: float = Field(
+        0.05, ge=0, lt=1, description="kv forecast/peak: fraction of each engine's KV capacity kept unbooked."
     )
 
 
@@ -108,21 +117,23 @@ class SimConfig(Section):
         "(1.0 = the paper's rule; below 1 overcommits and may preempt).",
     )
     kv_booking: Literal["max", "forecast", "peak"] = Field(
-        "max",
+        "peak",
         description="kv: book prompt + max response (max, the paper's rule); context so far + "
-        "forecast remaining length from the previous step's lengths (forecast); or admit while "
-        "the engine's expected peak usage ahead fits (peak).",
+        "expected remaining length (forecast); or the most a rollout is expected to hold at any "
+        "future point, with kv_peak_z standard deviations kept free (peak, the default). "
+        "Forecast and peak learn lengths from the previous step and re-book every turn.",
     )
     kv_margin: float = Field(
-        0.05, ge=0, lt=1, description="kv forecast: fraction of KV capacity kept unbooked."
+        0.05, ge=0, lt=1, description="kv forecast/peak: fraction of KV capacity kept unbooked."
     )
     kv_peak_z: float = Field(
-        2.0, ge=0, description="kv peak: standard deviations of usage kept free above the mean."
+        2.0, ge=0, description="kv peak: standard deviations of the summed bookings kept free."
     )
     kv_live_usage: bool = Field(
         True,
         description="kv: also gate on the engine's live KV usage (what the real dispatcher "
-        "reads from /metrics), so an overcommitted engine stops taking rollouts when full.",
+        "reads from /metrics), so an overcommitted engine stops taking rollouts when full; "
+        "under peak booking, growth since the last booking is added to the bookings.",
     )
     max_active_per_engine: int = Field(
         0, ge=0, description="least_requests: cap per engine; 0 = the engine's max_num_seqs."

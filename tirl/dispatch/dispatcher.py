@@ -17,9 +17,12 @@ trajectory::
 * Booking (``kv``): ``booking="max"`` books the whole ``reserve_tokens`` (the paper's rule:
   an engine never overflows). ``booking="forecast"`` books the context so far plus the
   expected remaining length, learnt from the final lengths of earlier leases
-  (:mod:`tirl.dispatch.forecast`), and re-books after every turn; it starts as "max"
-  until lengths have been seen, never books more than ``reserve_tokens``, and lets
-  engines run larger batches (see docs/dispatch.md for the measured trade-off).
+  (:mod:`tirl.dispatch.forecast`); ``booking="peak"`` books the most the lease is expected
+  to hold at any future point, with its variance, keeps ``safety_sd`` standard deviations
+  and a ``margin`` fraction of each engine free, and (with metrics) counts what leases grew
+  since their last booking. Both re-book after every turn, start as "max" until lengths
+  have been seen, never book more than ``reserve_tokens``, and let engines run larger
+  batches (see docs/dispatch.md for the measured trade-off).
 * Stickiness: every turn of a lease runs on the same engine (its prefix cache holds the
   conversation). With ``group_affinity`` a GRPO group's trajectories go to the engine of
   the first one when it has room (the shared prompt is then prefilled once).
@@ -114,7 +117,7 @@ class DispatchStats:
 
 
 class _Lease:
-    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx")
+    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx")
 
     def __init__(self, key: str, reserve: int, group: Any):
         self.key, self.reserve, self.group = key, reserve, group
@@ -122,6 +125,8 @@ class _Lease:
         self.closed = False
         self.booked = reserve  # KV tokens booked on the engine now (≤ reserve)
         self.ctx = 0  # context tokens after the last generate call
+        self.var = 0.0  # variance of the booking (peak)
+        self.booked_ctx = 0  # context when the booking was made (peak)
 
 
 class LeasedEngine:
@@ -191,6 +196,8 @@ class Dispatcher:
         fail_after: int = 3,
         reserve_fraction: float = 1.0,
         booking: str = "max",
+        safety_sd: float = 2.0,
+        margin: float = 0.05,
         forecast_window: int = 8192,
         names: Sequence[str] | None = None,
         own_engines: bool = False,
@@ -207,8 +214,8 @@ class Dispatcher:
         if not 0 < reserve_fraction <= 1:
             raise ValueError(f"reserve_fraction must be in (0, 1], got {reserve_fraction}")
         self.reserve_fraction = reserve_fraction
-        if booking not in ("max", "forecast"):
-            raise ValueError(f"booking must be 'max' or 'forecast', got {booking!r}")
+        if booking not in ("max", "forecast", "peak"):
+            raise ValueError(f"booking must be 'max', 'forecast' or 'peak', got {booking!r}")
         self.booking = booking
         self.forecast = LengthForecast(_FORECAST_MAX_TOKENS, window=forecast_window)
         self.max_retries = max_retries
@@ -231,6 +238,11 @@ class Dispatcher:
         ]
         max_act = max_active_per_engine or None
         self.loads = [EngineLoad(capacity_tokens=c, max_active=max_act) for c in caps]
+        if policy == "kv" and booking != "max":
+            for ld in self.loads:
+                ld.headroom = margin
+                if booking == "peak":
+                    ld.safety_sd, ld.context_tokens = safety_sd, 0
         self.metrics: list[EngineMetrics | None] = [None] * k
         self._metric_failures = [0] * k
         self._drained_by_metrics = [False] * k
@@ -262,6 +274,8 @@ class Dispatcher:
             fail_after=cfg.fail_after,
             reserve_fraction=cfg.kv_reserve_fraction,
             booking=cfg.kv_booking,
+            safety_sd=cfg.kv_peak_z,
+            margin=cfg.kv_margin,
             **kw,
         )
 
@@ -357,10 +371,13 @@ class Dispatcher:
         lease = _Lease(key, math.ceil(reserve_tokens * self.reserve_fraction), group)
         if self.booking == "forecast" and self.forecast.n_observed:
             lease.booked = min(lease.reserve, self.forecast.booking(0, 0))
+        elif self.booking == "peak" and self.forecast.n_observed:
+            mean, lease.var = self.forecast.peak(0, 0)
+            lease.booked = min(lease.reserve, math.ceil(mean))
         await self._admit(lease)
         try:
             yield LeasedEngine(self, lease)
-            if self.booking == "forecast" and lease.ctx:
+            if self.booking != "max" and lease.ctx:
                 self.forecast.observe(lease.ctx)  # a finished trajectory's final context
         finally:
             self._release(lease)
@@ -477,6 +494,9 @@ class Dispatcher:
         ld = self.loads[k]
         ld.active += 1
         ld.reserved_tokens += lease.booked
+        ld.reserved_var += lease.var
+        if ld.context_tokens is not None:
+            ld.context_tokens += lease.booked_ctx
         lease.engine = k
         self.stats.leases += 1
         self._leases_total[k] += 1
@@ -489,17 +509,29 @@ class Dispatcher:
         ld = self.loads[lease.engine]
         ld.active -= 1
         ld.reserved_tokens -= lease.booked
+        ld.reserved_var = max(0.0, ld.reserved_var - lease.var)
+        if ld.context_tokens is not None:
+            ld.context_tokens -= lease.booked_ctx
         lease.engine = -1
         self._wake()
 
     def _progress(self, lease: _Lease, ctx: int) -> None:
         """After a turn: remember the context; under forecast booking, re-book from it."""
         lease.ctx = ctx
-        if self.booking != "forecast" or lease.engine < 0 or not self.forecast.n_observed:
+        if self.booking == "max" or lease.engine < 0 or not self.forecast.n_observed:
             return
-        new = min(lease.reserve, max(ctx, self.forecast.booking(0, ctx)))
+        ld = self.loads[lease.engine]
+        if self.booking == "peak":
+            mean, var = self.forecast.peak(ctx, ctx)
+            new = min(lease.reserve, max(ctx, math.ceil(mean)))
+            ld.reserved_var += var - lease.var
+            if ld.context_tokens is not None:
+                ld.context_tokens += ctx - lease.booked_ctx
+            lease.var, lease.booked_ctx = var, ctx
+        else:
+            new = min(lease.reserve, max(ctx, self.forecast.booking(0, ctx)))
         old, lease.booked = lease.booked, new
-        self.loads[lease.engine].reserved_tokens += new - old
+        ld.reserved_tokens += new - old
         if new < old:  # room freed: waiters may fit now
             self._wake()
 

@@ -17,6 +17,22 @@ a last resort, the engine's own preemption.
 :class:`LengthForecast` is pure data + arithmetic (numpy); it learns online with
 :meth:`observe` (a bounded window of recent lengths). With no observations it forecasts
 the maximum, i.e. it degrades to the safe rule.
+
+Booking the expected *final* size is still about twice what an engine's trajectories hold
+at any moment (each is, on average, halfway), so engines run half-empty. The *peak*
+booking (:meth:`LengthForecast.peak`) books instead the most a trajectory is expected to
+hold at any one future point::
+
+    peak = max over Δ ≥ 0 of (c + Δ) · P(L > l + Δ | L > l)
+
+(context ``c`` now, response ``l`` so far, Δ more tokens; it may finish before and free
+everything), with the variance of its size at that point. Summed over an engine's
+trajectories the peaks bound the expected usage at every future moment (the maximum of a
+sum is at most the sum of the maxima), and the variances add; the policy keeps a few
+standard deviations free (:mod:`tirl.dispatch.policy`).
+
+What it does not do: tell one problem's lengths from another's (a hard problem's group is
+long together), or follow a trajectory between turn boundaries (callers re-book at each).
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ class LengthForecast:
         self.resolution = resolution
         self._window: deque[int] = deque(maxlen=window)
         self._table: list[int] | None = None
+        self._survival: np.ndarray | None = None  # P(L > x) on the grid x = 0, r, 2r, ...
         self._since = 0
         for x in lengths:
             self._window.append(int(x))
@@ -45,7 +62,7 @@ class LengthForecast:
         self._window.append(int(length))
         self._since += 1
         if len(self._window) < 256 or self._since >= len(self._window) // 20:
-            self._table, self._since = None, 0
+            self._table, self._survival, self._since = None, None, 0
 
     @property
     def n_observed(self) -> int:
@@ -78,50 +95,31 @@ class LengthForecast:
         """KV tokens to book now: context so far + expected remaining."""
         return int(prompt_tokens) + int(response_so_far) + self.remaining(response_so_far)
 
+    def peak(self, context: int, response_so_far: int) -> tuple[float, float]:
+        """(mean, variance) of the KV tokens a trajectory holds where its expected size peaks.
 
-class UsageForecast:
-    """Expected KV usage of a set of trajectories over their future progress.
-
-    If every running trajectory advances by Δ tokens (a decode step gives each one token),
-    a trajectory with context ``c`` and response ``l`` so far holds, in expectation,
-    ``(c + Δ) · P(L > l + Δ | L > l)`` tokens — it may finish and free them. Summing
-    these curves over an engine's trajectories gives its expected usage ahead; booking by
-    the *peak* of that curve (rather than by every trajectory's expected final length)
-    admits more, since short trajectories free their KV before long ones reach theirs.
-
-    The curves live on a grid of ``points`` progress values up to ``max_tokens``.
-    """
-
-    def __init__(self, lengths: Iterable[int], max_tokens: int, *, points: int = 48, resolution: int = 64):
-        self.max_tokens = int(max_tokens)
-        self.resolution = resolution
-        step = max(1, -(-self.max_tokens // (points - 1)))
-        self.delta = np.arange(points, dtype=np.float64) * step
-        s = np.sort(np.minimum(np.fromiter(lengths, dtype=np.int64), self.max_tokens))
-        rows = np.arange(0, self.max_tokens + resolution, resolution)
-        if len(s) == 0:  # nothing seen: every trajectory may run to the cap
-            surv = (rows[:, None] + self.delta[None, :] <= self.max_tokens).astype(np.float64)
-        else:
-            above = len(s) - np.searchsorted(s, rows, side="right")
-            ahead = len(s) - np.searchsorted(s, (rows[:, None] + self.delta[None, :]).ravel(), side="right")
-            ahead = ahead.reshape(len(rows), -1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                surv = np.where(above[:, None] > 0, ahead / np.maximum(above[:, None], 1), 0.0)
-            # past everything seen: expect it to stop within one resolution step
-            beyond = above == 0
-            surv[beyond] = (self.delta[None, :] <= resolution).astype(np.float64)
-            surv[rows[:, None] + self.delta[None, :] > self.max_tokens] = 0.0
-            surv[:, 0] = 1.0  # it holds its context now
-        self.survival = surv
-
-    def curve(self, context: int, response_so_far: int) -> np.ndarray:
-        """Expected KV tokens held by one trajectory at each grid point of progress."""
-        l = max(0, min(int(response_so_far), self.max_tokens))
-        return (context + self.delta) * self.survival[l // self.resolution]
-
-    def curves(self, context: int, response_so_far: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, variance) of the KV tokens one trajectory holds at each grid point."""
-        l = max(0, min(int(response_so_far), self.max_tokens))
-        s = self.survival[l // self.resolution]
-        size = context + self.delta
-        return size * s, size * size * s * (1.0 - s)
+        ``context`` is its whole context now, ``response_so_far`` the part of it the
+        forecast's lengths measure. The mean is never below ``context`` (it holds that now;
+        variance 0 then). With no observations it is the safe rule: context + the rest of
+        the budget, variance 0.
+        """
+        m, r = self.max_response_tokens, self.resolution
+        c = float(context)
+        l = max(0, min(int(response_so_far), m))
+        if not self._window:
+            return c + (m - l), 0.0
+        if self._survival is None:
+            s = np.sort(np.minimum(np.fromiter(self._window, dtype=np.int64), m))
+            grid = np.arange(0, m + r, r)
+            self._survival = (len(s) - np.searchsorted(s, grid, side="right")) / len(s)
+        a = l // r
+        alive = self._survival[a]
+        if alive <= 0:  # past every length seen: expect it to stop within one step
+            return c + min(r, m - l), 0.0
+        p = self._survival[a + 1:] / alive  # P(still running at grid point j | running at l)
+        size = c + (np.arange(a + 1, a + 1 + len(p)) * r - l)
+        held = size * p
+        if len(held) == 0 or held.max() <= c:
+            return c, 0.0
+        j = int(held.argmax())
+        return float(held[j]), float(size[j] * size[j] * p[j] * (1.0 - p[j]))

@@ -12,11 +12,19 @@ Policies:
 * ``round_robin`` — trajectory ``n`` goes to engine ``n % K``; no admission control.
 * ``least_requests`` — the engine with the fewest trajectories in flight (what most
   routers do); waits only when every engine is at ``max_active``.
-* ``kv`` — the paper's scheduler: a trajectory reserves prompt + maximum response tokens;
-  it goes to the engine with the most free (unreserved) KV tokens that can hold it, and
-  waits when none can. Live metrics lower an engine's free estimate when the engine is
-  fuller than its reservations say (other clients, a wrong capacity), and an engine that
-  reports queued requests gets nothing new.
+* ``kv`` — the paper's scheduler: a trajectory books KV tokens (prompt + maximum response
+  under the paper's rule; less under a forecast, see :mod:`tirl.dispatch.forecast`); it
+  goes to the engine with the most free (unbooked) KV tokens that can hold it, and waits
+  when none can. Live metrics lower an engine's free estimate when the engine is fuller
+  than its bookings say (other clients, a wrong capacity), and an engine that reports
+  queued requests gets nothing new.
+
+Bookings that are expectations (``peak`` booking) carry a variance: an engine keeps
+``safety_sd`` standard deviations of its summed bookings free (trajectories are
+independent, so the variances add). Bookings are made at turn boundaries; when the caller
+also tracks the context its trajectories had at those boundaries (``context_tokens``),
+what they have grown since — live usage minus that context — is added to the bookings, so
+a trajectory deep into a long turn counts at its real size.
 
 Unknown capacity (``kv``): until the config or the engine's metrics give an engine's KV
 capacity, it is assumed to hold :data:`UNKNOWN_CAPACITY_TOKENS` — a conservative guess (one
@@ -30,6 +38,7 @@ What this module does not do: waiting, I/O or bookkeeping — callers own the st
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 UNKNOWN_CAPACITY_TOKENS = 32768  # KV tokens assumed for an engine whose capacity is not known yet
@@ -46,15 +55,28 @@ class EngineLoad:
     healthy: bool = True
     live_used_tokens: int | None = None  # from metrics: KV tokens in use right now
     live_waiting: int | None = None  # from metrics: requests queued inside the engine
+    reserved_var: float = 0.0  # summed variance of the bookings (tokens²); 0 = bookings are sure
+    headroom: float = 0.0  # fraction of the capacity kept unbooked
+    safety_sd: float = 0.0  # standard deviations of the summed bookings kept free
+    # context of the trajectories in flight at their last turn boundary (when their bookings
+    # were made); None = not tracked, live usage then only caps the free estimate
+    context_tokens: int | None = None
 
     def free_tokens(self) -> float:
-        """Unreserved KV tokens, lowered by live usage when the engine is fuller than booked
-        (of :data:`UNKNOWN_CAPACITY_TOKENS` while the capacity is unknown)."""
+        """Unbooked KV tokens (of :data:`UNKNOWN_CAPACITY_TOKENS` while the capacity is unknown).
+
+        Free = capacity · (1 − ``headroom``) − used, where used = bookings + ``safety_sd`` ·
+        sd(bookings); with live usage, also what the trajectories grew since their bookings
+        (live − ``context_tokens``) or, untracked, at least the live usage.
+        """
         cap = UNKNOWN_CAPACITY_TOKENS if self.capacity_tokens is None else self.capacity_tokens
-        used = self.reserved_tokens
+        used = self.reserved_tokens + self.safety_sd * math.sqrt(max(self.reserved_var, 0.0))
         if self.live_used_tokens is not None:
-            used = max(used, self.live_used_tokens)
-        return float(cap - used)
+            if self.context_tokens is None:
+                used = max(used, self.live_used_tokens)
+            else:
+                used += max(0, self.live_used_tokens - self.context_tokens)
+        return cap * (1 - self.headroom) - used
 
     def has_slot(self) -> bool:
         return self.max_active is None or self.active < self.max_active

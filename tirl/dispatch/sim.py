@@ -20,10 +20,12 @@ A dispatcher in front of the engines applies one policy from :mod:`tirl.dispatch
 ``round_robin`` hand every rollout to its engine at t = 0; ``least_requests`` and ``kv``
 keep a global FIFO queue and hand out rollouts as engines have room. Under ``kv`` the
 booking is ``max`` (prompt + max response: the paper's rule), ``forecast`` (context so far
-+ expected remaining length from the previous step's lengths, re-booked at every turn,
-as the real dispatcher does) or ``peak`` (admit while the engine's expected peak usage
-ahead plus ``kv_peak_z`` standard deviations fits; explored here only). Tool calls are
-asynchronous: a trajectory waiting on its tool leaves the batch to the others.
++ expected remaining length from the previous step's lengths) or ``peak`` (the most a
+trajectory is expected to hold at any future point, with its variance; an engine keeps
+``kv_peak_z`` standard deviations free and counts what its trajectories grew since their
+last booking from its live usage); forecast and peak bookings are re-made at every turn
+boundary, as the real dispatcher does. Tool calls are asynchronous: a trajectory waiting
+on its tool leaves the batch to the others.
 
 Speed: the run between two events of an engine (a turn ends, a tool result arrives, the
 KV fills up) has a constant batch, so it is simulated as one chunk of up to
@@ -46,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from tirl.dispatch.forecast import LengthForecast, UsageForecast
+from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.config import POLICIES, SimConfig, SimEngineConfig, WorkloadConfig
 from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
 from tirl.dispatch.workload import Workload, sample_workload
@@ -153,23 +155,30 @@ class _Sim:
             max_act = cfg.max_active_per_engine or e.max_num_seqs
         cap = e.kv_capacity_tokens if cfg.policy == "kv" else None
         self.forecast: LengthForecast | None = None
-        self.usage: UsageForecast | None = None
+        self.peak = cfg.policy == "kv" and cfg.kv_booking == "peak"
         if cfg.policy == "kv" and cfg.kv_booking in ("forecast", "peak"):
             # what the previous RL step looked like: same distributions, another draw
             prev = sample_workload(cfg.workload, cfg.seed + 1_000_003).response_tokens().tolist()
-            if cfg.kv_booking == "forecast":
-                self.forecast = LengthForecast(wl.max_response_tokens, prev)
-            else:
-                self.usage = UsageForecast(prev, wl.max_response_tokens)
-                self.U = np.zeros((cfg.n_engines, len(self.usage.delta)))
-                self.V = np.zeros_like(self.U)
-                self.z = cfg.kv_peak_z
-                self.ucurve: list = [None] * n
-            cap = int(cap * (1 - cfg.kv_margin))
+            self.forecast = LengthForecast(wl.max_response_tokens, prev)
+        self.live = cfg.policy == "kv" and cfg.kv_live_usage
         self.loads = [EngineLoad(capacity_tokens=cap, max_active=max_act) for _ in self.engines]
+        if self.forecast is not None:
+            for ld in self.loads:
+                ld.headroom = cfg.kv_margin
+        if self.peak:
+            for ld in self.loads:
+                ld.safety_sd = cfg.kv_peak_z
+                ld.context_tokens = 0 if self.live else None
         frac = cfg.kv_reserve_fraction
         self.prompt = prompt
-        if self.forecast is not None:
+        self.var = [0.0] * n  # variance of each rollout's booking (peak)
+        self.booked_ctx = [0] * n  # its context when it was last booked (peak)
+        if self.peak:
+            self.reserve = []
+            for j, p in enumerate(prompt):
+                mean, self.var[j] = self.forecast.peak(p, 0)
+                self.reserve.append(math.ceil(mean))
+        elif self.forecast is not None:
             first = self.forecast.booking(0, 0)
             self.reserve = [p + first for p in prompt]
         else:
@@ -178,7 +187,6 @@ class _Sim:
         self.group = wl.group.tolist()
         self.group_engine: dict[int, int] = {}
         self.queue: deque[int] = deque(range(n))
-        self.live = cfg.policy == "kv" and cfg.kv_live_usage
 
     # -- events ---------------------------------------------------------------------
     def push(self, t: float, kind: int, a: int) -> None:
@@ -214,12 +222,6 @@ class _Sim:
                     ld.live_used_tokens = e.kv_running + e.kv_parked + e.queued_tokens
             g = self.group[i]
             r = self.reserve[i]
-            if self.usage is not None:  # book by each engine's expected peak with this one added
-                u_new, v_new = self.usage.curves(self.prompt[i], 0)
-                r = int(u_new.max())
-                peaks = (self.U + u_new + self.z * np.sqrt(self.V + v_new)).max(axis=1)
-                for ld, pk in zip(loads, peaks.tolist()):
-                    ld.reserved_tokens = int(pk) - r
             k = choose_engine(
                 self.policy, loads, r, ordinal=i, group_index=g,
                 preferred=self.group_engine.get(g) if affinity else None,
@@ -231,10 +233,11 @@ class _Sim:
             ld.active += 1
             ld.reserved_tokens += r
             self.booked[i] = r
-            if self.usage is not None:
-                self.U[k] += u_new
-                self.V[k] += v_new
-                self.ucurve[i] = (u_new, v_new)
+            if self.peak:
+                ld.reserved_var += self.var[i]
+                self.booked_ctx[i] = self.ctx[i]
+                if ld.context_tokens is not None:
+                    ld.context_tokens += self.ctx[i]
             if affinity:
                 self.group_engine.setdefault(g, k)
             self.engine_of[i] = k
@@ -248,10 +251,10 @@ class _Sim:
         ld = self.loads[self.engine_of[i]]
         ld.active -= 1
         ld.reserved_tokens -= self.booked[i]
-        if self.usage is not None:
-            u, v = self.ucurve[i]
-            self.U[self.engine_of[i]] -= u
-            self.V[self.engine_of[i]] -= v
+        if self.peak:
+            ld.reserved_var = max(0.0, ld.reserved_var - self.var[i])
+            if ld.context_tokens is not None:
+                ld.context_tokens -= self.booked_ctx[i]
         if self.queue:
             self.pump(t)
 
@@ -384,16 +387,20 @@ class _Sim:
                 self.seg[i] = j + 1
                 self.ctx[i] = c + self.tool[j]
                 self.remaining[i] = self.gen[j + 1]
-                if self.usage is not None:  # its expected usage ahead, from where it is now
-                    u, v = self.usage.curves(self.ctx[i], self.ctx[i] - self.prompt[i])
-                    u0, v0 = self.ucurve[i]
-                    self.U[k] += u - u0
-                    self.V[k] += v - v0
-                    self.ucurve[i] = (u, v)
                 if self.forecast is not None:  # re-book from what it has used so far
+                    ld = self.loads[k]
                     resp = self.ctx[i] - self.prompt[i]
-                    b = self.forecast.booking(self.prompt[i], resp)
-                    self.loads[k].reserved_tokens += b - self.booked[i]
+                    if self.peak:
+                        mean, v = self.forecast.peak(self.ctx[i], resp)
+                        b = math.ceil(mean)
+                        ld.reserved_var += v - self.var[i]
+                        self.var[i] = v
+                        if ld.context_tokens is not None:
+                            ld.context_tokens += self.ctx[i] - self.booked_ctx[i]
+                        self.booked_ctx[i] = self.ctx[i]
+                    else:
+                        b = self.forecast.booking(self.prompt[i], resp)
+                    ld.reserved_tokens += b - self.booked[i]
                     self.booked[i] = b
                 t_back = t + self.lat[j]
                 heapq.heappush(e.arrivals, t_back)
