@@ -154,3 +154,13 @@ def test_analyze_eval_samples_dir(tmp_path):
     text = analyze(tmp_path / "ev", tmp_path / "out").read_text()
     assert "6 eval samples" in text and "--save-trajectories" in text
     assert "| b | 6 |" in text
+
+
+def test_run_analyze_reports_a_bad_path_with_advice(tmp_path, capsys):
+    from tirl.analysis import run_analyze
+
+    assert run_analyze(tmp_path / "missing") == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert run_analyze(tmp_path / "empty.jsonl") == 2
+    assert "no records" in capsys.readouterr().err

@@ -13,6 +13,6 @@
 What it does not do: generate rollouts or train; it only reads what runs saved.
 """
 
-from tirl.analysis.report import analyze
+from tirl.analysis.report import analyze, run_analyze
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "run_analyze"]

@@ -316,3 +316,18 @@ def analyze(path: str | Path, out_dir: str | Path | None = None, *, model: str |
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+def run_analyze(path: str | Path, model: str | Path | None = None, out: str | Path | None = None,
+                top_frac: float = 0.2, reflection_window: int = 16) -> int:
+    """The ``tirl analyze RUN_OR_SAMPLES [--model CKPT] [-o OUT]`` entry point: writes the
+    report, prints its path; a bad path or empty input prints the reason and returns 2."""
+    import sys
+
+    try:
+        report = analyze(path, out, model=model, top_frac=top_frac, reflection_window=reflection_window)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"tirl analyze: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
