@@ -55,9 +55,10 @@ def test_recovery_tasks_reference_code_runs_and_needs_its_import_or_stdin():
         assert needs or p["source"] in ("procedural:add", "procedural:subtract", "procedural:unknown_op")
     assert {p["source"] for p in tr} == {f"procedural:{t}" for t in RL_RECOVERY_TASKS}
     # the answers are beyond a tiny model's mental arithmetic
-    assert all(len(p["answer"].replace("/", "").replace("-", "")) >= 3 for p in tr)
+    digits = sorted(len(p["answer"].replace("/", "").replace("-", "")) for p in tr)
+    assert digits[0] >= 2 and digits[len(digits) // 2] >= 4
     with pytest.raises(ValueError, match="distinct problems"):
-        generate(["choose"], 5000, seed=0)
+        generate(["choose"], 300, seed=0)  # only 207 (n, k) pairs
 
 
 def test_mistakes_fail_like_the_sandbox_and_the_fix_works():

@@ -121,9 +121,10 @@ _MATH_FN = {"comb": math.comb, "perm": math.perm, "gcd": math.gcd, "lcm": math.l
 
 
 def _pair_nk(rng: random.Random) -> tuple[int, int]:
-    """(n, k) with C(n, k) and P(n, k) well beyond mental arithmetic (≥ 4 digits)."""
-    n = rng.randint(14, 99)
-    return n, rng.randint(3, min(9, n - 3))
+    """(n, k), 12 ≤ n ≤ 80, 2 ≤ k ≤ 4: C(n, k) and P(n, k) are beyond a tiny model's mental
+    arithmetic but short enough (≤ 8 digits) for it to copy from the tool's output. Only 207
+    pairs exist: ``choose`` gives at most that many distinct problems."""
+    return rng.randint(12, 80), rng.randint(2, 4)
 
 
 def _gcd_pair(rng: random.Random) -> tuple[int, int]:
