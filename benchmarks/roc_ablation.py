@@ -24,7 +24,7 @@ band), each arm's run directory (metrics, trajectories, checkpoints) and the ana
 seed 0's two arms side by side (``tirl.analysis``). Prints JSON.
 
     python benchmarks/roc_ablation.py [--out runs/roc_ablation] [--seeds 0 1 2]
-        [--stages 3] [--steps 4] [--sft-from RUN_DIR] [key=value ...]
+        [--stages 3] [--steps 4] [--sft-from RUN_DIR] [--jobs 2] [key=value ...]
 
 What it does not do: match the paper's scale or its 14B model; it shows the direction of
 the effect, on a task built to contain recoverable tool errors.
@@ -140,6 +140,23 @@ def seed_arm(arm_dir: Path, sft_run: Path) -> None:
     (dst / "latest").write_text("sft\n")
 
 
+def run_arm(config: str, out: str, sft_run: str, seed: int, algo: str, stages: int, steps: int,
+            overrides: list[str]) -> str:
+    """One arm from the SFT checkpoint (a finished arm is kept: a rerun resumes)."""
+    from tirl.rl.trainer import train
+
+    instrument_trainer()
+    name = f"{algo}_s{seed}"
+    arm = Path(out) / name
+    if not (arm / "report.md").exists():
+        if not (arm / "checkpoints").exists():
+            seed_arm(arm, Path(sft_run))
+        train(_arm_config(config, Path(out), name, seed, algo, stages, steps, overrides), progress=False)
+    s = summarize_arm(arm)
+    print(json.dumps({"arm": name, "held_out": s["held_out"], "late": s["late"]}), file=sys.stderr, flush=True)
+    return name
+
+
 def summarize_arm(root: Path) -> dict:
     from tirl.runs import read_metrics
 
@@ -247,7 +264,8 @@ def write_report(out: Path, res: dict, eff: dict, seeds: list[int], meta: dict, 
     for k, e in eff.items():
         ps = ", ".join(f"{x:+.3f}" for x in e["grpo_minus_roc_per_seed"])
         ci = f"[{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]" if "ci95" in e else "–"
-        lines.append(f"| {k} | {ps} | {e.get('mean', float('nan')):+.3f} | {ci} | {e.get('excludes_zero', '–')} |")
+        mean = f"{e['mean']:+.3f}" if "mean" in e else "–"
+        lines.append(f"| {k} | {ps or '–'} | {mean} | {ci} | {e.get('excludes_zero', '–')} |")
     lines += ["", "## Per arm", "", "| arm | seed | held-out (before → after each stage) | "
               + " | ".join(f"{k} early→late" for k in CURVE_KEYS) + " |",
               "|---|---|---|" + "---|" * len(CURVE_KEYS)]
@@ -277,31 +295,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", type=int, default=3, help="RL stages (held-out measured after each)")
     ap.add_argument("--steps", type=int, default=4, help="RL steps per stage")
     ap.add_argument("--sft-from", default=None, help="a run directory with checkpoints/sft to start from")
+    ap.add_argument("--jobs", type=int, default=1, help="arms run at once (processes)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (section.key=value)")
     args = ap.parse_args(argv)
     if len(args.seeds) < 2:
         ap.error("--seeds: give at least 2 seeds (an interval over seeds needs them)")
 
     from tirl.analysis import analyze
-    from tirl.rl.trainer import train
 
-    instrument_trainer()
     out = Path(args.out)
     t0 = time.perf_counter()
     sft_run = Path(args.sft_from) if args.sft_from else make_sft(args.config, out, args.overrides)
+    jobs = [(args.config, str(out), str(sft_run), seed, algo, args.stages, args.steps, args.overrides)
+            for seed in args.seeds for algo in ARMS]
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
+            list(ex.map(run_arm, *zip(*jobs)))
+    else:
+        for j in jobs:
+            run_arm(*j)
     res: dict = {a: {} for a in ARMS}
     for seed in args.seeds:
         for algo in ARMS:
-            name = f"{algo}_s{seed}"
-            arm = out / name
-            if not (arm / "report.md").exists():  # a finished arm is kept (rerun = resume)
-                if not (arm / "checkpoints").exists():
-                    seed_arm(arm, sft_run)
-                cfg = _arm_config(args.config, out, name, seed, algo, args.stages, args.steps, args.overrides)
-                train(cfg, progress=False)
-            res[algo][seed] = summarize_arm(arm)
-            print(json.dumps({"arm": name, "held_out": res[algo][seed]["held_out"],
-                              "late": res[algo][seed]["late"]}), file=sys.stderr, flush=True)
+            res[algo][seed] = summarize_arm(out / f"{algo}_s{seed}")
     eff = effects(res, args.seeds)
     plot = plot_curves(res, out / "roc_ablation.png")
     analyses = {}
