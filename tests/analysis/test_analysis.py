@@ -164,3 +164,21 @@ def test_run_analyze_reports_a_bad_path_with_advice(tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("\n")
     assert run_analyze(tmp_path / "empty.jsonl") == 2
     assert "no records" in capsys.readouterr().err
+
+
+def test_eval_trajectories_get_their_grades_from_samples(tmp_path):
+    ev = tmp_path / "ev"
+    (ev / "trajectories").mkdir(parents=True)
+    (ev / "samples").mkdir()
+    trajs = []
+    for i in range(4):
+        t = _traj(None, None, [[_call("ok")]])
+        t.pop("step")
+        t.update(problem_id=f"p{i // 2}", meta={"sample": i % 2})
+        trajs.append(t)
+    (ev / "trajectories" / "b.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trajs))
+    samples = [{"benchmark": "b", "problem_id": f"p{i // 2}", "sample": i % 2, "gold": "1",
+                "status": "correct", "correct": i == 3} for i in range(4)]
+    (ev / "samples" / "b.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    text = analyze(ev).read_text()
+    assert "| b | 4 |" in text and "0.250 |" in text.split("| b | 4 |")[1].splitlines()[0]

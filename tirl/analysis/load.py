@@ -56,6 +56,26 @@ def read_records(files: list[Path]) -> list[dict]:
     return out
 
 
+def attach_eval_grades(records: list[dict], run_dir: str | Path) -> int:
+    """Eval trajectories are saved before grading: fill a missing ``reward`` from the eval's
+    ``samples/<benchmark>.jsonl`` (matched on benchmark, problem id and sample index).
+    Returns how many records got one."""
+    sdir = Path(run_dir) / "samples"
+    if not sdir.is_dir():
+        return 0
+    grades = {(r["_label"], str(r.get("problem_id")), r.get("sample")): r.get("correct")
+              for r in read_records(sorted(sdir.glob("*.jsonl")))}
+    n = 0
+    for rec in records:
+        if rec["_kind"] != "trajectory" or rec.get("reward") is not None:
+            continue
+        key = (rec["_label"], str(rec.get("problem_id")), (rec.get("meta") or {}).get("sample"))
+        if grades.get(key) is not None:
+            rec["reward"] = 1.0 if grades[key] else 0.0
+            n += 1
+    return n
+
+
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
     """``runs/NAME/checkpoints/<latest>`` when ``path`` is a training run with checkpoints."""
     ck = Path(run_dir) / "checkpoints"

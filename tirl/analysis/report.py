@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tirl.analysis.entropy import exact_entropies, surprisal, topk_entropy
-from tirl.analysis.load import find_files, latest_checkpoint_dir, read_records
+from tirl.analysis.load import attach_eval_grades, find_files, latest_checkpoint_dir, read_records
 from tirl.analysis.tokens import EntropySplit, TokenSeq, split_high_entropy, steps_after_tool
 from tirl.analysis.tooluse import summarize, summarize_by_step, trajectory_stats
 
@@ -230,6 +230,8 @@ def analyze(path: str | Path, out_dir: str | Path | None = None, *, model: str |
     records = read_records(files)
     if not records:
         raise ValueError(f"{src}: the JSONL files hold no records ({', '.join(f.name for f in files)})")
+    if src.is_dir():
+        attach_eval_grades(records, src)
     out = Path(out_dir) if out_dir is not None else (
         src / "analysis" if src.is_dir() else src.with_name(src.stem + "_analysis"))
     out.mkdir(parents=True, exist_ok=True)
@@ -240,12 +242,14 @@ def analyze(path: str | Path, out_dir: str | Path | None = None, *, model: str |
     mdl = _load_model(Path(model)) if model is not None else None
 
     stats = [trajectory_stats(r) for r in records]
-    is_eval = [str(r.get("_label", "")).startswith("eval_") or r["_kind"] == "sample" for r in records]
-    train_stats = [s for s, e in zip(stats, is_eval) if not e and s.step is not None]
-    eval_stats = [s for s, e in zip(stats, is_eval) if e]
-    for s, r in zip(stats, records):  # evaluations are grouped by their file's label
-        if r["_kind"] == "sample" or str(r.get("_label", "")).startswith("eval_"):
+    # training records carry their step; everything else (eval_<label>.jsonl of a training
+    # run, an eval's trajectories or samples) is grouped by its file's label
+    is_eval = [r.get("step") is None or str(r.get("_label", "")).startswith("eval_") for r in records]
+    for s, r, e in zip(stats, records, is_eval):
+        if e:
             s.step = r.get("_label")
+    train_stats = [s for s, e in zip(stats, is_eval) if not e]
+    eval_stats = [s for s, e in zip(stats, is_eval) if e]
     overall = summarize(stats)
 
     lines = [f"# Analysis of `{src}`", "",
