@@ -6,7 +6,8 @@ read the traceback and fix it), then RL on problems that need ``math.comb``, fra
 stdin, with 3 turns — so correct answers are often reached through a failed call, and RoC
 has something to select against.
 
-Design: one SFT checkpoint (made once, or ``--sft-from RUN``) is copied into every arm;
+Design: one SFT checkpoint (the config's SFT, made once or taken from ``--sft-from RUN``,
+then ``--sft-extra-epochs`` more epochs on the same material) is copied into every arm;
 each seed runs both algorithms from it with the same steps and problems per step:
 ``grpo_roc`` (2G rollouts, resample on correct down to G) and ``grpo`` (G rollouts). The
 seed changes the RL problems, their order, the held-out set and every rollout's sampling
@@ -24,7 +25,8 @@ band), each arm's run directory (metrics, trajectories, checkpoints) and the ana
 seed 0's two arms side by side (``tirl.analysis``). Prints JSON.
 
     python benchmarks/roc_ablation.py [--out runs/roc_ablation] [--seeds 0 1 2]
-        [--stages 3] [--steps 4] [--sft-from RUN_DIR] [--jobs 2] [key=value ...]
+        [--stages 3] [--steps 4] [--sft-from RUN_DIR] [--sft-extra-epochs 4] [--jobs 2]
+        [key=value ...]
 
 What it does not do: match the paper's scale or its 14B model; it shows the direction of
 the effect, on a task built to contain recoverable tool errors.
@@ -127,6 +129,46 @@ def make_sft(config: str, out: Path, overrides: list[str]) -> Path:
     cfg = cfg.model_copy(update={"stages": [cfg.stages[0].model_copy(update={"name": "sft_eval", "steps": 0})]})
     train(cfg, progress=False)
     return out / "sft"
+
+
+def continue_sft(config: str, sft_run: Path, out: Path, epochs: int, lr: float, overrides: list[str]) -> Path:
+    """``epochs`` more SFT epochs on the same material (a restarted cosine schedule at ``lr``)
+    from ``sft_run``'s checkpoint; writes ``<out>/sft_plus/checkpoints/sft`` and returns that
+    run directory. The CPU budget of a single long SFT was not there; this reuses the first."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tirl.config import load_config
+    from tirl.data.sft import load_sft_examples, tokenize_example
+    from tirl.rl.sft import run_sft
+
+    dst_run = out / "sft_plus"
+    dst = dst_run / "checkpoints" / "sft"
+    if (dst / "trainer_state.pt").exists():
+        return dst_run
+    cfg = load_config(config, ["run.seed=0"] + overrides)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    src = sft_run / "checkpoints" / "sft"
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    exs = load_sft_examples(cfg.sft.data, cfg.sft.size, cfg.run.seed)
+    toks = [tokenize_example(tok, e, cfg.agent.system_prompt, cfg.sft.max_length,
+                             timing=cfg.agent.tool_response_timing) for e in exs]
+    res = run_sft(model, toks, epochs=epochs, lr=lr, batch_size=cfg.sft.batch_size,
+                  pad_id=tok.pad_token_id or 0, seed=cfg.run.seed + 1, warmup_steps=cfg.sft.warmup_steps)
+    tmp = dst.with_name("sft.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)  # trainer_state.pt (SFT done, step 0) and the tokenizer
+    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(dst)
+    (dst_run / "sft_continue.json").write_text(json.dumps(
+        {"from": str(src), "epochs": epochs, "lr": lr, "steps": res.steps, "final_loss": res.final_loss,
+         "seconds": res.seconds}))
+    print(json.dumps({"sft_continue": {"epochs": epochs, "final_loss": res.final_loss,
+                                       "seconds": res.seconds}}), file=sys.stderr, flush=True)
+    return dst_run
 
 
 def seed_arm(arm_dir: Path, sft_run: Path) -> None:
@@ -296,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4, help="RL steps per stage")
     ap.add_argument("--sft-from", default=None, help="a run directory with checkpoints/sft to start from")
     ap.add_argument("--jobs", type=int, default=1, help="arms run at once (processes)")
+    ap.add_argument("--sft-extra-epochs", type=int, default=4,
+                    help="more SFT epochs on the same material after the config's SFT (0: none)")
+    ap.add_argument("--sft-extra-lr", type=float, default=1e-3)
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (section.key=value)")
     args = ap.parse_args(argv)
     if len(args.seeds) < 2:
@@ -306,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     sft_run = Path(args.sft_from) if args.sft_from else make_sft(args.config, out, args.overrides)
+    if args.sft_extra_epochs:
+        sft_run = continue_sft(args.config, sft_run, out, args.sft_extra_epochs, args.sft_extra_lr, args.overrides)
     jobs = [(args.config, str(out), str(sft_run), seed, algo, args.stages, args.steps, args.overrides)
             for seed in args.seeds for algo in ARMS]
     if args.jobs > 1:

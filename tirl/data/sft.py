@@ -217,12 +217,14 @@ def _result(r: Any):
                       stderr=r.get("stderr", ""), exec_ms=float(r.get("exec_ms", 0.0)))
 
 
-def render_example_text(example: dict, system: str | None = None) -> tuple[str, list[tuple[str, bool]]]:
-    """(prompt text, [(segment text, trained)]) exactly as rollouts render it."""
+def render_example_text(example: dict, system: str | None = None,
+                        timing: bool = True) -> tuple[str, list[tuple[str, bool]]]:
+    """(prompt text, [(segment text, trained)]) exactly as rollouts render it
+    (``timing=False``: tool responses without the run time, ``[agent] tool_response_timing``)."""
     from tirl.agent.format import render_sft_example
 
     turns = [(text, [_result(r) for r in results]) for text, results in example["turns"]]
-    return render_sft_example(example["problem"], turns, system=system)
+    return render_sft_example(example["problem"], turns, system=system, timing=timing)
 
 
 def example_texts(example: dict, system: str | None = None) -> str:
@@ -231,9 +233,9 @@ def example_texts(example: dict, system: str | None = None) -> str:
 
 
 def tokenize_example(tokenizer, example: dict, system: str | None = None,
-                     max_length: int | None = None) -> tuple[list[int], list[int]]:
+                     max_length: int | None = None, timing: bool = True) -> tuple[list[int], list[int]]:
     """(ids, loss mask): mask 1 on assistant tokens, 0 on prompt, template and tool text."""
-    prompt, segs = render_example_text(example, system)
+    prompt, segs = render_example_text(example, system, timing)
     ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     mask = [0] * len(ids)
     for text, trained in segs:
