@@ -24,8 +24,8 @@ Writes ``<out>/report.md``, ``<out>/roc_ablation.png`` (mean over seeds with a m
 band), each arm's run directory (metrics, trajectories, checkpoints) and the analysis of
 seed 0's two arms side by side (``tirl.analysis``). Prints JSON.
 
-    python benchmarks/roc_ablation.py [--out runs/roc_ablation] [--seeds 0 1 2]
-        [--stages 3] [--steps 4] [--sft-from RUN_DIR] [--sft-extra-epochs 4] [--jobs 2]
+    python benchmarks/roc_ablation.py [--out runs/roc_ablation] [--seeds 0 1 2 3 4]
+        [--stages 3] [--steps 3] [--sft-from RUN_DIR] [--sft-extra-epochs 4] [--jobs 2]
         [key=value ...]
 
 What it does not do: match the paper's scale or its 14B model; it shows the direction of
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/roc_ablation")
     ap.add_argument("--config", default="roc")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--stages", type=int, default=3, help="RL stages (held-out measured after each)")
-    ap.add_argument("--steps", type=int, default=4, help="RL steps per stage")
+    ap.add_argument("--steps", type=int, default=3, help="RL steps per stage")
     ap.add_argument("--sft-from", default=None, help="a run directory with checkpoints/sft to start from")
     ap.add_argument("--jobs", type=int, default=1, help="arms run at once (processes)")
     ap.add_argument("--sft-extra-epochs", type=int, default=4,
