@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "tirl.cli.eval",  # eval
     "tirl.cli.plan",  # plan
     "tirl.cli.view",  # view
+    "tirl.cli.analyze",  # analyze
     "tirl.cli.grade",  # grade
     "tirl.cli.serve",  # serve
     "tirl.cli.chat",  # chat

@@ -1,11 +1,23 @@
 """Metrics of one RL step, summed over ranks: reward, pass rate, groups kept and dropped,
 lengths, tool calls and tool-error ratios (all sampled, kept positives, sampled positives),
-format penalty, truncation. The paper's Fig. 4 quantity is ``tool_error_ratio_pos``."""
+format penalty, truncation, and error recovery. The paper's Fig. 4 quantity is
+``tool_error_ratio_pos``.
+
+Recovery (over sampled trajectories, as ``tirl.analysis`` defines it): ``frac_with_failure``
+= share with at least one failed call; ``recovery_rate`` = of those, the share answered
+correctly; ``call_recovery_rate`` = of those, the share with a successful call after the
+first failed one (the tool was got working again)."""
 
 from __future__ import annotations
 
 from tirl.rl import distributed as D
 from tirl.rl.rollouts import Collected, format_penalty
+
+
+def _call_recovered(traj) -> bool:
+    calls = [c for c in traj.tool_calls if c.failed or (c.result is not None and c.result.ok)]
+    first = next((i for i, c in enumerate(calls) if c.failed), None)
+    return first is not None and any(not c.failed for c in calls[first + 1:])
 
 
 def step_metrics(c: Collected, step: int, stage: str) -> dict:
@@ -26,6 +38,9 @@ def step_metrics(c: Collected, step: int, stage: str) -> dict:
         float(sum(len(t.response_ids) for t in pos)), float(len(pos)),
         float(sum(1 for t in sampled if t.truncated)),
     ])
+    failed = [t for t in sampled if t.num_tool_errors > 0]
+    nf, nf_ok, nf_rec = D.all_sum([float(len(failed)), float(sum(1 for t in failed if t.reward == 1.0)),
+                                   float(sum(1 for t in failed if _call_recovered(t)))])
     lmax = max(D.all_gather_objects(max((len(t.response_ids) for t in sampled), default=0)))
     by_group: dict[str, list] = {}
     for t in sampled:
@@ -45,6 +60,9 @@ def step_metrics(c: Collected, step: int, stage: str) -> dict:
         "tool_error_ratio_pos_sampled": sperrs / spcalls if spcalls else None,
         "format_penalty": fpen / max(1.0, n), "truncated_frac": trunc / max(1.0, n),
         "trajectories_kept": int(nk),
+        "frac_with_failure": nf / max(1.0, n),
+        "recovery_rate": nf_ok / nf if nf else None,
+        "call_recovery_rate": nf_rec / nf if nf else None,
     }
 
 
