@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tirl.cli.common import add_config_args, print_config, resolve_config
 
@@ -35,8 +36,29 @@ def _run(args: argparse.Namespace, default: str | None) -> int:
     result = train(cfg)
     for e in result.get("evals", []):
         print(f"{e['label']}: held-out accuracy {100 * e['held_out_acc']:.1f}%")
-    print(f"done in {time.perf_counter() - t0:.0f} s; report: {cfg.run.output_dir}/{cfg.run.name}/report.md")
+    root = Path(cfg.run.output_dir) / cfg.run.name
+    if result.get("rank", 0) == 0:
+        _analyze_run(root)
+    print(f"done in {time.perf_counter() - t0:.0f} s; report: {root / 'report.md'}")
     return 0
+
+
+def _analyze_run(root: Path) -> None:
+    """The run's own analysis (tool use, recovery, forking/reflection tokens), linked from
+    its report; a failure here never fails the finished training."""
+    import sys
+
+    from tirl.analysis import analyze
+
+    try:
+        report = analyze(root, root / "analysis")
+    except Exception as err:  # noqa: BLE001 - the training result stands; say what went wrong
+        print(f"tirl: the run's analysis failed ({type(err).__name__}: {err}); "
+              f"run `tirl analyze {root}` to retry", file=sys.stderr)
+        return
+    with (root / "report.md").open("a") as f:
+        f.write(f"\n## Analysis\n\nTool use, error recovery and the high-entropy token split of this run: "
+                f"[{report.relative_to(root)}]({report.relative_to(root)}) (`tirl analyze {root}`).\n")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -214,7 +214,7 @@ class Trainer:
             if self.metrics:
                 self.metrics.close()
         result = {"evals": self.state.evals, "global_step": self.state.global_step,
-                  "seconds": time.perf_counter() - t_start}
+                  "seconds": time.perf_counter() - t_start, "rank": self.rank}
         if self.main:
             from tirl.rl.report import write_report
 
