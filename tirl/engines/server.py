@@ -638,19 +638,25 @@ class ModelServer:
     async def _send(resp: web.StreamResponse, obj: Any) -> None:
         await resp.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n")
 
-    async def _stream_completions(self, request, rid, body, jobs, max_tokens, sampling, want_lp,
-                                  include_usage, n_in) -> web.StreamResponse:
+    async def _stream(self, request, rid: str, obj: str, jobs, max_tokens, sampling, include_usage: bool,
+                      n_in: int, choices_of, *, opening: list[dict] | None = None,
+                      one_per_chunk: bool = False) -> web.StreamResponse:
+        """Server-sent events for completions and chat alike: each engine update of a job
+        becomes the choices ``choices_of(job, completion|None, tokens, logprobs, tops, new)``
+        returns; a failed job sends an error event; usage (``include_usage``) and ``[DONE]``
+        close the stream; a client that disconnects cancels its jobs."""
         resp = await self._sse_start(request)
         created = int(time.time())
 
         def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {"id": rid, "object": "text_completion", "created": created, "model": self.name,
-                   "choices": choices}
+            out = {"id": rid, "object": obj, "created": created, "model": self.name, "choices": choices}
             if include_usage:
                 out["usage"] = usage
             return out
 
         try:
+            if opening is not None:
+                await self._send(resp, chunk(opening))
             async with contextlib.aclosing(self._events(jobs, max_tokens, sampling)) as events:
                 async for news in events:
                     choices = []
@@ -665,22 +671,9 @@ class ModelServer:
                         toks = comp.token_ids if comp is not None else j.tokens
                         lps = (comp.logprobs or []) if comp is not None else j.lps
                         tops = (comp.meta.get("top_logprobs") or []) if comp is not None else j.tops
-                        new = slice(j.sent_tokens, len(toks))
-                        text = self._text(comp, body) if comp is not None else \
-                            self._stable_text(toks, body, sampling.stop_strs)
-                        delta = text[len(j.sent_text):] if text.startswith(j.sent_text) else ""
-                        if not delta and comp is None and new.start == new.stop:
-                            continue
-                        c = {"index": j.index, "text": delta, "token_ids": toks[new],
-                             "logprobs": self._completion_logprobs(toks[new], lps[new], tops[new], body,
-                                                                   len(j.sent_text)) if want_lp else None,
-                             "finish_reason": comp.finish_reason if comp is not None else None,
-                             "stop_reason": self._stop_reason(comp, sampling) if comp is not None else None}
-                        j.sent_text += delta
-                        j.sent_tokens = len(toks)
-                        choices.append(c)
-                    if choices:
-                        await self._send(resp, chunk(choices))
+                        choices += choices_of(j, comp, toks, lps, tops, slice(j.sent_tokens, len(toks)))
+                    for group in ([[c] for c in choices] if one_per_chunk else [choices] if choices else []):
+                        await self._send(resp, chunk(group))
             n_out = sum(len(j.done.token_ids) for j in jobs if not isinstance(j.done, BaseException))
             self.tokens_total += n_out
             if include_usage:
@@ -692,6 +685,26 @@ class ModelServer:
             self._disconnected(rid, jobs)
             raise asyncio.CancelledError() from None
         return resp
+
+    async def _stream_completions(self, request, rid, body, jobs, max_tokens, sampling, want_lp,
+                                  include_usage, n_in) -> web.StreamResponse:
+        def choices_of(j, comp, toks, lps, tops, new) -> list[dict]:
+            text = self._text(comp, body) if comp is not None else \
+                self._stable_text(toks, body, sampling.stop_strs)
+            delta = text[len(j.sent_text):] if text.startswith(j.sent_text) else ""
+            if not delta and comp is None and new.start == new.stop:
+                return []
+            c = {"index": j.index, "text": delta, "token_ids": toks[new],
+                 "logprobs": self._completion_logprobs(toks[new], lps[new], tops[new], body,
+                                                       len(j.sent_text)) if want_lp else None,
+                 "finish_reason": comp.finish_reason if comp is not None else None,
+                 "stop_reason": self._stop_reason(comp, sampling) if comp is not None else None}
+            j.sent_text += delta
+            j.sent_tokens = len(toks)
+            return [c]
+
+        return await self._stream(request, rid, "text_completion", jobs, max_tokens, sampling,
+                                  include_usage, n_in, choices_of)
 
     # ------------------------------------------------------------------ chat
 
@@ -827,73 +840,39 @@ class ModelServer:
 
     async def _stream_chat(self, request, rid, jobs, max_tokens, sampling, want_lp, tools_on,
                            include_usage, n_in, keep) -> web.StreamResponse:
-        resp = await self._sse_start(request)
-        created = int(time.time())
-
-        def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-            out = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.name,
-                   "choices": choices}
-            if include_usage:
-                out["usage"] = usage
+        def choices_of(j, comp, toks, lps, tops, new) -> list[dict]:
+            calls: list[dict] = []
+            if comp is not None:
+                content, calls = self._reply(comp, tools_on, keep)
+                content = content or ""
+            else:
+                content = self._visible(toks, tools_on, [] if keep else sampling.stop_strs)
+            delta_text = content[len(j.sent_text):] if content.startswith(j.sent_text) else ""
+            if not delta_text and comp is None and new.start == new.stop:
+                return []
+            lp = self._chat_logprobs(toks[new], lps[new], tops[new]) if want_lp else None
+            j.sent_text += delta_text
+            j.sent_tokens = len(toks)
+            out = []
+            if delta_text or (comp is None and lp is not None):
+                out.append({"index": j.index, "delta": {"content": delta_text}, "logprobs": lp,
+                            "finish_reason": None})
+                lp = None
+            if comp is not None:
+                if calls:
+                    out.append({"index": j.index, "delta": {"tool_calls": [
+                        {"index": k, **c} for k, c in enumerate(calls)]}, "logprobs": lp, "finish_reason": None})
+                    lp = None
+                out.append({"index": j.index, "delta": {}, "logprobs": lp,
+                            "finish_reason": "tool_calls" if calls else comp.finish_reason,
+                            "stop_reason": self._stop_reason(comp, sampling)})
             return out
 
-        try:
-            await self._send(resp, chunk([{"index": j.index, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None} for j in jobs]))
-            async with contextlib.aclosing(self._events(jobs, max_tokens, sampling)) as events:
-                async for news in events:
-                    choices = []
-                    for j in news:
-                        if isinstance(j.done, BaseException):
-                            await self._send(resp, {"error": {"message": str(j.done), "type": "server_error",
-                                                              "param": None, "code": 500}})
-                            j.closed = True
-                            continue
-                        j.closed = j.done is not None
-                        comp = j.done
-                        toks = comp.token_ids if comp is not None else j.tokens
-                        lps = (comp.logprobs or []) if comp is not None else j.lps
-                        tops = (comp.meta.get("top_logprobs") or []) if comp is not None else j.tops
-                        new = slice(j.sent_tokens, len(toks))
-                        calls: list[dict] = []
-                        if comp is not None:
-                            content, calls = self._reply(comp, tools_on, keep)
-                            content = content or ""
-                        else:
-                            content = self._visible(toks, tools_on, [] if keep else sampling.stop_strs)
-                        delta_text = content[len(j.sent_text):] if content.startswith(j.sent_text) else ""
-                        if not delta_text and comp is None and new.start == new.stop:
-                            continue
-                        lp = self._chat_logprobs(toks[new], lps[new], tops[new]) if want_lp else None
-                        j.sent_text += delta_text
-                        j.sent_tokens = len(toks)
-                        if delta_text or (comp is None and lp is not None):
-                            choices.append({"index": j.index, "delta": {"content": delta_text}, "logprobs": lp,
-                                            "finish_reason": None})
-                            lp = None
-                        if comp is not None:
-                            if calls:
-                                choices.append({"index": j.index, "delta": {"tool_calls": [
-                                    {"index": k, **c} for k, c in enumerate(calls)]}, "logprobs": lp,
-                                    "finish_reason": None})
-                                lp = None
-                            choices.append({"index": j.index, "delta": {}, "logprobs": lp,
-                                            "finish_reason": "tool_calls" if calls else comp.finish_reason,
-                                            "stop_reason": self._stop_reason(comp, sampling)})
-                    for c in choices:  # one choice per chunk, as OpenAI
-                        await self._send(resp, chunk([c]))
-            n_out = sum(len(j.done.token_ids) for j in jobs if not isinstance(j.done, BaseException))
-            self.tokens_total += n_out
-            if include_usage:
-                await self._send(resp, chunk([], {"prompt_tokens": n_in, "completion_tokens": n_out,
-                                                  "total_tokens": n_in + n_out}))
-            await self._send(resp, b"[DONE]")
-            await resp.write_eof()
-        except (asyncio.CancelledError, ConnectionResetError):
-            self._disconnected(rid, jobs)
-            raise asyncio.CancelledError() from None
-        return resp
-
+        opening = [{"index": j.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None} for j in jobs]
+        return await self._stream(request, rid, "chat.completion.chunk", jobs, max_tokens, sampling,
+                                  include_usage, n_in, choices_of, opening=opening,
+                                  one_per_chunk=True)  # one choice per chunk, as OpenAI
 
 def _stable_prefix(text: str, stops: list[str]) -> str:
     """The part of a growing text that the final one will start with: cut at the first stop
