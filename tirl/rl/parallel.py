@@ -99,7 +99,7 @@ class _Reduction:
         self.divide = 1.0
 
 
-def _sum_hook(state: _Reduction, bucket) -> torch.futures.Future:
+def _sum_hook(state: _Reduction, bucket):  # no return annotation: DDP checks it literally
     import torch.distributed as dist
 
     buf = bucket.buffer()
@@ -276,6 +276,9 @@ def wrap_policy(model: nn.Module, strategy: str, *, compute_dtype: torch.dtype =
     root = PolicyRoot(model)
     fully_shard(root, mesh=mesh, mp_policy=mp)
     mods.append(root)
+    if device.type == "cpu":  # gloo has no PREMUL_SUM: plain sums, divided before/after
+        for m in mods:
+            m.set_force_sum_reduction_for_comms(True)
     par = ParallelPolicy(model, root, "fsdp", compute_dtype, world, _fsdp_modules=mods)
     par.set_reduction("sum")
     return par

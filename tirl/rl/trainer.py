@@ -115,7 +115,8 @@ class Trainer:
         self._ckpt: Path | None = None
         self._rank_state: dict | None = None
         self.metrics = None
-        self.data_rng = random.Random(f"tirl-data-{cfg.run.seed}")
+        # RoC's sampling RNG: one stream per rank (rank 0 keeps the single-process stream)
+        self.data_rng = random.Random(f"tirl-data-{cfg.run.seed}" + (f"-rank{self.rank}" if self.rank else ""))
         self.optimizer = None
         self.stack = None
         self._bar = None

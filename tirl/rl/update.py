@@ -122,8 +122,8 @@ def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, ste
     gnorm = par.clip_grad_norm(rl.grad_clip)
     optimizer.step()
     par.root.eval()
-    tok, clipped, dual, ent, loss = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
-                                               sums["entropy"], sums["loss"]])
+    tok, clipped, dual, ent, loss, n_mb = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
+                                                     sums["entropy"], sums["loss"], float(n_real)])
     return {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
             "entropy": ent / max(1.0, tok) if want_entropy else None, "grad_norm": gnorm,
-            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": n_real}
+            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": int(n_mb)}
