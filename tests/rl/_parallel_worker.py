@@ -135,7 +135,7 @@ def _train(out: Path, dtype: str) -> None:
         report[name] = {"rank_state": {"cursor": mine["cursor"], "epoch": mine["epoch"],
                                        "data_rng": repr(mine["data_rng"]), "python": repr(mine["rng"]["python"]),
                                        "torch": mine["rng"]["torch"].tolist()},
-                        "master": sorted({str(p.dtype) for p in tr.par.root.parameters()}),
+                        "master": sorted({str(p.dtype) for g in tr.optimizer.param_groups for p in g["params"]}),
                         "compute": sorted(set(seen)), "step": tr.state.global_step}
         if rank == 0:
             torch.save(params, out / f"master_{name}.pt")

@@ -98,6 +98,10 @@ def save_checkpoint(path: Path, par, tokenizer, optimizer, state: TrainerState, 
     from tirl.rl import distributed as D
 
     rank, world = D.rank_world()
+    # first: writing (DCP, save_pretrained) may draw from the global RNGs, which a run that
+    # does not checkpoint here would not do
+    mine = {"rank": rank, "world": world, "cursor": state.cursor, "epoch": state.epoch,
+            "rng": rng_state(engine), "data_rng": data_rng.getstate()}
     tmp = path.with_name(path.name + ".tmp")
     if rank == 0:
         if tmp.exists():
@@ -107,8 +111,7 @@ def save_checkpoint(path: Path, par, tokenizer, optimizer, state: TrainerState, 
     model_sd, optim_sd = par.state_dicts(optimizer)
     dcp.save({"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd},
              checkpoint_id=str(tmp / "dcp"), no_dist=D.dist() is None)
-    torch.save({"rank": rank, "world": world, "cursor": state.cursor, "epoch": state.epoch,
-                "rng": rng_state(engine), "data_rng": data_rng.getstate()}, rank_file(tmp, rank))
+    torch.save(mine, rank_file(tmp, rank))
     full = par.full_state_dict()  # collective under fsdp; rank 0 gets the tensors
     if rank == 0:
         export_hf(tmp, par.model, tokenizer, full, export_dtype)

@@ -180,6 +180,12 @@ class ParallelPolicy:
                     g.mul_(coef)
         return n
 
+    def reshard(self) -> None:
+        """Free every FSDP module's full parameters (a forward under ``no_grad`` leaves the
+        root's unsharded): the next forward all-gathers the weights the optimizer just wrote."""
+        for m in self._fsdp_modules:
+            m.reshard()
+
     # ------------------------------------------------------------------ rollouts
 
     @contextlib.contextmanager

@@ -54,6 +54,11 @@ from tirl.rl.update import make_optimizer, policy_update
 from tirl.runs import RunDir, progress_bar, read_metrics, truncate_metrics
 from tirl.stack import device_for, open_stack
 
+# rich (the progress bars) draws from the global `random` once, when first imported; importing
+# it here, before any seeding, keeps that draw out of every run's RNG stream (exact resume)
+with contextlib.suppress(ImportError):
+    import rich.style  # noqa: F401
+
 # settings that may change between a run and its resume (everything else is refused)
 RESUMABLE_CHANGES = ("run.resume", "run.resume_from", "run.allow_config_change", "run.threads",
                      "rl.checkpoint_every", "rl.plot_every", "rl.save_trajectories", "stages.*.steps")
@@ -186,7 +191,10 @@ class Trainer:
 
         texts = self._tokenizer_texts(train) if cfg.model.path == "scratch" else None
         torch.manual_seed(cfg.run.seed)
-        self.model, self.tokenizer = load_model(cfg.model, texts=texts)
+        # loaded in fp32 whatever model.dtype says: the parameters become the fp32 master
+        # weights, and buffers such as the rotary frequencies keep fp32 values (a bf16 load
+        # rounds them for good, and a resume, which rebuilds them, would then differ)
+        self.model, self.tokenizer = load_model(cfg.model.model_copy(update={"dtype": "float32"}), texts=texts)
         return None
 
     def _restore(self, ts: dict) -> None:

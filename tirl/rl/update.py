@@ -121,6 +121,7 @@ def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, ste
         g["lr"] = rl.lr * scale
     gnorm = par.clip_grad_norm(rl.grad_clip)
     optimizer.step()
+    par.reshard()
     par.root.eval()
     tok, clipped, dual, ent, loss, n_mb = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
                                                      sums["entropy"], sums["loss"], float(n_real)])
