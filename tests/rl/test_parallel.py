@@ -147,4 +147,5 @@ def test_fsdp_resume_two_plus_one_equals_three_per_rank_cursor_and_rng(tmp_path)
     ck = root / (root / "latest").read_text().strip()
     export = load_file(str(ck / "model.safetensors"))
     assert {v.dtype for v in export.values()} == {torch.bfloat16}  # the HF export is in model.dtype
+    assert "lm_head.weight" not in export  # tied to the embeddings: stored once, as save_pretrained does
     assert sorted(p.name for p in ck.glob("rank_*.pt")) == ["rank_00000.pt", "rank_00001.pt"]

@@ -85,7 +85,8 @@ def rank_file(ckpt: Path, rank: int) -> Path:
 def export_hf(path: Path, model, tokenizer, state_dict: dict, dtype: torch.dtype) -> None:
     """Write ``state_dict`` (full, CPU) as a Hugging Face directory in ``dtype`` with the
     model's config and the tokenizer (what ``from_pretrained`` and `tirl serve` load)."""
-    sd = {k: v.to(dtype) for k, v in state_dict.items()}
+    cast: dict[int, torch.Tensor] = {}  # one cast per tensor: tied weights stay shared
+    sd = {k: cast.setdefault(id(v), v.to(dtype)) for k, v in state_dict.items()}
     model.save_pretrained(path, state_dict=sd, safe_serialization=True)
     tokenizer.save_pretrained(path)
 

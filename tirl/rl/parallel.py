@@ -235,7 +235,16 @@ class ParallelPolicy:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k[len("policy."):]: v for k, v in sd.items() if k.startswith("policy.")}
+        sd = {k[len("policy."):]: v for k, v in sd.items() if k.startswith("policy.")}
+        if sd:  # tied parameters (embeddings = output head) stay one tensor, as in the model
+            names: dict[int, list[str]] = {}
+            for n, p in self.model.named_parameters(remove_duplicate=False):
+                names.setdefault(id(p), []).append(n)
+            for group in names.values():
+                for n in group[1:]:
+                    if group[0] in sd:
+                        sd[n] = sd[group[0]]
+        return sd
 
 
 def wrap_policy(model: nn.Module, strategy: str, *, compute_dtype: torch.dtype = torch.float32,
