@@ -13,7 +13,7 @@ by :func:`tirl.rl.parallel.wrap_policy` exactly as the trainer does with
 * rollout generation at batch ``--batch`` (default 64): :class:`~tirl.engines.local.LocalEngine`
   over the unsharded policy (inside ``generation_weights()``, as in training) against HF
   ``generate`` on a plain bf16 copy of the same weights, in tokens/s — the ratio is the
-  comparison (same run, same GPU).
+  comparison (same run, same GPU) — and the time ``generation_weights()`` takes to unshard.
 
 ``--tiny`` runs the same code on CPU with a tiny model and a few hundred tokens (seconds), so
 the script is tested without a GPU (tests/rl/test_parallel_gpu_check.py). No timing from
@@ -158,7 +158,11 @@ def _run(args, tiny, tokens, seq_len, mbt, batch, new_tokens, device) -> int:
     plain.load_state_dict({k: v.to(torch.bfloat16) for k, v in par.full_state_dict().items()})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    t_unshard = time.perf_counter()
     with par.generation_weights():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_unshard = time.perf_counter() - t_unshard  # all-gather of every FSDP module, bf16
         engine = LocalEngine(par.model, _Tok(), max_batch=batch, max_seq_len=len(prompts[0]) + new_tokens + 8,
                              seed=0, threads=None if device.type == "cuda" else 1)
         try:
@@ -181,7 +185,10 @@ def _run(args, tiny, tokens, seq_len, mbt, batch, new_tokens, device) -> int:
     hf_n = int((gen.shape[1] - ids.shape[1]) * gen.shape[0])
     out["generation"] = {"batch": batch, "new_tokens": new_tokens, "local_engine_tokens_per_s": round(local_tps, 1),
                          "local_engine_tokens": local_n, "hf_generate_tokens_per_s": round(hf_n / hf_dt, 1),
-                         "ratio_local_over_hf": round(local_tps / (hf_n / hf_dt), 3)}
+                         "ratio_local_over_hf": round(local_tps / (hf_n / hf_dt), 3),
+                         "unshard_seconds": round(t_unshard, 4),
+                         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                         if device.type == "cuda" else None}
     print(json.dumps(out))
     return 0
 

@@ -24,8 +24,10 @@ as ``model.path``).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,14 @@ def export_hf(path: Path, model, tokenizer, state_dict: dict, dtype: torch.dtype
     tokenizer.save_pretrained(path)
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every call without a process group; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_checkpoint(path: Path, par, tokenizer, optimizer, state: TrainerState, engine: Any,
                     data_rng: random.Random, *, export_dtype: torch.dtype = torch.float32) -> None:
     """Write checkpoint ``path`` (see the module docstring). Every rank calls it."""
@@ -110,8 +120,9 @@ def save_checkpoint(path: Path, par, tokenizer, optimizer, state: TrainerState, 
         tmp.mkdir(parents=True)
     D.barrier()
     model_sd, optim_sd = par.state_dicts(optimizer)
-    dcp.save({"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd},
-             checkpoint_id=str(tmp / "dcp"), no_dist=D.dist() is None)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd},
+                 checkpoint_id=str(tmp / "dcp"), no_dist=D.dist() is None)
     torch.save(mine, rank_file(tmp, rank))
     full = par.full_state_dict()  # collective under fsdp; rank 0 gets the tensors
     if rank == 0:
@@ -137,7 +148,8 @@ def load_sharded(ckpt: Path, par, optimizer) -> None:
     model_sd, optim_sd = par.state_dicts(optimizer)
     sd = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
     try:
-        dcp.load(sd, checkpoint_id=str(ckpt / "dcp"), no_dist=D.dist() is None)
+        with _single_process_quiet():
+            dcp.load(sd, checkpoint_id=str(ckpt / "dcp"), no_dist=D.dist() is None)
     except Exception as err:  # noqa: BLE001 - a torn or missing shard: say which and what to do
         raise CheckpointError(_corrupt(ckpt / "dcp", err, ckpt)) from None
     par.load_state_dicts(optimizer, sd["model"], sd.get("optim"))
