@@ -1,6 +1,6 @@
 """Run by tests/rl/test_parallel*.py under torchrun (2 CPU processes, gloo).
 
-``grads OUT STRATEGY DTYPE``: one policy update on this rank's share of a fixed global batch;
+``grads OUT STRATEGY[+ckpt] DTYPE``: one policy update on this rank's share of a fixed global batch;
 rank 0 writes the full gradients, weights and metrics to ``OUT/grads_<STRATEGY>_<DTYPE>.pt``.
 The single-process reference is :func:`one_update` over the whole batch, in the test process.
 
@@ -85,10 +85,22 @@ def named_grads_and_params(par) -> tuple[dict, dict]:
 def _grads(out: Path, strategy: str, dtype: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     compute = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    par = wrap_policy(build_model(), strategy, compute_dtype=compute)
+    model = build_model()
+    if strategy.endswith("+ckpt"):  # activation checkpointing per decoder layer
+        model.gradient_checkpointing_enable()
+    par = wrap_policy(model, strategy.removesuffix("+ckpt"), compute_dtype=compute)
     seen = []  # the dtype of a projection's weight while the forward runs
     q = par.model.model.layers[0].self_attn.q_proj
     q.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
+    mlp_calls = []  # forwards of one layer's MLP: a recomputation in backward shows as an extra
+    mlp = par.model.model.layers[0].mlp  # call (module hooks do not run again then; forward does)
+    mlp_forward = mlp.forward
+
+    def counted(*a, **k):
+        mlp_calls.append(1)
+        return mlp_forward(*a, **k)
+
+    mlp.forward = counted
     groups = fake_groups()
     lr = 1e-6 if dtype == "bfloat16" else 1e-3
     metrics = one_update(par, groups[rank::world], rl_config(lr=lr))
@@ -96,7 +108,8 @@ def _grads(out: Path, strategy: str, dtype: str) -> None:
     grads, params = named_grads_and_params(par)
     if rank == 0:
         torch.save({"grads": grads, "params": params, "metrics": metrics, "master": master,
-                    "compute": sorted(set(seen))}, out / f"grads_{strategy}_{dtype}.pt")
+                    "compute": sorted(set(seen)), "mlp_calls": len(mlp_calls)},
+                   out / f"grads_{strategy}_{dtype}.pt")
 
 
 def _train(out: Path, dtype: str) -> None:

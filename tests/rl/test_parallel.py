@@ -85,10 +85,11 @@ def _reference(dtype=torch.float32, lr=1e-3):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp", "fsdp+ckpt"])
 def test_two_rank_gradients_equal_the_single_process_reference(tmp_path, strategy):
     """Rank 0 holds the long sequences, rank 1 the short ones (and fewer micro-batches): a
-    per-rank token normalisation or a missing empty micro-batch would show here."""
+    per-rank token normalisation or a missing empty micro-batch would show here.
+    ``fsdp+ckpt``: with activation checkpointing per decoder layer (recomputed in backward)."""
     _torchrun("grads", str(tmp_path), strategy, "float32")
     got = torch.load(tmp_path / f"grads_{strategy}_float32.pt")
     metrics, grads, params = _reference()
@@ -106,6 +107,9 @@ def test_two_rank_gradients_equal_the_single_process_reference(tmp_path, strateg
     per_rank = [len(micro_batches(training_items(fake_groups()[r::2], "mean_std"), 64)) for r in (0, 1)]
     assert per_rank[0] != per_rank[1]  # the short rank ran empty micro-batches to line up
     assert got["metrics"]["micro_batches"] == sum(per_rank)
+    # rank 0 ran max(per_rank) micro-batches: old log-probs + training forward (+ the
+    # recomputed forward in backward with activation checkpointing)
+    assert got["mlp_calls"] == max(per_rank) * (3 if strategy.endswith("+ckpt") else 2)
 
 
 @pytest.mark.slow
