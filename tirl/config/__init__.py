@@ -2,7 +2,7 @@
 
 A run's whole configuration is one :class:`Config`. The parts own their sections
 (``tirl/<part>/config.py``: sandbox, reward, model, dispatch, agent, sampling, data); the
-applications' sections (run, rl, sft, stages, eval, serve) are in :mod:`tirl.config.sections`.
+applications' sections (run, rl, train, sft, stages, eval, serve) are in :mod:`tirl.config.sections`.
 This package composes them and does the loading:
 
 * :func:`load_config` reads a TOML file, applies command-line overrides, and validates the
@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tirl.agent.config import AgentConfig, SamplingConfig
 from tirl.config.sections import (EvalConfig, RLConfig, RunConfig, ServeConfig, SFTConfig,
-                                  StageConfig)
+                                  StageConfig, TrainConfig)
 from tirl.data.config import DataConfig
 from tirl.dispatch.config import DispatchConfig
 from tirl.engines.config import ModelConfig
@@ -61,6 +61,9 @@ class Config(Section):
         default_factory=DispatchConfig, description="Inference servers for rollouts and how work is spread."
     )
     rl: RLConfig = Field(default_factory=RLConfig, description="GRPO-RoC.")
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Distributed strategy and mixed precision of training."
+    )
     sft: SFTConfig = Field(default_factory=SFTConfig, description="The non-reasoning SFT stage.")
     stages: list[StageConfig] = Field(default_factory=list, description="The RL stages, in order.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation (tirl eval, held-out).")

@@ -1,5 +1,5 @@
 """The sections a run adds on top of the parts' own: ``[run]``, ``[rl]``, ``[sft]``,
-``[[stages]]``, ``[eval]``, ``[serve]``.
+``[[stages]]``, ``[eval]``, ``[serve]``, ``[train]``.
 
 The parts below (sandbox, reward, engines, dispatch, agent, data) each own their section in
 ``tirl/<part>/config.py``; the sections here belong to the applications that compose those
@@ -97,6 +97,19 @@ class RLConfig(Section):
         64, ge=0,
         description="Trajectories per RL step written to trajectories/step_<n>.jsonl (kept and "
         "dropped, with reward, advantage and RoC penalty); 0 = none.",
+    )
+
+
+class TrainConfig(Section):
+    """How the policy is trained across processes (see docs/distributed.md)."""
+
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = Field(
+        "auto",
+        description="single = one process; ddp = DistributedDataParallel (a full replica per rank, "
+        "gradients all-reduced); fsdp = FSDP2 fully_shard per decoder layer and the root "
+        "(parameters, gradients and AdamW state sharded); auto = ddp under torchrun with more "
+        "than one rank, else single. With model.dtype = bfloat16 every strategy computes in "
+        "bf16 and keeps fp32 master weights and optimizer state.",
     )
 
 

@@ -1,18 +1,33 @@
-"""Checkpoints of a training run: model + tokenizer (a Hugging Face directory that
-`tirl serve` and `tirl eval` load), optimizer, trainer position and every RNG.
+"""Checkpoints of a training run: sharded model + optimizer (``torch.distributed.checkpoint``),
+every rank's own RNGs and data position, and a Hugging Face export for `tirl serve`/`tirl eval`.
 
-``checkpoints/<name>/`` holds ``model.safetensors`` (+ config, tokenizer files) and
-``trainer_state.pt`` (:class:`TrainerState`, optimizer state, RNG states, the data RNG);
-``checkpoints/latest`` names the newest. A checkpoint is written to ``<name>.tmp`` and
-renamed, so a crash never leaves a half-written one under a real name.
+``checkpoints/<name>/`` holds::
 
-What it does not do: sharded checkpoints (one rank writes the whole state).
+    dcp/                   model + AdamW state (fp32 master), one file per rank + .metadata
+    rank_00000.pt ...      per rank: data cursor and epoch, Python/torch/engine RNGs, the data RNG
+    trainer_state.pt       shared: TrainerState (step, stage, evals), strategy, world size
+    model.safetensors ...  the full model in model.dtype + config + tokenizer (written by rank 0)
+
+One format for every strategy (single included): a checkpoint is written by all ranks
+together and restored by all ranks together; model and optimizer go through
+``get_state_dict``/``set_state_dict`` so FSDP shards, DDP replicas and a single module
+save the same keys. ``checkpoints/latest`` names the newest. A checkpoint is written to
+``<name>.tmp`` and renamed by rank 0 after every rank finished, so a crash never leaves a
+half-written one under a real name. The directory must be shared by all ranks (one machine,
+or a shared file system).
+
+What it does not do: resume with another number of ranks (the per-rank data positions and
+RNG streams belong to their rank; the error says which world size to launch), or read the
+single-file checkpoints of earlier tirl versions (their Hugging Face directory still loads
+as ``model.path``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +57,13 @@ class CheckpointError(ConfigError):
     (a :class:`~tirl.config.ConfigError`: the fix is a setting, ``run.resume_from``)."""
 
 
+FORMAT = 2  # trainer_state.pt "format": DCP + per-rank files
+
+
 def rng_state(engine: Any) -> dict:
     st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
     gen = getattr(engine, "generator", None)
     if gen is not None:
         st["engine"] = gen.get_state()
@@ -53,28 +73,100 @@ def rng_state(engine: Any) -> dict:
 def set_rng_state(st: dict, engine: Any) -> None:
     random.setstate(st["python"])
     torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
     gen = getattr(engine, "generator", None)
     if gen is not None and "engine" in st:
         gen.set_state(st["engine"])
 
 
-def save_checkpoint(path: Path, model, tokenizer, optimizer, state: TrainerState, engine: Any,
-                    data_rng: random.Random) -> None:
+def rank_file(ckpt: Path, rank: int) -> Path:
+    return ckpt / f"rank_{rank:05d}.pt"
+
+
+def export_hf(path: Path, model, tokenizer, state_dict: dict, dtype: torch.dtype) -> None:
+    """Write ``state_dict`` (full, CPU) as a Hugging Face directory in ``dtype`` with the
+    model's config and the tokenizer (what ``from_pretrained`` and `tirl serve` load)."""
+    cast: dict[int, torch.Tensor] = {}  # one cast per tensor: tied weights stay shared
+    sd = {k: cast.setdefault(id(v), v.to(dtype)) for k, v in state_dict.items()}
+    model.save_pretrained(path, state_dict=sd, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every call without a process group; one process is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_checkpoint(path: Path, par, tokenizer, optimizer, state: TrainerState, engine: Any,
+                    data_rng: random.Random, *, export_dtype: torch.dtype = torch.float32) -> None:
+    """Write checkpoint ``path`` (see the module docstring). Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+
+    from tirl.rl import distributed as D
+
+    rank, world = D.rank_world()
+    # first: writing (DCP, save_pretrained) may draw from the global RNGs, which a run that
+    # does not checkpoint here would not do
+    mine = {"rank": rank, "world": world, "cursor": state.cursor, "epoch": state.epoch,
+            "rng": rng_state(engine), "data_rng": data_rng.getstate()}
     tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({
-        "state": state.to_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "rng": rng_state(engine),
-        "data_rng": data_rng.getstate(),
-    }, tmp / "trainer_state.pt")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    (path.parent / "latest").write_text(path.name + "\n")
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    D.barrier()
+    model_sd, optim_sd = par.state_dicts(optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd},
+                 checkpoint_id=str(tmp / "dcp"), no_dist=D.dist() is None)
+    torch.save(mine, rank_file(tmp, rank))
+    full = par.full_state_dict()  # collective under fsdp; rank 0 gets the tensors
+    if rank == 0:
+        export_hf(tmp, par.model, tokenizer, full, export_dtype)
+        torch.save({"format": FORMAT, "state": state.to_dict(), "world": world, "strategy": par.strategy,
+                    "optimizer": optimizer is not None}, tmp / "trainer_state.pt")
+    del full
+    D.barrier()
+    if rank == 0:
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        (path.parent / "latest").write_text(path.name + "\n")
+    D.barrier()
+
+
+def load_sharded(ckpt: Path, par, optimizer) -> None:
+    """Fill ``par``'s model (and ``optimizer``, when given) from ``ckpt/dcp`` in place."""
+    import torch.distributed.checkpoint as dcp
+
+    from tirl.rl import distributed as D
+
+    model_sd, optim_sd = par.state_dicts(optimizer)
+    sd = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
+    try:
+        with _single_process_quiet():
+            dcp.load(sd, checkpoint_id=str(ckpt / "dcp"), no_dist=D.dist() is None)
+    except Exception as err:  # noqa: BLE001 - a torn or missing shard: say which and what to do
+        raise CheckpointError(_corrupt(ckpt / "dcp", err, ckpt)) from None
+    par.load_state_dicts(optimizer, sd["model"], sd.get("optim"))
+
+
+def load_rank_state(ckpt: Path, rank: int, world: int, ts: dict) -> dict:
+    """This rank's file of a checkpoint (cursor, epoch, RNGs), checking the world size."""
+    if ts.get("world", 1) != world:
+        raise CheckpointError(
+            f"checkpoint {ckpt} was written by {ts.get('world')} rank(s) and this run has {world}: each "
+            f"rank resumes its own data position and RNGs. Launch with torchrun --nproc_per_node "
+            f"{ts.get('world')} (or start over with run.resume=false / another run.name)")
+    f = rank_file(ckpt, rank)
+    try:
+        return torch.load(f, weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(_corrupt(f, err, ckpt)) from None
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -96,9 +188,15 @@ def load_trainer_state(ckpt: Path) -> dict:
     """``trainer_state.pt`` of a checkpoint, or a :class:`CheckpointError` naming the file."""
     f = ckpt / "trainer_state.pt"
     try:
-        return torch.load(f, weights_only=False)
+        ts = torch.load(f, weights_only=False)
     except Exception as err:  # noqa: BLE001 - torn or corrupt file: say which and what to do
         raise CheckpointError(_corrupt(f, err, ckpt)) from None
+    if ts.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {ckpt} is in the single-file format of an earlier tirl version, which this "
+            "version does not resume; start over with run.resume=false (or another run.name). Its "
+            f"model still loads for eval/serve or as model.path={str(ckpt)!r}")
+    return ts
 
 
 def load_checkpoint_model(ckpt: Path, dtype=torch.float32):

@@ -2,7 +2,8 @@
 
 Under ``torchrun`` the trainer joins the process group (gloo on CPU, nccl on GPUs); each
 rank rolls out its own share of problems and the ranks agree on counts (sums) and small
-Python objects (gathers). Gradients are not reduced here: the model wrapper does that.
+Python objects (gathers). Gradients are not reduced here: the model wrapper
+(:mod:`tirl.rl.parallel`, DDP or FSDP2) does that.
 """
 
 from __future__ import annotations
@@ -30,10 +31,25 @@ def maybe_init_distributed() -> bool:
     import torch.distributed as d
 
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not d.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        d.init_process_group(backend)
+        if torch.cuda.is_available():  # one GPU per rank: LOCAL_RANK's
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        d.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return True
     return False
+
+
+def local_device(kind: str) -> torch.device:
+    """This rank's device for ``kind`` ("cpu" or "cuda"): under torchrun, cuda:LOCAL_RANK."""
+    if kind == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(kind)
+
+
+def _comm_device(d) -> torch.device:
+    """Where a collective's tensor must live: the current GPU under nccl, else the CPU."""
+    if d.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_sum(values: list[float]) -> list[float]:
@@ -41,9 +57,19 @@ def all_sum(values: list[float]) -> list[float]:
     d = dist()
     if not d:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(d))
     d.all_reduce(t)
     return t.tolist()
+
+
+def all_max(value: int) -> int:
+    """The largest ``value`` over ranks (e.g. micro-batches, so every rank runs as many)."""
+    d = dist()
+    if not d:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(d))
+    d.all_reduce(t, op=d.ReduceOp.MAX)
+    return int(t.item())
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

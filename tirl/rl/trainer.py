@@ -19,14 +19,20 @@ Rollouts are seeded: each call passes the agent loop a base seed derived from ``
 and the step (and refill round), so a trajectory's random numbers do not depend on
 scheduling (see docs/rl.md, "Determinism").
 
+Under torchrun each rank rolls out its share of problems; the policy is trained by the
+``train.strategy`` wrapper (:mod:`tirl.rl.parallel`: single, DDP or FSDP2, fp32 master
+weights under bf16 compute). Under FSDP the rollouts run inside
+:meth:`~tirl.rl.parallel.ParallelPolicy.generation_weights` (full parameters), and the
+in-process engine is built inside it too (its KV cache takes the compute dtype).
+
 What it does not do: asynchronous (off-policy) rollouts or rollouts on inference servers,
-FSDP or tensor parallelism — under torchrun each rank rolls out its share of problems and
-gradients are all-reduced (data parallel).
+tensor or pipeline parallelism.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -39,13 +45,19 @@ import torch
 from tirl.config import Config, ConfigError, config_to_toml, resolve_sampling
 from tirl.data.problems import load_problem_sets
 from tirl.rl import distributed as D
-from tirl.rl.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint_model,
-                                load_trainer_state, save_checkpoint, set_rng_state)
+from tirl.rl.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint_model, load_rank_state,
+                                load_sharded, load_trainer_state, save_checkpoint, set_rng_state)
 from tirl.rl.metrics import step_metrics, trajectory_record
+from tirl.rl.parallel import compute_dtype_for, resolve_strategy, wrap_policy
 from tirl.rl.rollouts import ProblemOrder, Timings, collect_groups, rollout_and_grade
 from tirl.rl.update import make_optimizer, policy_update
 from tirl.runs import RunDir, progress_bar, read_metrics, truncate_metrics
 from tirl.stack import device_for, open_stack
+
+# rich (the progress bars) draws from the global `random` once, when first imported; importing
+# it here, before any seeding, keeps that draw out of every run's RNG stream (exact resume)
+with contextlib.suppress(ImportError):
+    import rich.style  # noqa: F401
 
 # settings that may change between a run and its resume (everything else is refused)
 RESUMABLE_CHANGES = ("run.resume", "run.resume_from", "run.allow_config_change", "run.threads",
@@ -99,9 +111,17 @@ class Trainer:
         self.run = RunDir(root)
         self.engine_factory, self.tools_factory = engine_factory, tools_factory
         self.state = TrainerState()
-        self.device = torch.device(device_for(cfg))
+        self.device = D.local_device(device_for(cfg))
+        self.strategy = resolve_strategy(cfg.train.strategy, self.world, D.dist() is not None)
+        if cfg.model.dtype == "float16":
+            raise ConfigError("model.dtype = 'float16' cannot be trained (no loss scaling); use "
+                              "bfloat16 (bf16 compute, fp32 master weights) or float32")
+        self.par = None
+        self._ckpt: Path | None = None
+        self._rank_state: dict | None = None
         self.metrics = None
-        self.data_rng = random.Random(f"tirl-data-{cfg.run.seed}")
+        # RoC's sampling RNG: one stream per rank (rank 0 keeps the single-process stream)
+        self.data_rng = random.Random(f"tirl-data-{cfg.run.seed}" + (f"-rank{self.rank}" if self.rank else ""))
         self.optimizer = None
         self.stack = None
         self._bar = None
@@ -162,21 +182,33 @@ class Trainer:
             self.run.write_config(config_to_toml(cfg))
         if ckpt is not None:
             ts = load_trainer_state(ckpt)
+            # architecture and tokenizer from the export; the fp32 weights come from dcp/
             self.model, self.tokenizer = load_checkpoint_model(ckpt)
+            if cfg.model.gradient_checkpointing:
+                self.model.gradient_checkpointing_enable()
+            self._ckpt = ckpt
             return ts
         from tirl.engines.models import load_model
 
         texts = self._tokenizer_texts(train) if cfg.model.path == "scratch" else None
         torch.manual_seed(cfg.run.seed)
-        self.model, self.tokenizer = load_model(cfg.model, texts=texts)
+        # loaded in fp32 whatever model.dtype says: the parameters become the fp32 master
+        # weights, and buffers such as the rotary frequencies keep fp32 values (a bf16 load
+        # rounds them for good, and a resume, which rebuilds them, would then differ)
+        self.model, self.tokenizer = load_model(cfg.model.model_copy(update={"dtype": "float32"}), texts=texts)
         return None
 
     def _restore(self, ts: dict) -> None:
+        """Model + optimizer from the checkpoint's shards, the shared position, and this
+        rank's own data cursor, epoch and data RNG (its other RNGs once the engine exists)."""
         self.state = TrainerState(**ts["state"])
-        if ts["optimizer"] is not None:
-            self.optimizer = make_optimizer(self.model, self.cfg.rl)
-            self.optimizer.load_state_dict(ts["optimizer"])
-        self.data_rng.setstate(ts["data_rng"])
+        if ts["optimizer"]:
+            self.optimizer = make_optimizer(self.par.root, self.cfg.rl)
+        load_sharded(self._ckpt, self.par, self.optimizer)
+        mine = load_rank_state(self._ckpt, self.rank, self.world, ts)
+        self.state.cursor, self.state.epoch = mine["cursor"], mine["epoch"]
+        self.data_rng.setstate(mine["data_rng"])
+        self._rank_state = mine
         if self.main:
             # SFT is not checkpointed mid-way: a restarted SFT starts over, so its old lines go
             truncate_metrics(self.run.metrics_path, self.state.global_step if self.state.sft_done else -1)
@@ -191,22 +223,25 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         train, held = load_problem_sets(cfg.data, cfg.run.seed)
         ts = self._build_model(train)
-        self.model.to(self.device)
-        self.model.eval()
+        self.par = wrap_policy(self.model, self.strategy, compute_dtype=compute_dtype_for(cfg.model.dtype),
+                               device=self.device)
+        self.par.root.eval()
         if ts is not None:
             self._restore(ts)
         elif self.main:
             truncate_metrics(self.run.metrics_path, -1)  # a fresh start: no stale lines
         self.metrics = self.run.metrics(cfg.run.trackers, run_name=cfg.run.name,
                                         config=cfg.model_dump(mode="json")) if self.main else None
-        engine = self.engine_factory(self.model, self.tokenizer) if self.engine_factory else None
         tools = await self.tools_factory() if self.tools_factory else None
         t_start = time.perf_counter()
         try:
-            async with open_stack(cfg, "train", model=self.model, tokenizer=self.tokenizer,
-                                  engine=engine, tools=tools) as self.stack:
-                if ts is not None:
-                    set_rng_state(ts["rng"], self.stack.engine)
+            async with contextlib.AsyncExitStack() as es:
+                with self.par.generation_weights():  # the engine sees the parameters it generates with
+                    engine = self.engine_factory(self.model, self.tokenizer) if self.engine_factory else None
+                    self.stack = await es.enter_async_context(open_stack(
+                        cfg, "train", model=self.model, tokenizer=self.tokenizer, engine=engine, tools=tools))
+                if self._rank_state is not None:
+                    set_rng_state(self._rank_state["rng"], self.stack.engine)
                 await self._run_recipe(train, held)
         finally:
             if tools is not None:
@@ -259,9 +294,14 @@ class Trainer:
                 if self.metrics and (step % 10 == 0 or step == total):
                     self.metrics.write({"phase": "sft", "sft_step": step, "sft_loss": loss, "step": 0})
 
-            res = run_sft(self.model, toks, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-                          pad_id=self.tokenizer.pad_token_id or 0, seed=self.cfg.run.seed,
-                          warmup_steps=s.warmup_steps, on_step=on_step)
+            # every rank trains on the same batches: gradients are averaged, not summed
+            self.par.set_reduction("mean")
+            try:
+                res = run_sft(self.par.root, toks, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+                              pad_id=self.tokenizer.pad_token_id or 0, seed=self.cfg.run.seed,
+                              warmup_steps=s.warmup_steps, on_step=on_step)
+            finally:
+                self.par.set_reduction("sum")
         if self.metrics:
             self.metrics.write({"phase": "sft_done", "step": 0, "sft_final_loss": res.final_loss,
                                 "sft_seconds": res.seconds, "sft_examples": len(toks)})
@@ -278,12 +318,17 @@ class Trainer:
                                        scorer=self.cfg.reward.scorer, sampling=sampling, seed=seed,
                                        on_done=on_done, timings=timings)
 
+    def _generating(self):
+        """Full parameters for the rollout engine (collective under fsdp: every rank enters)."""
+        return self.par.generation_weights()
+
     async def evaluate(self, held: list[dict], label: str) -> dict:
         """Held-out accuracy (avg@k with the evaluation's sampling) with the real tool."""
         if not held:
             return {}
-        groups = await self._rollouts(held[self.rank::self.world], self.cfg.eval.k,
-                                      resolve_sampling(self.cfg, "eval"), self._seed("eval", label))
+        with self._generating():
+            groups = await self._rollouts(held[self.rank::self.world], self.cfg.eval.k,
+                                          resolve_sampling(self.cfg, "eval"), self._seed("eval", label))
         trajs = [t for g in groups for t in g]
         correct, total, tool_pos, infra = D.all_sum([
             sum(1 for t in trajs if t.reward == 1.0), float(sum(1 for t in trajs if t.reward is not None)),
@@ -302,8 +347,9 @@ class Trainer:
     async def difficulty_filter(self, pool: list[dict], k: int, stage_idx: int) -> list[dict]:
         """Offline filter before a stage: sample k per problem, drop those solved k/k."""
         stage = self.cfg.stages[stage_idx]
-        groups = await self._rollouts(pool[self.rank::self.world], k, resolve_sampling(self.cfg, "train", stage),
-                                      self._seed("filter", stage_idx, stage.name))
+        with self._generating():
+            groups = await self._rollouts(pool[self.rank::self.world], k, resolve_sampling(self.cfg, "train", stage),
+                                          self._seed("filter", stage_idx, stage.name))
         solved_local = [g[0].problem_id for g in groups if g and all(t.reward == 1.0 for t in g)]
         solved = {i for part in D.all_gather_objects(solved_local) for i in part}
         return [p for p in pool if str(p["id"]) not in solved]
@@ -349,18 +395,19 @@ class Trainer:
             return await self._rollouts(problems, n, sampling, self._seed("step", st.global_step, round_),
                                         timings, self._on_traj_done)
 
-        collected = await collect_groups(
-            rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
-            want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
-            algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode, min_pos=rl.min_pos,
-            min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
-            max_refill_rounds=rl.max_refill_rounds, rng=self.data_rng)
+        with self._generating():
+            collected = await collect_groups(
+                rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
+                want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
+                algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode, min_pos=rl.min_pos,
+                min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
+                max_refill_rounds=rl.max_refill_rounds, rng=self.data_rng)
         t1 = time.perf_counter()
         upd: dict[str, Any] = {}
         if D.all_sum([float(len(collected.groups))])[0] > 0:  # every rank joins the collectives
             if self.optimizer is None:
-                self.optimizer = make_optimizer(self.model, rl)
-            upd = policy_update(self.model, self.optimizer, collected.groups, rl, step=st.global_step,
+                self.optimizer = make_optimizer(self.par.root, rl)
+            upd = policy_update(self.par, self.optimizer, collected.groups, rl, step=st.global_step,
                                 pad_id=self.tokenizer.pad_token_id or 0, device=self.device)
         t_update = time.perf_counter() - t1
         st.global_step += 1
@@ -401,10 +448,10 @@ class Trainer:
                 f.write(json.dumps(trajectory_record(t, self.state.global_step, stage)) + "\n")
 
     def checkpoint(self, name: str) -> None:
-        if self.main:
-            save_checkpoint(self.run.checkpoints / name, self.model, self.tokenizer, self.optimizer,
-                            self.state, self.stack.engine, self.data_rng)
-        D.barrier()
+        """Every rank writes its shard and its own position/RNGs; rank 0 the HF export."""
+        save_checkpoint(self.run.checkpoints / name, self.par, self.tokenizer, self.optimizer,
+                        self.state, self.stack.engine, self.data_rng,
+                        export_dtype=compute_dtype_for(self.cfg.model.dtype))
 
 
 def train(cfg: Config, *, progress: bool = True, engine_factory=None, tools_factory=None,

@@ -6,12 +6,14 @@ current weights (on-policy: the weights that generated the rollouts), accumulate
 token-level loss of Eq. 7 over micro-batches — normalised by the policy tokens of the whole
 batch on all ranks — and takes one optimizer step with warm-up and gradient clipping.
 
-Log-probs come from :func:`sequence_logprobs`, which never builds a full
-``[tokens × vocab]`` log-softmax: logits are turned into the sampled tokens' log-probs
-chunk by chunk (``logprob_chunk_tokens``), and entropy is computed only when it is used.
+The model is a :class:`~tirl.rl.parallel.ParallelPolicy` (single, ddp or fsdp): log-probs
+go through its root (:func:`tirl.rl.logprobs.token_logprobs`, chunked over the sequence;
+entropy only when ``entropy_coef > 0``), gradients are summed over ranks by DDP (on the
+last micro-batch; ``no_sync`` before) or reduce-scattered by FSDP2, and the global gradient
+norm covers every rank's shard. Under ddp/fsdp each rank runs the same number of
+micro-batches (the short ranks add empty ones), so the collectives line up.
 
-What it does not do: data-parallel gradient reduction beyond a plain all-reduce of the
-gradients under torchrun.
+What it does not do: choose the strategy or the dtype (:mod:`tirl.rl.parallel`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from tirl.rl import distributed as D
 from tirl.rl.grpo import group_advantages, policy_loss
+from tirl.rl.parallel import ParallelPolicy
 
 
 def micro_batches(items: list[tuple], budget: int) -> list[list[tuple]]:
@@ -55,15 +58,6 @@ def pack(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     return ids.to(device), attn.to(device), mask.to(device), adv.to(device)
 
 
-def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor, *,
-                      with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of ``ids[:, 1:]`` under ``model`` (``[B, T-1]``, computed where ``mask`` is 1),
-    and their entropy if asked — chunk by chunk, never a full ``[tokens × vocab]`` tensor."""
-    from tirl.rl.logprobs import token_logprobs
-
-    return token_logprobs(model, ids, attn, loss_mask=mask, chunk_size=chunk, with_entropy=with_entropy)
-
-
 def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], list[int], float]]:
     """(sequence, target mask, advantage) per kept trajectory; sets ``meta["advantage"]``."""
     items = []
@@ -78,11 +72,19 @@ def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], 
     return items
 
 
-def make_optimizer(model, rl) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=rl.lr, weight_decay=rl.weight_decay, betas=(0.9, 0.999))
+def make_optimizer(module, rl) -> torch.optim.Optimizer:
+    """AdamW over ``module``'s (fp32 master) parameters: pass the policy's ``root``."""
+    return torch.optim.AdamW(module.parameters(), lr=rl.lr, weight_decay=rl.weight_decay, betas=(0.9, 0.999))
 
 
-def policy_update(model, optimizer, groups: list[list], rl, *, step: int, pad_id: int,
+def pad_micro_batches(mbs: list[list[tuple]], count: int, pad_id: int) -> list[list[tuple]]:
+    """``mbs`` followed by empty micro-batches (one pad pair, no target, advantage 0) up to
+    ``count``: under ddp/fsdp every rank runs as many forwards and backwards (their
+    collectives must line up); an empty one adds exactly zero to the loss and gradients."""
+    return mbs + [[([pad_id, pad_id], [0], 0.0)] for _ in range(count - len(mbs))]
+
+
+def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, step: int, pad_id: int,
                   device: Any) -> dict:
     """One optimizer step on ``groups`` (see the module docstring); returns its metrics.
 
@@ -91,43 +93,38 @@ def policy_update(model, optimizer, groups: list[list], rl, *, step: int, pad_id
     items = training_items(groups, rl.advantage)
     total_tokens = D.all_sum([float(sum(sum(m) for _, m, _ in items))])[0]
     mbs = micro_batches(items, rl.micro_batch_tokens) if items else []
+    n_real = len(mbs)
+    if par.strategy != "single":
+        mbs = pad_micro_batches(mbs, D.all_max(len(mbs)), pad_id)
+    chunk = rl.loss_chunk_tokens
     with torch.no_grad():  # old logprobs: the weights that generated the rollouts
-        old = [sequence_logprobs(model, *pack(mb, pad_id, device)[:3], chunk=rl.loss_chunk_tokens)[0]
-               for mb in mbs]
-    model.train()
+        old = [par.logprobs(*pack(mb, pad_id, device)[:3], chunk_size=chunk)[0] for mb in mbs]
+    par.root.train()
     sums = {"tokens": 0.0, "clipped": 0.0, "dual": 0.0, "entropy": 0.0, "loss": 0.0}
     optimizer.zero_grad(set_to_none=True)
-    for mb, old_lp in zip(mbs, old):
+    for i, (mb, old_lp) in enumerate(zip(mbs, old)):
         ids, attn, mask, adv = pack(mb, pad_id, device)
-        # entropy costs one exp per chunk (no memory); its gradient flows only when entropy_coef > 0
-        lp, ent = sequence_logprobs(model, ids, attn, mask, with_entropy=True, chunk=rl.loss_chunk_tokens)
-        loss, st = policy_loss(lp, old_lp, adv, mask, clip_low=rl.clip_low, clip_high=rl.clip_high,
-                               dual_clip=rl.dual_clip, num_tokens=total_tokens, entropy=ent,
-                               entropy_coef=rl.entropy_coef)
-        loss.backward()
+        with par.micro_batch(last=i == len(mbs) - 1):
+            # entropy costs one exp per chunk (no memory); its gradient flows only when entropy_coef > 0
+            lp, ent = par.logprobs(ids, attn, mask, chunk_size=chunk, with_entropy=True)
+            loss, st = policy_loss(lp, old_lp, adv, mask, clip_low=rl.clip_low, clip_high=rl.clip_high,
+                                   dual_clip=rl.dual_clip, num_tokens=total_tokens, entropy=ent,
+                                   entropy_coef=rl.entropy_coef)
+            loss.backward()
         sums["tokens"] += st.tokens
         sums["clipped"] += st.clipped
         sums["dual"] += st.dual_clipped
         sums["entropy"] += st.entropy_sum
         sums["loss"] += float(loss.item())
-    d = D.dist()
-    if d:
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            d.all_reduce(p.grad)
     scale = min(1.0, (step + 1) / rl.warmup_steps) if rl.warmup_steps else 1.0
     for g in optimizer.param_groups:
         g["lr"] = rl.lr * scale
-    params = [p for p in model.parameters() if p.grad is not None]
-    if rl.grad_clip:
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, rl.grad_clip))
-    else:
-        gnorm = float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    gnorm = par.clip_grad_norm(rl.grad_clip)
     optimizer.step()
-    model.eval()
-    tok, clipped, dual, ent, loss = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
-                                               sums["entropy"], sums["loss"]])
+    par.reshard()
+    par.root.eval()
+    tok, clipped, dual, ent, loss, n_mb = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
+                                                     sums["entropy"], sums["loss"], float(n_real)])
     return {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
             "entropy": ent / max(1.0, tok), "grad_norm": gnorm,
-            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": len(mbs)}
+            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": int(n_mb)}
