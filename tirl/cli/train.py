@@ -34,11 +34,12 @@ def _run(args: argparse.Namespace, default: str | None) -> int:
 
     t0 = time.perf_counter()
     result = train(cfg)
+    if result.get("rank", 0) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     for e in result.get("evals", []):
         print(f"{e['label']}: held-out accuracy {100 * e['held_out_acc']:.1f}%")
     root = Path(cfg.run.output_dir) / cfg.run.name
-    if result.get("rank", 0) == 0:
-        _analyze_run(root)
+    _analyze_run(root)
     print(f"done in {time.perf_counter() - t0:.0f} s; report: {root / 'report.md'}")
     return 0
 

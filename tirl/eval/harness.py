@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tirl.config import Config, config_to_toml, resolve_sampling
 from tirl.data.benchmarks import benchmark_name, load_problems

@@ -51,7 +51,7 @@ from tirl.rl.metrics import step_metrics, trajectory_record
 from tirl.rl.parallel import compute_dtype_for, resolve_strategy, wrap_policy
 from tirl.rl.rollouts import ProblemOrder, Timings, collect_groups, rollout_and_grade
 from tirl.rl.update import make_optimizer, policy_update
-from tirl.runs import RunDir, progress_bar, read_metrics, truncate_metrics
+from tirl.runs import RunDir, progress_bar, truncate_metrics
 from tirl.stack import device_for, open_stack
 
 # rich (the progress bars) draws from the global `random` once, when first imported; importing

@@ -37,7 +37,6 @@ its own time limit and its result is dropped).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import math
