@@ -19,15 +19,23 @@ Rollouts are seeded: each call passes the agent loop a base seed derived from ``
 and the step (and refill round), so a trajectory's random numbers do not depend on
 scheduling (see docs/rl.md, "Determinism").
 
-What it does not do: asynchronous (off-policy) rollouts or rollouts on inference servers,
-FSDP or tensor parallelism — under torchrun each rank rolls out its share of problems and
-gradients are all-reduced (data parallel).
+Rollouts on inference servers (``[dispatch] engines``, docs/disagg.md): after every update
+(``rollout.sync_every``) rank 0 pushes the weights to every server
+(:mod:`tirl.engines.weight_sync`) and, synchronously (``rollout.max_staleness = 0``), waits
+for each to confirm the new version before the next rollouts; a server that fails to load
+is taken out of the dispatcher's rotation. With ``max_staleness = k > 0`` the next step's
+rollouts run while the update runs (in a thread), trajectories more than k versions old are
+dropped and the loss is corrected by truncated importance sampling (:mod:`tirl.rl.staleness`).
+
+What it does not do: FSDP or tensor parallelism — under torchrun each rank rolls out its
+share of problems and gradients are all-reduced (data parallel).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import time
@@ -43,9 +51,12 @@ from tirl.rl.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint
                                 load_trainer_state, save_checkpoint, set_rng_state)
 from tirl.rl.metrics import step_metrics, trajectory_record
 from tirl.rl.rollouts import ProblemOrder, Timings, collect_groups, rollout_and_grade
+from tirl.rl.staleness import drop_stale, staleness_histogram
 from tirl.rl.update import make_optimizer, policy_update
 from tirl.runs import RunDir, progress_bar, read_metrics, truncate_metrics
-from tirl.stack import device_for, open_stack
+from tirl.stack import device_for, open_stack, rollout_urls
+
+log = logging.getLogger("tirl.train")
 
 # settings that may change between a run and its resume (everything else is refused)
 RESUMABLE_CHANGES = ("run.resume", "run.resume_from", "run.allow_config_change", "run.threads",
@@ -107,6 +118,17 @@ class Trainer:
         self._bar = None
         self._status = ""
         self._traj_done = 0
+        # rollouts on inference servers: weight sync and the step prefetched while updating
+        self.sync = None
+        self._urls: list[str] = []
+        self._dirty = True  # the servers do not have the trainer's current weights
+        self._served_version: int | None = None
+        self._sync_rec: dict[str, Any] = {}
+        self._sync_failed = 0
+        self._prefetch: asyncio.Task | None = None
+        self._prefetch_from: tuple[int, int] | None = None  # (cursor, epoch) before the prefetch
+        self._rollouts_end: float | None = None
+        self._rollout_idle = 0.0
 
     # ---------------------------------------------------------------- setup
 
@@ -207,8 +229,19 @@ class Trainer:
                                   engine=engine, tools=tools) as self.stack:
                 if ts is not None:
                     set_rng_state(ts["rng"], self.stack.engine)
+                if engine is None and rollout_urls(cfg):
+                    from tirl.engines.weight_sync import make_weight_sync
+
+                    self._urls = rollout_urls(cfg)
+                    self.sync = make_weight_sync(cfg.rollout, cfg.rollout.sync_dir or self.run.root / "weights")
                 await self._run_recipe(train, held)
         finally:
+            if self._prefetch is not None:
+                self._prefetch.cancel()
+                await asyncio.gather(self._prefetch, return_exceptions=True)
+                self._prefetch = None
+            if self.sync is not None:
+                await self.sync.aclose()
             if tools is not None:
                 await tools.close()
             if self.metrics:
@@ -273,10 +306,47 @@ class Trainer:
 
         return derive_seed("tirl-rollout", self.cfg.run.seed, *parts)
 
-    async def _rollouts(self, problems, n, sampling, seed, timings=None, on_done=None) -> list[list]:
+    async def _rollouts(self, problems, n, sampling, seed, timings=None, on_done=None, sync=True) -> list[list]:
+        if sync:
+            await self.sync_weights()
         return await rollout_and_grade(self.stack.loop(sampling), self.stack.grader, problems, n,
                                        scorer=self.cfg.reward.scorer, sampling=sampling, seed=seed,
                                        on_done=on_done, timings=timings)
+
+    async def sync_weights(self) -> None:
+        """Push the current weights to the inference servers if they lack them (rank 0; every
+        server confirms the version, a server that cannot is taken out of rotation)."""
+        if self.sync is None or not self._dirty:
+            return
+        step = self.state.global_step
+        if self._served_version is not None and step % self.cfg.rollout.sync_every:
+            return
+        if self.main:
+            res = await self.sync.push(self.model, step, list(self._urls))
+            for url, why in res.failed.items():
+                self._retire(url, f"weight version {step} not loaded: {why}")
+            rec = self._sync_rec
+            rec["sync_seconds"] = rec.get("sync_seconds", 0.0) + res.seconds
+            rec["sync_write_seconds"] = rec.get("sync_write_seconds", 0.0) + res.write_seconds
+            rec["sync_bytes"] = res.bytes
+            rec["sync_s_per_gb"] = res.seconds_per_gb
+        D.barrier()
+        self._dirty = False
+        self._served_version = step
+
+    def _retire(self, url: str, why: str) -> None:
+        from tirl.dispatch.dispatcher import Dispatcher
+        from tirl.engines.weight_sync import server_root
+
+        self._sync_failed += 1
+        if url in self._urls:
+            self._urls.remove(url)
+        log.error("inference server %s is out of rotation: %s", url, why)
+        disp = self.stack.engine
+        if isinstance(disp, Dispatcher):
+            for k, u in enumerate(disp.metrics_urls):
+                if u and server_root(u) == server_root(url):
+                    disp.retire(k, why)
 
     async def evaluate(self, held: list[dict], label: str) -> dict:
         """Held-out accuracy (avg@k with the evaluation's sampling) with the real tool."""
@@ -338,38 +408,88 @@ class Trainer:
         st.filtered_ids = None
         self.checkpoint(f"step_{st.global_step:06d}")
 
-    async def rl_step(self, order: ProblemOrder, stage) -> dict:
-        cfg, rl, st = self.cfg, self.cfg.rl, self.state
-        sampling = resolve_sampling(cfg, "train", stage)
+    async def _collect(self, order: ProblemOrder, stage, step: int, sync: bool = True):
+        """The kept groups of step ``step`` and their timings. ``sync=False``: a prefetch
+        (async mode) that must not push weights while the update runs; its RoC draws come
+        from a per-step generator so a resume repeats them without the prefetch."""
+        rl = self.cfg.rl
+        sampling = resolve_sampling(self.cfg, "train", stage)
         timings = Timings()
-        self._traj_done = 0
-        t0 = time.perf_counter()
+        now = time.perf_counter()
+        if self._rollouts_end is not None:
+            self._rollout_idle += now - self._rollouts_end
+            self._rollouts_end = None
 
         async def rollout(problems, n, round_):
-            return await self._rollouts(problems, n, sampling, self._seed("step", st.global_step, round_),
-                                        timings, self._on_traj_done)
+            return await self._rollouts(problems, n, sampling, self._seed("step", step, round_),
+                                        timings, self._on_traj_done, sync=sync)
 
-        collected = await collect_groups(
-            rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
-            want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
-            algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode, min_pos=rl.min_pos,
-            min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
-            max_refill_rounds=rl.max_refill_rounds, rng=self.data_rng)
+        rng = self.data_rng if self.cfg.rollout.max_staleness == 0 else random.Random(
+            f"tirl-roc-{self.cfg.run.seed}-{step}")
+        try:
+            collected = await collect_groups(
+                rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
+                want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
+                algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode, min_pos=rl.min_pos,
+                min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
+                max_refill_rounds=rl.max_refill_rounds, rng=rng)
+        finally:
+            self._rollouts_end = time.perf_counter()
+        return collected, timings
+
+    async def rl_step(self, order: ProblemOrder, stage) -> dict:
+        cfg, rl, st = self.cfg, self.cfg.rl, self.state
+        k = cfg.rollout.max_staleness
+        self._traj_done = 0
+        t0 = time.perf_counter()
+        if self._prefetch is not None:  # async: this step's rollouts started during the last update
+            task, self._prefetch = self._prefetch, None
+            collected, timings = await task
+            self._prefetch_from = None
+        else:
+            collected, timings = await self._collect(order, stage, st.global_step)
         t1 = time.perf_counter()
+        stale: dict[str, Any] = {}
+        if self.sync is not None or k > 0:
+            versions = [t.meta.get("policy_version") for t in collected.sampled if t.reward is not None]
+            hist = staleness_histogram(versions, st.global_step)
+            collected.groups, n_stale, g_stale = drop_stale(collected.groups, st.global_step, k)
+            stale = {"staleness_hist": {str(d): c for d, c in hist.items()},
+                     "staleness_max": max(hist, default=None), "stale_dropped": n_stale,
+                     "stale_groups_dropped": g_stale}
+        last = st.stage_step + 1 >= stage.steps or (self.stop_after is not None
+                                                     and st.global_step + 1 >= self.stop_after)
+        if k > 0 and not last:  # the next step's rollouts run on the servers during this update
+            self._prefetch_from = (st.cursor, st.epoch)
+            self._prefetch = asyncio.create_task(self._collect(order, stage, st.global_step + 1, sync=False))
+        t2 = time.perf_counter()
         upd: dict[str, Any] = {}
         if D.all_sum([float(len(collected.groups))])[0] > 0:  # every rank joins the collectives
             if self.optimizer is None:
                 self.optimizer = make_optimizer(self.model, rl)
-            upd = policy_update(self.model, self.optimizer, collected.groups, rl, step=st.global_step,
-                                pad_id=self.tokenizer.pad_token_id or 0, device=self.device)
-        t_update = time.perf_counter() - t1
+            kw = dict(step=st.global_step, pad_id=self.tokenizer.pad_token_id or 0, device=self.device)
+            if k > 0:  # in a thread: the event loop keeps serving the prefetched rollouts
+                upd = await asyncio.to_thread(policy_update, self.model, self.optimizer, collected.groups, rl,
+                                              is_cap=cfg.rollout.is_cap, **kw)
+            else:
+                upd = policy_update(self.model, self.optimizer, collected.groups, rl, **kw)
+            self._dirty = True
+        t_update = time.perf_counter() - t2
         st.global_step += 1
         st.stage_step += 1
+        if self.sync is not None:  # push now: synchronous mode's next rollouts wait for it anyway
+            await self.sync_weights()
         rec = step_metrics(collected, st.global_step, stage.name)
         rec.update(upd)
+        rec.update(stale)
         rec.update({"time_generation": timings.generation, "time_tools": timings.tools,
                     "time_grading": timings.grading, "time_update": t_update,
-                    "time_step": time.perf_counter() - t0})
+                    "time_step": time.perf_counter() - t0, "time_trainer_idle": t1 - t0})
+        if self.sync is not None:
+            rec.update(self._sync_rec)
+            rec.update({"time_rollout_idle": self._rollout_idle, "sync_failed_servers": self._sync_failed,
+                        "servers_in_rotation": len(self._urls), "policy_version": self._served_version})
+            self._sync_rec, self._rollout_idle = {}, 0.0
         gen_tokens = D.all_sum([float(sum(t.num_policy_tokens for t in collected.sampled))])[0]
         rec["tokens_per_s"] = gen_tokens / max(1e-9, timings.generation)
         if self.metrics:
@@ -401,9 +521,16 @@ class Trainer:
                 f.write(json.dumps(trajectory_record(t, self.state.global_step, stage)) + "\n")
 
     def checkpoint(self, name: str) -> None:
-        if self.main:
-            save_checkpoint(self.run.checkpoints / name, self.model, self.tokenizer, self.optimizer,
-                            self.state, self.stack.engine, self.data_rng)
+        st = self.state
+        pos = (st.cursor, st.epoch)
+        if self._prefetch_from is not None:  # the prefetched step is not consumed: a resume redoes it
+            st.cursor, st.epoch = self._prefetch_from
+        try:
+            if self.main:
+                save_checkpoint(self.run.checkpoints / name, self.model, self.tokenizer, self.optimizer,
+                                self.state, self.stack.engine, self.data_rng)
+        finally:
+            st.cursor, st.epoch = pos
         D.barrier()
 
 
