@@ -206,9 +206,192 @@ class DiskWeightSync:
         await self.http.aclose()
 
 
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def tensor_specs(model: Any) -> tuple[list[str], list[str], list[list[int]], list[Any]]:
+    """(names, dtype names, shapes, tensors) of ``model``'s weights in broadcast order (HF
+    names; a tied ``lm_head.weight`` is sent once, under the embedding's name)."""
+    names, dtypes, shapes, tensors = [], [], [], []
+    seen: set[int] = set()
+    for name, t in model.state_dict().items():
+        if id(t) in seen or t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        names.append(name)
+        dtypes.append(_DTYPE_NAMES.get(str(t.dtype), str(t.dtype).removeprefix("torch.")))
+        shapes.append(list(t.shape))
+        tensors.append(t)
+    return names, dtypes, shapes, tensors
+
+
+def vllm_nccl_group(master_address: str, master_port: int, world_size: int) -> Any:
+    """The trainer's end (rank 0) of vLLM's NCCL weight-transfer group (needs vLLM and CUDA
+    in the trainer's environment); its ``broadcast(tensor, src=0)`` sends one tensor."""
+    import torch
+
+    try:
+        from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
+    except ImportError as err:
+        raise WeightSyncError(f"rollout.sync = 'nccl' needs vLLM in the trainer's environment ({err}); "
+                              "use rollout.sync = 'disk'") from None
+    return stateless_init_process_group(master_address, master_port, 0, world_size, torch.device("cuda:0"))
+
+
+class NcclWeightSync:
+    """``nccl`` backend (EXPERIMENTAL: written to vLLM's and SGLang's documented HTTP
+    protocols, control flow tested against fake servers, never run on GPUs here).
+
+    Once: each server's kind and size are read (SGLang answers ``GET /model_info``;
+    otherwise vLLM, whose ``GET /get_world_size`` gives its ranks), the trainer opens
+    rank 0 of one NCCL group of ``1 + Σ server ranks`` (``group_factory``; default vLLM's
+    ``stateless_init_process_group``) while every server joins with its ``rank_offset``:
+    vLLM ``POST /init_weight_transfer_engine {"init_info": {master_address, master_port,
+    rank_offset, world_size}}``, SGLang ``POST /init_weights_update_group {master_address,
+    master_port, rank_offset, world_size, group_name, backend: "nccl"}``.
+
+    Each push: pause (vLLM ``POST /pause?mode=keep|wait``; SGLang ``/pause_generation
+    {"mode": "in_place"}`` when ``in_flight = "pause"``), announce the tensors (vLLM
+    ``POST /update_weights {"update_info": {names, dtype_names, shapes, packed: false}}``,
+    SGLang ``POST /update_weights_from_distributed {names, dtypes, shapes, group_name,
+    flush_cache: true, weight_version}``) and, while those calls wait, broadcast every
+    tensor in that order from rank 0; then vLLM ``POST /resume`` (and ``/update_weight_version``
+    where offered), SGLang ``/continue_generation``. A server is confirmed when its calls
+    succeeded (and, where it reports one, its version is N). A failure mid-broadcast leaves
+    the group unusable: the push raises, as NCCL cannot drop one member.
+    """
+
+    name = "nccl"
+
+    def __init__(self, *, in_flight: str = "finish", timeout_s: float = 300.0, master_address: str = "",
+                 master_port: int = 29650, group_factory: Any = None, group_name: str = "tirl_weights"):
+        if in_flight not in ("finish", "pause"):
+            raise ValueError(f"in_flight={in_flight!r}: use 'finish' or 'pause'")
+        self.in_flight = in_flight
+        self.http = _HTTP(timeout_s)
+        self.master_address = master_address
+        self.master_port = master_port
+        self.group_factory = group_factory or vllm_nccl_group
+        self.group_name = group_name
+        self.group = None
+        self.kinds: dict[str, str] = {}  # url -> "vllm" | "sglang"
+
+    async def _kind_and_size(self, url: str) -> tuple[str, int]:
+        root = server_root(url)
+        status, data = await self.http.call("GET", root + "/model_info")
+        if status == 200 and isinstance(data, dict) and "weight_version" in data:
+            status, info = await self.http.call("GET", root + "/get_server_info")
+            tp = info.get("tp_size", 1) if status == 200 and isinstance(info, dict) else 1
+            return "sglang", int(tp or 1)
+        status, data = await self.http.call("GET", root + "/get_world_size")
+        if status != 200 or not isinstance(data, dict) or "world_size" not in data:
+            raise WeightSyncError(f"{url} offers neither SGLang's /model_info nor vLLM's /get_world_size "
+                                  f"({_why(status, data)}); the nccl backend needs vLLM (--weight-transfer-config "
+                                  "'{\"backend\": \"nccl\"}') or SGLang servers")
+        return "vllm", int(data["world_size"])
+
+    async def connect(self, urls: Sequence[str]) -> None:
+        """Open the NCCL group with every server in ``urls`` (once, before the first push)."""
+        import socket
+
+        sizes = await asyncio.gather(*(self._kind_and_size(u) for u in urls))
+        world = 1 + sum(n for _, n in sizes)
+        addr = self.master_address or socket.gethostbyname(socket.gethostname())
+        calls, offset = [], 1
+        for url, (kind, n) in zip(urls, sizes):
+            self.kinds[url] = kind
+            root = server_root(url)
+            if kind == "vllm":
+                body = {"init_info": {"master_address": addr, "master_port": self.master_port,
+                                      "rank_offset": offset, "world_size": world}}
+                calls.append(self.http.call("POST", root + "/init_weight_transfer_engine", body))
+            else:
+                calls.append(self.http.call("POST", root + "/init_weights_update_group", {
+                    "master_address": addr, "master_port": self.master_port, "rank_offset": offset,
+                    "world_size": world, "group_name": self.group_name, "backend": "nccl"}))
+            offset += n
+        # the servers block in their half of the rendezvous until rank 0 joins: run both
+        joined = asyncio.gather(*calls)
+        self.group = await asyncio.to_thread(self.group_factory, addr, self.master_port, world)
+        for url, (status, data) in zip(urls, await joined):
+            if not _ok(status, data):
+                raise WeightSyncError(f"{url} did not join the NCCL weight group: {_why(status, data)}")
+
+    async def push(self, model: Any, version: int, urls: Sequence[str]) -> SyncResult:
+        if self.group is None:
+            await self.connect(urls)
+        res = SyncResult(version)
+        t0 = time.perf_counter()
+        names, dtypes, shapes, tensors = tensor_specs(model)
+        res.bytes = sum(t.numel() * t.element_size() for t in tensors)
+        await asyncio.gather(*(self._pause(u) for u in urls))
+        announce = asyncio.gather(*(self._announce(u, names, dtypes, shapes, version) for u in urls))
+        try:
+            await asyncio.to_thread(self._broadcast, tensors)
+        except BaseException:
+            announce.cancel()
+            raise
+        outcomes = await announce
+        await asyncio.gather(*(self._resume(u, version) for u in urls))
+        for url, why in zip(urls, outcomes):
+            if why is None:
+                got = await server_version(self.http, url) if self.kinds.get(url) == "sglang" else None
+                if got is not None and got != str(version):
+                    why = f"reports weight version {got!r} instead of {str(version)!r}"
+            if why is None:
+                res.confirmed.append(url)
+            else:
+                res.failed[url] = why
+        res.seconds = time.perf_counter() - t0
+        if urls and not res.confirmed:
+            raise WeightSyncError(f"no server took weight version {version} over NCCL: " + "; ".join(
+                f"{u}: {w}" for u, w in res.failed.items()))
+        return res
+
+    def _broadcast(self, tensors: list) -> None:
+        for t in tensors:
+            self.group.broadcast(t.detach().contiguous(), src=0)
+
+    async def _pause(self, url: str) -> None:
+        root = server_root(url)
+        if self.kinds[url] == "vllm":
+            mode = "keep" if self.in_flight == "pause" else "wait"
+            status, data = await self.http.call("POST", f"{root}/pause?mode={mode}")
+        elif self.in_flight == "pause":
+            status, data = await self.http.call("POST", root + "/pause_generation", {"mode": "in_place"})
+        else:
+            return  # SGLang's update waits for in-flight requests itself
+        if not _ok(status, data):
+            raise WeightSyncError(f"{url} refused to pause for the weight update: {_why(status, data)}")
+
+    async def _announce(self, url: str, names, dtypes, shapes, version: int) -> str | None:
+        root = server_root(url)
+        if self.kinds[url] == "vllm":
+            status, data = await self.http.call("POST", root + "/update_weights", {"update_info": {
+                "names": names, "dtype_names": dtypes, "shapes": shapes, "packed": False}})
+        else:
+            status, data = await self.http.call("POST", root + "/update_weights_from_distributed", {
+                "names": names, "dtypes": dtypes, "shapes": shapes, "group_name": self.group_name,
+                "flush_cache": True, "weight_version": str(version)})
+        return None if _ok(status, data) else f"weight update failed: {_why(status, data)}"
+
+    async def _resume(self, url: str, version: int) -> None:
+        root = server_root(url)
+        if self.kinds[url] == "vllm":
+            await self.http.call("POST", root + "/update_weight_version", {"new_version": str(version)})
+            await self.http.call("POST", root + "/resume")
+        elif self.in_flight == "pause":
+            await self.http.call("POST", root + "/continue_generation", {})
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
 def make_weight_sync(rollout_cfg: Any, sync_dir: str | Path) -> Any:
     """The backend of a ``[rollout]`` section (``sync_dir``: resolved by the caller)."""
     if rollout_cfg.sync == "disk":
         return DiskWeightSync(sync_dir, in_flight=rollout_cfg.in_flight, timeout_s=rollout_cfg.sync_timeout_s,
                               keep_versions=rollout_cfg.keep_versions)
+    if rollout_cfg.sync == "nccl":
+        return NcclWeightSync(in_flight=rollout_cfg.in_flight, timeout_s=rollout_cfg.sync_timeout_s)
     raise ValueError(f"rollout.sync = {rollout_cfg.sync!r}: use 'disk' or 'nccl'")
