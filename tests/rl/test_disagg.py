@@ -194,3 +194,22 @@ def test_a_server_killed_during_a_step_is_reported_and_the_step_completes(tmp_pa
     assert rl[1]["trajectories_kept"] > 0  # the step finished on the other server
     assert rl[-1]["servers_in_rotation"] == 1 and rl[-1]["sync_failed_servers"] >= 1
     assert any(urls[0] in r.getMessage() and "out of rotation" in r.getMessage() for r in caplog.records)
+
+
+def test_async_k1_on_two_servers_never_uses_rollouts_older_than_one_version(tmp_path, model_dir, servers,
+                                                                             monkeypatch, tools_factory):
+    from tirl.rl.trainer import train
+
+    procs, urls = servers
+    fake_judge(monkeypatch)
+    cfg = disagg_config(tmp_path, model_dir, urls, "async", **{"rollout.max_staleness": 1})
+    assert train(cfg, progress=False, tools_factory=tools_factory)["global_step"] == 3
+    run = tmp_path / "async"
+    rl = [m for m in read(run / "metrics.jsonl") if m.get("phase") == "rl"]
+    assert set(rl[0]["staleness_hist"]) == {"0"}  # the first step is not prefetched
+    for m in rl:
+        assert m["staleness_max"] <= 1 and m["stale_dropped"] == 0
+        assert m["policy_tokens"] == 0 or m["is_weight_mean"] > 0
+    for step in (2, 3):  # prefetched during the previous update: made by version step-2 or step-1
+        recs = read(run / "trajectories" / f"step_{step:06d}.jsonl")
+        assert recs and {r["policy_version"] for r in recs} <= {step - 2, step - 1}

@@ -123,6 +123,9 @@ class Trainer:
         self._urls: list[str] = []
         self._dirty = True  # the servers do not have the trainer's current weights
         self._served_version: int | None = None
+        # the version label of the trainer's weights: the global step after the last update
+        # that changed them (a step without groups to learn from leaves them, and it, as is)
+        self._weights_version = 0
         self._sync_rec: dict[str, Any] = {}
         self._sync_failed = 0
         self._prefetch: asyncio.Task | None = None
@@ -219,6 +222,7 @@ class Trainer:
             self._restore(ts)
         elif self.main:
             truncate_metrics(self.run.metrics_path, -1)  # a fresh start: no stale lines
+        self._weights_version = self.state.global_step
         self.metrics = self.run.metrics(cfg.run.trackers, run_name=cfg.run.name,
                                         config=cfg.model_dump(mode="json")) if self.main else None
         engine = self.engine_factory(self.model, self.tokenizer) if self.engine_factory else None
@@ -321,10 +325,11 @@ class Trainer:
         step = self.state.global_step
         if self._served_version is not None and step % self.cfg.rollout.sync_every:
             return
+        version = self._weights_version
         if self.main:
-            res = await self.sync.push(self.model, step, list(self._urls))
+            res = await self.sync.push(self.model, version, list(self._urls))
             for url, why in res.failed.items():
-                self._retire(url, f"weight version {step} not loaded: {why}")
+                self._retire(url, f"weight version {version} not loaded: {why}")
             rec = self._sync_rec
             rec["sync_seconds"] = rec.get("sync_seconds", 0.0) + res.seconds
             rec["sync_write_seconds"] = rec.get("sync_write_seconds", 0.0) + res.write_seconds
@@ -332,7 +337,7 @@ class Trainer:
             rec["sync_s_per_gb"] = res.seconds_per_gb
         D.barrier()
         self._dirty = False
-        self._served_version = step
+        self._served_version = version
 
     def _retire(self, url: str, why: str) -> None:
         from tirl.dispatch.dispatcher import Dispatcher
@@ -452,8 +457,8 @@ class Trainer:
         stale: dict[str, Any] = {}
         if self.sync is not None or k > 0:
             versions = [t.meta.get("policy_version") for t in collected.sampled if t.reward is not None]
-            hist = staleness_histogram(versions, st.global_step)
-            collected.groups, n_stale, g_stale = drop_stale(collected.groups, st.global_step, k)
+            hist = staleness_histogram(versions, self._weights_version)
+            collected.groups, n_stale, g_stale = drop_stale(collected.groups, self._weights_version, k)
             stale = {"staleness_hist": {str(d): c for d, c in hist.items()},
                      "staleness_max": max(hist, default=None), "stale_dropped": n_stale,
                      "stale_groups_dropped": g_stale}
@@ -474,6 +479,7 @@ class Trainer:
             else:
                 upd = policy_update(self.model, self.optimizer, collected.groups, rl, **kw)
             self._dirty = True
+            self._weights_version = st.global_step + 1
         t_update = time.perf_counter() - t2
         st.global_step += 1
         st.stage_step += 1
