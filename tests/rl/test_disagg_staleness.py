@@ -141,3 +141,23 @@ def test_async_k1_runs_and_a_resume_consumes_exactly_the_same_problems(tmp_path,
     rl = [x for x in recs if x.get("phase") == "rl"]
     assert len(rl) == 3 and all("time_trainer_idle" in x and "stale_dropped" in x for x in rl)
     assert all(x.get("is_weight_mean") is not None for x in rl if x.get("policy_tokens"))
+
+
+async def test_a_retired_engine_stays_out_when_its_metrics_answer_again():
+    from tirl.dispatch.dispatcher import Dispatcher
+    from tirl.engines.scripted import ScriptedEngine
+
+    from tests.agent.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    engines = [ScriptedEngine(tok, ["a"]), ScriptedEngine(tok, ["b"])]
+    d = Dispatcher(engines, "round_robin", capacity_tokens=10_000)
+    d._drain(1, "a transient failure")
+    d._undrain(1)  # what a good metrics reading does
+    assert d.loads[1].healthy
+    d.retire(0, "weight version 3 not loaded")
+    d._undrain(0)
+    assert not d.loads[0].healthy and d.stats.retired == 1
+    for _ in range(3):
+        await d.generate([1, 2, 3], 4, 0.0)
+    assert engines[0].calls == 0 and engines[1].calls == 3
