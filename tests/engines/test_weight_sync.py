@@ -188,3 +188,16 @@ async def test_pause_in_place_freezes_running_requests_and_they_continue_on_the_
     finally:
         await sync.aclose()
         await engine.aclose()
+
+
+def test_saved_versions_are_a_hugging_face_model_directory(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    model = perturbed(tiny_model(tok), 7)
+    size = save_weights(model, tmp_path / "v3")
+    assert size == (tmp_path / "v3" / "model.safetensors").stat().st_size and not (tmp_path / "v3.tmp").exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "v3")
+    x = torch.tensor([tok.encode("What is 6 times 7?")])
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, again(x).logits, atol=1e-6)
