@@ -96,6 +96,7 @@ def train_mode(out: Path, name: str, model_dir: Path, steps: int, extra: list[st
                "held_out_acc_start": evals[0]["held_out_acc"] if evals else None,
                "held_out_acc": evals[-1]["held_out_acc"] if evals else None,
                "reward_mean": round(sum(r["reward"] for r in rl) / max(1, len(rl)), 4),
+               "updates": sum(1 for r in rl if r.get("policy_tokens")),  # steps that had groups with signal
                "trainer_idle_s": round(sum(r.get("time_trainer_idle", 0.0) for r in rl), 2)}
     if any("sync_seconds" in r for r in rl):
         syncs = [r for r in rl if "sync_seconds" in r]
