@@ -118,6 +118,8 @@ def main() -> int:
     ap.add_argument("--sft-epochs", type=int, default=8, help="SFT epochs (the demo's: 8)")
     ap.add_argument("--problems", type=int, default=16, help="rl.problems_per_step (the demo's: 16)")
     ap.add_argument("--held-out", type=int, default=100, help="data.held_out_size (the demo's: 100)")
+    ap.add_argument("--tasks", default="", help="data.tasks of the RL steps, comma-separated (default: the demo's)")
+    ap.add_argument("--sft-from", help="start from this SFT checkpoint instead of running SFT")
     ap.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     a = ap.parse_args()
     import torch
@@ -130,12 +132,17 @@ def main() -> int:
     out = Path(a.out or tmp.name)
     out.mkdir(parents=True, exist_ok=True)
     common = [f"rl.problems_per_step={a.problems}", f"data.held_out_size={a.held_out}"]
+    if a.tasks:
+        common.append("data.tasks=[" + ",".join(f'"{t}"' for t in a.tasks.split(",")) + "]")
     t0 = time.perf_counter()
-    train(load_config("demo", [f"run.output_dir={out}", "run.name=sft", f"sft.size={a.sft_size}",
-                               f"sft.epochs={a.sft_epochs}", "stages.0.steps=0"] + common), progress=False)
-    sft_dir = out / "sft" / "checkpoints" / "sft"
-    result: dict = {"benchmark": "disagg", "steps": a.steps, "sft_seconds": round(time.perf_counter() - t0, 1),
-                    "modes": {}}
+    if a.sft_from:
+        sft_dir = Path(a.sft_from)
+    else:
+        train(load_config("demo", [f"run.output_dir={out}", "run.name=sft", f"sft.size={a.sft_size}",
+                                   f"sft.epochs={a.sft_epochs}", "stages.0.steps=0"] + common), progress=False)
+        sft_dir = out / "sft" / "checkpoints" / "sft"
+    result: dict = {"benchmark": "disagg", "steps": a.steps, "tasks": a.tasks or "demo",
+                    "sft_seconds": round(time.perf_counter() - t0, 1), "modes": {}}
     result["modes"]["in_process"] = train_mode(out, "in_process", sft_dir, a.steps, common)
     procs, urls = start_servers(sft_dir, 2, out, max_batch=64)
     try:
