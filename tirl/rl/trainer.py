@@ -123,8 +123,10 @@ class Trainer:
         self._urls: list[str] = []
         self._dirty = True  # the servers do not have the trainer's current weights
         self._served_version: int | None = None
-        # the version label of the trainer's weights: the global step after the last update
-        # that changed them (a step without groups to learn from leaves them, and it, as is)
+        # the version of the trainer's weights = optimizer updates applied (a step without
+        # groups to learn from changes nothing); staleness is counted in these updates. A
+        # resume restarts the count at the global step (>= every earlier label, so labels
+        # only grow; the first rollouts after a resume are pushed the resumed weights).
         self._weights_version = 0
         self._sync_rec: dict[str, Any] = {}
         self._sync_failed = 0
@@ -479,7 +481,7 @@ class Trainer:
             else:
                 upd = policy_update(self.model, self.optimizer, collected.groups, rl, **kw)
             self._dirty = True
-            self._weights_version = st.global_step + 1
+            self._weights_version += 1
         t_update = time.perf_counter() - t2
         st.global_step += 1
         st.stage_step += 1
