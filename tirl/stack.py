@@ -11,7 +11,9 @@ executors and graders. Training, evaluation, chat and the demo all enter it::
 What it builds, by the config:
 
 * **engine** — ``[dispatch] engines`` (several OpenAI-compatible servers) → the KV-aware
-  :class:`~tirl.dispatch.dispatcher.Dispatcher` over them; ``model.base_url`` (one server) →
+  :class:`~tirl.dispatch.dispatcher.Dispatcher` over them (also for training: the trainer
+  pushes its weights to them, :mod:`tirl.engines.weight_sync`, and checks ``[rollout]``
+  here); ``model.base_url`` (one server) →
   :class:`~tirl.engines.openai.OpenAIEngine`; otherwise an in-process
   :class:`~tirl.engines.local.LocalEngine` over the given ``model`` (training passes its
   policy) or over ``model.path`` loaded here. Servers are checked at start: a closed port or
@@ -165,12 +167,8 @@ async def open_stack(cfg: Config, phase: Phase, *, model: Any = None, tokenizer:
                sampling=sampling or resolve_sampling(cfg, phase), model=model)
     try:
         remote = bool(cfg.dispatch.engines or cfg.model.base_url)
-        if phase == "train" and remote and engine is None:
-            raise ConfigError(
-                "rollouts on inference servers ([dispatch] engines / model.base_url) need the "
-                "trainer to push its weights to them after every update, which this version "
-                "does not do; leave them unset to roll out in-process"
-            )
+        if phase == "train":
+            check_rollout_config(cfg, remote=remote or engine is not None)
         if engine is not None:
             st.engine = engine
             if st.tokenizer is None:
@@ -203,6 +201,28 @@ async def open_stack(cfg: Config, phase: Phase, *, model: Any = None, tokenizer:
         yield st
     finally:
         await st.aclose()
+
+
+def rollout_urls(cfg: Config) -> list[str]:
+    """The inference servers training rolls out on (and pushes weights to); [] = in-process."""
+    return list(cfg.dispatch.engines) or ([cfg.model.base_url] if cfg.model.base_url else [])
+
+
+def check_rollout_config(cfg: Config, *, remote: bool) -> None:
+    """Refuse ``[rollout]`` settings that cannot work together (before any work starts)."""
+    r = cfg.rollout
+    if r.max_staleness > 0 and not remote:
+        raise ConfigError(
+            f"rollout.max_staleness = {r.max_staleness} overlaps rollouts with the update, which needs "
+            "rollouts on inference servers ([dispatch] engines = [urls]); the in-process engine shares "
+            "the weights being trained. Set rollout.max_staleness = 0 or give dispatch.engines"
+        )
+    if r.sync_every - 1 > r.max_staleness:
+        raise ConfigError(
+            f"rollout.sync_every = {r.sync_every} makes rollouts up to {r.sync_every - 1} versions old, "
+            f"but rollout.max_staleness = {r.max_staleness} would drop them: set max_staleness >= "
+            f"{r.sync_every - 1} or sync_every = 1"
+        )
 
 
 def _local_engine(cfg: Config, phase: Phase, model: Any, tokenizer: Any, sampling: SamplingConfig):

@@ -8,7 +8,8 @@ import pytest
 from tests.rl.conftest import scripted_policy, tiny_config
 from tirl.config import ConfigError
 from tirl.rl.checkpoint import CheckpointError
-from tirl.rl.trainer import config_changes, train
+from tirl.rl.checkpoint import config_changes
+from tirl.rl.trainer import train
 from tirl.runs import read_metrics
 
 

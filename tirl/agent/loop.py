@@ -212,7 +212,8 @@ numbers do not depend on scheduling; without one, ``generate`` gets no seed. ``t
             traj.logprobs.extend(lps)
             # keep special tokens other than the end of turn: some tokenizers make <tool_call> special
             text = self.tokenizer.decode([t for t in ids if t not in self.stop_ids], skip_special_tokens=False)
-            turn = Turn(text=text, gen_ms=gen_ms, n_generated=len(ids), finish=comp.finish_reason)
+            turn = Turn(text=text, gen_ms=gen_ms, n_generated=len(ids), finish=comp.finish_reason,
+                        weight_version=comp.meta.get("weight_version_start", comp.meta.get("weight_version")))
             traj.turns.append(turn)
             closed = bool(ids) and ids[-1] in self.stop_ids
             if comp.finish_reason not in ("stop", "length"):  # abort, lost connection, server error

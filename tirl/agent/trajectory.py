@@ -128,6 +128,7 @@ class Turn:
     n_generated: int = 0
     n_tool_tokens: int = 0
     finish: str | None = None  # the engine's finish reason for this turn (stop / length / abort)
+    weight_version: str | None = None  # the policy version that generated it (the oldest, if it spanned an update)
 
 
 @dataclass

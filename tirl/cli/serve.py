@@ -65,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
                   f"{'fast' if eng.fast_path else 'generic'} path, max_batch={s.max_batch}, "
                   f"context {eng.max_seq_len})", flush=True)
             await serve(eng, st.tokenizer, names, s.host, s.port, header_timeout_s=s.header_timeout_s,
-                        body_timeout_s=s.body_timeout_s)
+                        body_timeout_s=s.body_timeout_s, model_path=cfg.model.path)
 
     asyncio.run(run())
     return 0

@@ -32,8 +32,8 @@ import tomli_w
 from pydantic import BaseModel, Field, ValidationError
 
 from tirl.agent.config import AgentConfig, SamplingConfig
-from tirl.config.sections import (EvalConfig, RLConfig, RunConfig, ServeConfig, SFTConfig,
-                                  StageConfig, TrainConfig)
+from tirl.config.sections import (EvalConfig, RLConfig, RolloutConfig, RunConfig, ServeConfig,
+                                  SFTConfig, StageConfig, TrainConfig)
 from tirl.data.config import DataConfig
 from tirl.dispatch.config import DispatchConfig
 from tirl.engines.config import ModelConfig
@@ -68,6 +68,10 @@ class Config(Section):
     stages: list[StageConfig] = Field(default_factory=list, description="The RL stages, in order.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation (tirl eval, held-out).")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="tirl serve.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Rollouts on [dispatch] engines during training: weight sync, staleness.",
+    )
 
 
 def resolve_sampling(cfg: Config, phase: Phase, stage: StageConfig | int | None = None) -> SamplingConfig:

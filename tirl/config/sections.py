@@ -1,5 +1,5 @@
 """The sections a run adds on top of the parts' own: ``[run]``, ``[rl]``, ``[sft]``,
-``[[stages]]``, ``[eval]``, ``[serve]``, ``[train]``.
+``[[stages]]``, ``[eval]``, ``[serve]``, ``[train]``, ``[rollout]``.
 
 The parts below (sandbox, reward, engines, dispatch, agent, data) each own their section in
 ``tirl/<part>/config.py``; the sections here belong to the applications that compose those
@@ -110,6 +110,52 @@ class TrainConfig(Section):
         "(parameters, gradients and AdamW state sharded); auto = ddp under torchrun with more "
         "than one rank, else single. With model.dtype = bfloat16 every strategy computes in "
         "bf16 and keeps fp32 master weights and optimizer state.",
+    )
+
+
+class RolloutConfig(Section):
+    """Rollouts on inference servers (``[dispatch] engines``): weight sync and staleness.
+
+    Unused when ``[dispatch] engines`` is empty (rollouts then run on the trainer's own
+    weights in-process). See docs/disagg.md.
+    """
+
+    sync: Literal["disk", "nccl"] = Field(
+        "disk",
+        description="How new weights reach the servers: disk = safetensors (HF layout) under "
+        "sync_dir + POST /update_weights_from_disk (tirl serve, SGLang); nccl = broadcast over a "
+        "NCCL group (vLLM weight transfer / SGLang update_weights_from_distributed; GPU only, "
+        "experimental).",
+    )
+    sync_every: int = Field(
+        1, ge=1,
+        description="Push weights after every N optimizer steps (1 = every step). Rollouts between "
+        "pushes are up to N-1 versions old, so max_staleness must be at least N-1.",
+    )
+    sync_dir: str = Field(
+        "", description="Where disk sync writes v<N>/ (a path every server can read); empty = "
+        "<run dir>/weights."
+    )
+    keep_versions: int = Field(2, ge=1, description="disk: newest v<N>/ directories kept; older ones are deleted.")
+    sync_timeout_s: float = Field(
+        300.0, gt=0, description="Most seconds one server may take to load and confirm a version."
+    )
+    max_staleness: int = Field(
+        0, ge=0,
+        description="0 = synchronous (the paper): every server confirms the new weights before the "
+        "next rollouts. k > 0 = rollouts for the next step run while the trainer updates; a "
+        "trajectory more than k versions older than the trainer is dropped (counted).",
+    )
+    in_flight: Literal["finish", "pause"] = Field(
+        "finish",
+        description="Requests running when new weights arrive: finish = they complete on the old "
+        "weights (new requests wait), pause = they are paused in place and continue on the new "
+        "weights (the trajectory records the oldest version it used).",
+    )
+    is_cap: float = Field(
+        2.0, ge=1.0,
+        description="Truncated importance sampling cap C for stale rollouts: each token's loss is "
+        "weighted by min(π_old/π_behaviour, C) (applied when max_staleness > 0).",
     )
 
 

@@ -250,3 +250,23 @@ def tokenize_example(tokenizer, example: dict, system: str | None = None, max_le
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return ids, mask
+
+
+def tokenizer_texts(sft, agent, problems: list[dict], seed: int) -> list[str]:
+    """Text a scratch tokenizer is trained on for a run: its SFT material, its prompts and
+    the tool responses it will show, rendered as rollouts render them (``sft``: the ``[sft]``
+    section, ``agent``: ``[agent]``)."""
+    from tirl.agent import format as fmt
+    from tirl.sandbox.types import ExecResult
+
+    texts: list[str] = []
+    if sft.enabled:
+        exs = load_sft_examples(sft.data, min(sft.size, 500), seed)
+        texts += [example_texts(e, agent.system_prompt, agent.tool_response_timing, agent.open_with_reason)
+                  for e in exs]
+    texts += [fmt.render_prompt_text(None, p["problem"], "rstar2", system=agent.system_prompt,
+                                     open_with_reason=agent.open_with_reason) for p in problems[:500]]
+    for r in (ExecResult(status="ok", stdout="1\n"), ExecResult(status="error", stderr="Traceback\nError"),
+              ExecResult(status="timeout")):
+        texts.append(fmt.format_tool_response(r, timing=agent.tool_response_timing))
+    return texts

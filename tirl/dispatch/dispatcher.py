@@ -114,6 +114,7 @@ class DispatchStats:
     wait_s: float = 0.0  # total time spent waiting for admission
     retries: int = 0  # generate calls retried on another engine
     drained: int = 0  # times an engine was drained
+    retired: int = 0  # engines taken out of rotation for good (retire())
 
 
 class _Lease:
@@ -246,6 +247,7 @@ class Dispatcher:
         self.metrics: list[EngineMetrics | None] = [None] * k
         self._metric_failures = [0] * k
         self._drained_by_metrics = [False] * k
+        self._retired: set[int] = set()
         self._failures = [0] * k
         self._leases_total = [0] * k
         self._waiters: deque[asyncio.Event] = deque()
@@ -567,7 +569,18 @@ class Dispatcher:
                     del self._group_engine[g]
         self._wake()
 
+    def retire(self, k: int, why: str) -> None:
+        """Take engine ``k`` out of rotation for good (e.g. it failed to load new weights and
+        would serve stale ones): drained like a failed engine, and never re-admitted when its
+        metrics answer again. Its running calls are retried elsewhere as they fail or end."""
+        self._retired.add(k)
+        self.stats.retired += 1
+        log.error("dispatch: engine %s taken out of rotation: %s", self.names[k], why)
+        self._drain(k, why)
+
     def _undrain(self, k: int) -> None:
+        if k in self._retired:
+            return
         if not self.loads[k].healthy:
             self.loads[k].healthy = True
             log.warning("dispatch: engine %s answers again; admitting to it", self.names[k])

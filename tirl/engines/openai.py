@@ -418,7 +418,19 @@ class OpenAIEngine:
         return Completion(token_ids=[int(t) for t in ids], logprobs=logprobs, finish_reason=finish,
                           stop_reason=choice.get("stop_reason"),
                           meta={"token_exact": exact and not text_prompt, "usage": data.get("usage"),
-                                "server_finish_reason": fr})
+                                "server_finish_reason": fr, **_versions(data)})
+
+
+def _versions(data: dict) -> dict:
+    """The weight version(s) a server stamped on a completion (tirl serve: ``weight_version``
+    and, for a request that spanned an update, ``weight_version_start``; SGLang's native API:
+    ``meta_info.weight_version``)."""
+    out = {}
+    v = data.get("weight_version", (data.get("meta_info") or {}).get("weight_version"))
+    if v is not None:
+        out["weight_version"] = str(v)
+        out["weight_version_start"] = str(data.get("weight_version_start", v))
+    return out
 
 
 class _HTTPError(Exception):

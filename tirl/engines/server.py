@@ -969,14 +969,18 @@ def _with_tool_system(msgs: list[dict], tools: list[dict]) -> list[dict]:
 
 async def serve(engine, tokenizer, name: str | list[str], host: str = "127.0.0.1", port: int = 8000,
                 ready: asyncio.Event | None = None, header_timeout_s: float = 30.0,
-                body_timeout_s: float = 30.0) -> None:
+                body_timeout_s: float = 30.0, model_path: str = "") -> None:
     """Run the server until cancelled. ``name``: the served model name, or the list of names
     clients may send (see :func:`served_model_names`). A connection that has not sent a
     request's headers within ``header_timeout_s`` (or idles that long between requests) is
     closed; a body slower than ``body_timeout_s`` gets 408. A client that disconnects cancels
-    its request's generation."""
-    runner = web.AppRunner(ModelServer(engine, tokenizer, name, body_timeout_s=body_timeout_s).app(),
-                           access_log=None, handler_cancellation=True, keepalive_timeout=header_timeout_s)
+    its request's generation. The weight-update endpoints (:mod:`tirl.engines.weights_api`,
+    SGLang's names) let a trainer push new weights; ``model_path`` is what was loaded."""
+    from tirl.engines.weights_api import add_weight_routes
+
+    app = ModelServer(engine, tokenizer, name, body_timeout_s=body_timeout_s).app()
+    add_weight_routes(app, engine, tokenizer, model_path=model_path)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, keepalive_timeout=header_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

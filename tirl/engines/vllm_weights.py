@@ -47,6 +47,8 @@ import json
 import time
 from typing import Any, Literal
 
+from tirl.engines.weight_sync import server_root
+
 PauseMode = Literal["wait", "keep", "abort"]
 
 #: tirl's in-flight policy → vLLM's ``/pause`` mode. ``finish``: in-flight requests complete on
@@ -59,12 +61,6 @@ DEV_MODE_HINT = ("start the vLLM server with the environment variable VLLM_SERVE
 
 class VLLMWeightError(RuntimeError):
     """A vLLM weight-reload step failed; the message names the route, the answer and what to do."""
-
-
-def server_root(base_url: str) -> str:
-    """``http://h:8000/v1`` or ``http://h:8000/`` → ``http://h:8000`` (the dev routes live at the root)."""
-    url = base_url.rstrip("/")
-    return url[:-3] if url.endswith("/v1") else url
 
 
 def pause_mode(in_flight: str) -> PauseMode:

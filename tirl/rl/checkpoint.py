@@ -217,3 +217,55 @@ def _corrupt(f: Path, err: Exception, ckpt: Path) -> str:
             else "start over with run.resume=false (or another run.name)")
     return (f"checkpoint file {f} cannot be read ({type(err).__name__}: {str(err)[:160]}); "
             f"it may be truncated. {hint}")
+
+
+# settings that may change between a run and its resume (everything else is refused)
+RESUMABLE_CHANGES = ("run.resume", "run.resume_from", "run.allow_config_change", "run.threads", "run.trackers",
+                     "rl.checkpoint_every", "rl.plot_every", "rl.save_trajectories", "stages.*.steps")
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (list entries by index)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        key = f"{prefix}{k}"
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, key + ".")
+        elif isinstance(a, list) and isinstance(b, list) and a and isinstance(a[0], dict) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += config_changes(x, y, f"{key}.{i}.")
+        elif a != b:
+            out.append(key)
+    return out
+
+
+def _allowed(key: str) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(key, pat) for pat in RESUMABLE_CHANGES)
+
+
+def check_resume_config(root: Path, cfg, *, record: bool = True) -> list[str]:
+    """Refuse a resume whose config changed beyond :data:`RESUMABLE_CHANGES` (unless
+    ``run.allow_config_change``); record what changed in ``config_changes.jsonl``."""
+    import json
+    import time
+    import tomllib
+
+    path = root / "config.toml"
+    if not path.exists():
+        return []
+    changed = config_changes(tomllib.loads(path.read_text()), cfg.model_dump(mode="json", exclude_none=True))
+    refused = [k for k in changed if not _allowed(k)]
+    if refused and not cfg.run.allow_config_change:
+        raise ConfigError(
+            f"{root} was started with another config; changed: {', '.join(refused)}. "
+            "Resuming would mix two runs: use another run.name, or pass "
+            "run.allow_config_change=true (--force) to resume anyway (the change is recorded)."
+        )
+    if changed and record:
+        with (root / "config_changes.jsonl").open("a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "changed": changed}) + "\n")
+    return changed

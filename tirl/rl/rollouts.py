@@ -1,7 +1,8 @@
 """Rollouts for one RL step: sample, grade, drop what carries no signal, resample on correct.
 
 :func:`rollout_and_grade` runs ``n`` trajectories per problem through the agent loop and
-grades them. A trajectory hit by an infrastructure failure (engine or sandbox down, a grader
+grades them, and records in ``traj.meta["policy_version"]`` the weight version the
+server stamped on its turns (the oldest; :func:`tirl.rl.staleness.trajectory_version`). A trajectory hit by an infrastructure failure (engine or sandbox down, a grader
 worker that crashed) gets ``reward = None`` and is dropped — never rewarded 0. A truncated
 trajectory (budget or turn limit without a final answer) gets 0 without grading.
 
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from tirl.agent.config import SamplingConfig
 from tirl.rl.grpo import resample_on_correct, roc_penalty
+from tirl.rl.staleness import trajectory_version
 
 
 def assistant_text(traj) -> str:
@@ -60,6 +62,10 @@ async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, s
     t0 = time.perf_counter()
     trajs = await loop.run_many(problems, n=n, on_done=on_done, sampling=sampling, seed=seed)
     timings.generation += time.perf_counter() - t0
+    for t in trajs:  # the server-stamped version (inference servers); in-process: the trainer's
+        v = trajectory_version(t)
+        if v is not None:
+            t.meta["policy_version"] = v
     timings.tools += sum(t.tool_ms for tr in trajs for t in tr.turns) / 1000.0
     t1 = time.perf_counter()
     to_grade = [i for i, t in enumerate(trajs) if not t.has_infra_error and not t.truncated]

@@ -25,8 +25,15 @@ weights under bf16 compute). Under FSDP the rollouts run inside
 :meth:`~tirl.rl.parallel.ParallelPolicy.generation_weights` (full parameters), and the
 in-process engine is built inside it too (its KV cache takes the compute dtype).
 
-What it does not do: asynchronous (off-policy) rollouts or rollouts on inference servers,
-tensor or pipeline parallelism.
+Rollouts on inference servers (``[dispatch] engines``, docs/disagg.md): after every update
+(``rollout.sync_every``) rank 0 pushes the weights to every server
+(:mod:`tirl.engines.weight_sync`) and, synchronously (``rollout.max_staleness = 0``), waits
+for each to confirm the new version before the next rollouts; a server that fails to load
+is taken out of the dispatcher's rotation. With ``max_staleness = k > 0`` the next step's
+rollouts run while the update runs (in a thread), trajectories more than k versions old are
+dropped and the loss is corrected by truncated importance sampling (:mod:`tirl.rl.staleness`).
+
+What it does not do: tensor or pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -44,50 +51,27 @@ import torch
 
 from tirl.config import Config, ConfigError, config_to_toml, resolve_sampling
 from tirl.data.problems import load_problem_sets
+from tirl.data.sft import tokenizer_texts
 from tirl.rl import distributed as D
-from tirl.rl.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint_model, load_rank_state,
+from tirl.rl.checkpoint import (TrainerState, check_resume_config, latest_checkpoint, load_checkpoint_model, load_rank_state,
                                 load_sharded, load_trainer_state, save_checkpoint, set_rng_state)
 from tirl.rl.metrics import step_metrics, trajectory_record
 from tirl.rl.parallel import compute_dtype_for, resolve_strategy, wrap_policy
 from tirl.rl.rollouts import ProblemOrder, Timings, collect_groups, rollout_and_grade
+from tirl.rl.servers import ServerWeights
+from tirl.rl.staleness import drop_stale, staleness_histogram
 from tirl.rl.update import make_optimizer, policy_update
 from tirl.runs import RunDir, progress_bar, truncate_metrics
-from tirl.stack import device_for, open_stack
+from tirl.stack import device_for, open_stack, rollout_urls
+
 
 # rich (the progress bars) draws from the global `random` once, when first imported; importing
 # it here, before any seeding, keeps that draw out of every run's RNG stream (exact resume)
 with contextlib.suppress(ImportError):
     import rich.style  # noqa: F401
 
-# settings that may change between a run and its resume (everything else is refused)
-RESUMABLE_CHANGES = ("run.resume", "run.resume_from", "run.allow_config_change", "run.threads",
-                     "rl.checkpoint_every", "rl.plot_every", "rl.save_trajectories", "stages.*.steps")
-
-
 class _Stopped(Exception):
     """``stop_after`` steps were done (a checkpoint was written; resume continues)."""
-
-
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (list entries by index)."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        key = f"{prefix}{k}"
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_changes(a, b, key + ".")
-        elif isinstance(a, list) and isinstance(b, list) and a and isinstance(a[0], dict) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
-                out += config_changes(x, y, f"{key}.{i}.")
-        elif a != b:
-            out.append(key)
-    return out
-
-
-def _allowed(key: str) -> bool:
-    import fnmatch
-
-    return any(fnmatch.fnmatch(key, pat) for pat in RESUMABLE_CHANGES)
 
 
 class Trainer:
@@ -127,47 +111,14 @@ class Trainer:
         self._bar = None
         self._status = ""
         self._traj_done = 0
+        # rollouts on inference servers (tirl.rl.servers) and the step prefetched while updating
+        self.servers: ServerWeights | None = None
+        self._prefetch: asyncio.Task | None = None
+        self._prefetch_from: tuple[int, int] | None = None  # (cursor, epoch) before the prefetch
+        self._rollouts_end: float | None = None
+        self._rollout_idle = 0.0
 
     # ---------------------------------------------------------------- setup
-
-    def _check_resume_config(self, ckpt: Path | None) -> None:
-        """Refuse a resume whose config changed beyond the allow-list; record what changed."""
-        path = self.run.root / "config.toml"
-        if ckpt is None or not path.exists():
-            return
-        import tomllib
-
-        old = tomllib.loads(path.read_text())
-        new = self.cfg.model_dump(mode="json", exclude_none=True)
-        changed = config_changes(old, new)
-        refused = [k for k in changed if not _allowed(k)]
-        if refused and not self.cfg.run.allow_config_change:
-            raise ConfigError(
-                f"{self.run.root} was started with another config; changed: {', '.join(refused)}. "
-                "Resuming would mix two runs: use another run.name, or pass "
-                "run.allow_config_change=true (--force) to resume anyway (the change is recorded)."
-            )
-        if changed and self.main:
-            with (self.run.root / "config_changes.jsonl").open("a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "changed": changed}) + "\n")
-
-    def _tokenizer_texts(self, train: list[dict]) -> list[str]:
-        from tirl.agent import format as fmt
-        from tirl.data.sft import example_texts, load_sft_examples
-        from tirl.sandbox.types import ExecResult
-
-        a = self.cfg.agent
-        texts: list[str] = []
-        if self.cfg.sft.enabled:
-            exs = load_sft_examples(self.cfg.sft.data, min(self.cfg.sft.size, 500), self.cfg.run.seed)
-            texts += [example_texts(e, a.system_prompt, a.tool_response_timing, a.open_with_reason) for e in exs]
-        texts += [fmt.render_prompt_text(None, p["problem"], "rstar2", system=a.system_prompt,
-                                         open_with_reason=a.open_with_reason) for p in train[:500]]
-        for r in (ExecResult(status="ok", stdout="1\n"), ExecResult(status="error", stderr="Traceback\nError"),
-                  ExecResult(status="timeout")):
-            texts.append(fmt.format_tool_response(r, timing=a.tool_response_timing))
-        return texts
 
     def _build_model(self, train: list[dict]) -> dict | None:
         """Load the latest checkpoint (returns its trainer state) or build the initial model."""
@@ -177,7 +128,8 @@ class Trainer:
             ckpt = (self.run.checkpoints / cfg.run.resume_from) if cfg.run.resume_from else latest_checkpoint(self.run.checkpoints)
             if cfg.run.resume_from and not (ckpt / "trainer_state.pt").exists():
                 raise ConfigError(f"run.resume_from = {cfg.run.resume_from!r}: no checkpoint at {ckpt}")
-        self._check_resume_config(ckpt)
+        if ckpt is not None:
+            check_resume_config(self.run.root, self.cfg, record=self.main)
         if self.main:
             self.run.write_config(config_to_toml(cfg))
         if ckpt is not None:
@@ -190,7 +142,7 @@ class Trainer:
             return ts
         from tirl.engines.models import load_model
 
-        texts = self._tokenizer_texts(train) if cfg.model.path == "scratch" else None
+        texts = tokenizer_texts(cfg.sft, cfg.agent, train, cfg.run.seed) if cfg.model.path == "scratch" else None
         torch.manual_seed(cfg.run.seed)
         # loaded in fp32 whatever model.dtype says: the parameters become the fp32 master
         # weights, and buffers such as the rotary frequencies keep fp32 values (a bf16 load
@@ -242,8 +194,17 @@ class Trainer:
                         cfg, "train", model=self.model, tokenizer=self.tokenizer, engine=engine, tools=tools))
                 if self._rank_state is not None:
                     set_rng_state(self._rank_state["rng"], self.stack.engine)
+                if engine is None and rollout_urls(cfg):
+                    self.servers = ServerWeights(cfg, rollout_urls(cfg), self.run.root, self.stack.engine,
+                                                 main=self.main, version=self.state.global_step)
                 await self._run_recipe(train, held)
         finally:
+            if self._prefetch is not None:
+                self._prefetch.cancel()
+                await asyncio.gather(self._prefetch, return_exceptions=True)
+                self._prefetch = None
+            if self.servers is not None:
+                await self.servers.aclose()
             if tools is not None:
                 await tools.close()
             if self.metrics:
@@ -313,7 +274,9 @@ class Trainer:
 
         return derive_seed("tirl-rollout", self.cfg.run.seed, *parts)
 
-    async def _rollouts(self, problems, n, sampling, seed, timings=None, on_done=None) -> list[list]:
+    async def _rollouts(self, problems, n, sampling, seed, timings=None, on_done=None, sync=True) -> list[list]:
+        if sync and self.servers is not None:
+            await self.servers.push(self.model, self.state.global_step, self._generating)
         return await rollout_and_grade(self.stack.loop(sampling), self.stack.grader, problems, n,
                                        scorer=self.cfg.reward.scorer, sampling=sampling, seed=seed,
                                        on_done=on_done, timings=timings)
@@ -384,39 +347,88 @@ class Trainer:
         st.filtered_ids = None
         self.checkpoint(f"step_{st.global_step:06d}")
 
-    async def rl_step(self, order: ProblemOrder, stage) -> dict:
-        cfg, rl, st = self.cfg, self.cfg.rl, self.state
-        sampling = resolve_sampling(cfg, "train", stage)
+    async def _collect(self, order: ProblemOrder, stage, step: int, sync: bool = True):
+        """The kept groups of step ``step`` and their timings. ``sync=False``: a prefetch
+        (async mode) that must not push weights while the update runs; its RoC draws come
+        from a per-step generator so a resume repeats them without the prefetch."""
+        rl = self.cfg.rl
+        sampling = resolve_sampling(self.cfg, "train", stage)
         timings = Timings()
-        self._traj_done = 0
-        t0 = time.perf_counter()
+        now = time.perf_counter()
+        if self._rollouts_end is not None:
+            self._rollout_idle += now - self._rollouts_end
+            self._rollouts_end = None
 
         async def rollout(problems, n, round_):
-            return await self._rollouts(problems, n, sampling, self._seed("step", st.global_step, round_),
-                                        timings, self._on_traj_done)
+            return await self._rollouts(problems, n, sampling, self._seed("step", step, round_),
+                                        timings, self._on_traj_done, sync=sync)
 
-        with self._generating():
-            collected = await collect_groups(
-                rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
-                want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
-                algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode, min_pos=rl.min_pos,
-                min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
-                max_refill_rounds=rl.max_refill_rounds, rng=self.data_rng)
+        rng = self.data_rng if self.cfg.rollout.max_staleness == 0 else random.Random(
+            f"tirl-roc-{self.cfg.run.seed}-{step}")
+        try:
+            with self._generating():
+                collected = await collect_groups(
+                    rollout, lambda k: order.take(k * self.world)[self.rank::self.world],
+                    want=max(1, rl.problems_per_step // self.world), group_size=rl.group_size,
+                    algorithm=rl.algorithm, oversample=rl.oversample, roc_mode=rl.roc_mode,
+                    min_pos=rl.min_pos, min_neg=rl.min_neg, dynamic_sampling=rl.dynamic_sampling,
+                    max_refill_rounds=rl.max_refill_rounds, rng=rng)
+        finally:
+            self._rollouts_end = time.perf_counter()
+        return collected, timings
+
+    async def rl_step(self, order: ProblemOrder, stage) -> dict:
+        cfg, rl, st = self.cfg, self.cfg.rl, self.state
+        k = cfg.rollout.max_staleness
+        self._traj_done = 0
+        t0 = time.perf_counter()
+        if self._prefetch is not None:  # async: this step's rollouts started during the last update
+            task, self._prefetch = self._prefetch, None
+            collected, timings = await task
+            self._prefetch_from = None
+        else:
+            collected, timings = await self._collect(order, stage, st.global_step)
         t1 = time.perf_counter()
+        stale: dict[str, Any] = {}
+        if self.servers is not None:
+            versions = [t.meta.get("policy_version") for t in collected.sampled if t.reward is not None]
+            hist = staleness_histogram(versions, self.servers.version)
+            collected.groups, n_stale, g_stale = drop_stale(collected.groups, self.servers.version, k)
+            stale = {"staleness_hist": {str(d): c for d, c in hist.items()},
+                     "staleness_max": max(hist, default=None), "stale_dropped": n_stale,
+                     "stale_groups_dropped": g_stale}
+        last = st.stage_step + 1 >= stage.steps or (self.stop_after is not None
+                                                     and st.global_step + 1 >= self.stop_after)
+        if k > 0 and not last:  # the next step's rollouts run on the servers during this update
+            self._prefetch_from = (st.cursor, st.epoch)
+            self._prefetch = asyncio.create_task(self._collect(order, stage, st.global_step + 1, sync=False))
+        t2 = time.perf_counter()
         upd: dict[str, Any] = {}
         if D.all_sum([float(len(collected.groups))])[0] > 0:  # every rank joins the collectives
             if self.optimizer is None:
                 self.optimizer = make_optimizer(self.par.root, rl)
-            upd = policy_update(self.par, self.optimizer, collected.groups, rl, step=st.global_step,
-                                pad_id=self.tokenizer.pad_token_id or 0, device=self.device)
-        t_update = time.perf_counter() - t1
+            kw = dict(step=st.global_step, pad_id=self.tokenizer.pad_token_id or 0, device=self.device)
+            if k > 0:  # in a thread: the event loop keeps serving the prefetched rollouts
+                upd = await asyncio.to_thread(policy_update, self.par, self.optimizer, collected.groups, rl,
+                                              is_cap=cfg.rollout.is_cap, **kw)
+            else:
+                upd = policy_update(self.par, self.optimizer, collected.groups, rl, **kw)
+            if self.servers is not None:
+                self.servers.updated()
+        t_update = time.perf_counter() - t2
         st.global_step += 1
         st.stage_step += 1
+        if self.servers is not None:  # push now: synchronous mode's next rollouts wait for it anyway
+            await self.servers.push(self.model, st.global_step, self._generating)
         rec = step_metrics(collected, st.global_step, stage.name)
         rec.update(upd)
+        rec.update(stale)
         rec.update({"time_generation": timings.generation, "time_tools": timings.tools,
                     "time_grading": timings.grading, "time_update": t_update,
-                    "time_step": time.perf_counter() - t0})
+                    "time_step": time.perf_counter() - t0, "time_trainer_idle": t1 - t0})
+        if self.servers is not None:
+            rec.update(self.servers.metrics())
+            rec["time_rollout_idle"], self._rollout_idle = self._rollout_idle, 0.0
         gen_tokens = D.all_sum([float(sum(t.num_policy_tokens for t in collected.sampled))])[0]
         rec["tokens_per_s"] = gen_tokens / max(1e-9, timings.generation)
         if self.metrics:
@@ -449,9 +461,16 @@ class Trainer:
 
     def checkpoint(self, name: str) -> None:
         """Every rank writes its shard and its own position/RNGs; rank 0 the HF export."""
-        save_checkpoint(self.run.checkpoints / name, self.par, self.tokenizer, self.optimizer,
-                        self.state, self.stack.engine, self.data_rng,
-                        export_dtype=compute_dtype_for(self.cfg.model.dtype))
+        st = self.state
+        pos = (st.cursor, st.epoch)
+        if self._prefetch_from is not None:  # the prefetched step is not consumed: a resume redoes it
+            st.cursor, st.epoch = self._prefetch_from
+        try:
+            save_checkpoint(self.run.checkpoints / name, self.par, self.tokenizer, self.optimizer,
+                            self.state, self.stack.engine, self.data_rng,
+                            export_dtype=compute_dtype_for(self.cfg.model.dtype))
+        finally:
+            st.cursor, st.epoch = pos
 
 
 def train(cfg: Config, *, progress: bool = True, engine_factory=None, tools_factory=None,

@@ -45,12 +45,12 @@ def micro_batches(items: list[tuple], budget: int) -> list[list[tuple]]:
 
 def pack(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     """Right-padded (ids, attention, response mask over targets, advantage per row)."""
-    T = max(len(s) for s, _, _ in items)
+    T = max(len(it[0]) for it in items)
     ids = torch.full((len(items), T), pad_id, dtype=torch.long)
     attn = torch.zeros((len(items), T), dtype=torch.long)
     mask = torch.zeros((len(items), T - 1), dtype=torch.float32)
     adv = torch.zeros(len(items))
-    for r, (seq, m, a) in enumerate(items):
+    for r, (seq, m, a, *_) in enumerate(items):
         ids[r, :len(seq)] = torch.tensor(seq)
         attn[r, :len(seq)] = 1
         mask[r, :len(m)] = torch.tensor(m, dtype=torch.float32)
@@ -58,8 +58,19 @@ def pack(items: list[tuple], pad_id: int, device) -> tuple[torch.Tensor, ...]:
     return ids.to(device), attn.to(device), mask.to(device), adv.to(device)
 
 
-def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], list[int], float]]:
-    """(sequence, target mask, advantage) per kept trajectory; sets ``meta["advantage"]``."""
+def behaviour_logprobs(items: list[tuple], device) -> torch.Tensor:
+    """The engine's log-probs of each row's targets (``[B, T-1]``, 0 off the response), the
+    4th entry of :func:`training_items`' tuples made with ``behaviour=True``."""
+    T = max(len(it[0]) for it in items)
+    out = torch.zeros((len(items), T - 1), dtype=torch.float32)
+    for r, it in enumerate(items):
+        out[r, :len(it[3])] = torch.tensor(it[3], dtype=torch.float32)
+    return out.to(device)
+
+
+def training_items(groups: list[list], advantage: str, behaviour: bool = False) -> list[tuple]:
+    """(sequence, target mask, advantage) per kept trajectory; sets ``meta["advantage"]``.
+    ``behaviour``: a 4th entry, the engine's log-prob of each target (0 on the prompt)."""
     items = []
     for g in groups:
         adv = group_advantages([t.reward for t in g], mode=advantage)
@@ -68,7 +79,10 @@ def training_items(groups: list[list], advantage: str) -> list[tuple[list[int], 
             seq = t.prompt_ids + t.response_ids
             # target position j predicts seq[j+1]; response token k sits at len(prompt)+k
             m = [0] * (len(t.prompt_ids) - 1) + list(t.response_mask)
-            items.append((seq, m, a))
+            if behaviour:
+                items.append((seq, m, a, [0.0] * (len(t.prompt_ids) - 1) + [float(x) for x in t.logprobs]))
+            else:
+                items.append((seq, m, a))
     return items
 
 
@@ -81,17 +95,20 @@ def pad_micro_batches(mbs: list[list[tuple]], count: int, pad_id: int) -> list[l
     """``mbs`` followed by empty micro-batches (one pad pair, no target, advantage 0) up to
     ``count``: under ddp/fsdp every rank runs as many forwards and backwards (their
     collectives must line up); an empty one adds exactly zero to the loss and gradients."""
-    return mbs + [[([pad_id, pad_id], [0], 0.0)] for _ in range(count - len(mbs))]
+    return mbs + [[([pad_id, pad_id], [0], 0.0, [0.0])] for _ in range(count - len(mbs))]
 
 
 def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, step: int, pad_id: int,
-                  device: Any) -> dict:
+                  device: Any, is_cap: float | None = None) -> dict:
     """One optimizer step on ``groups`` (see the module docstring); returns its metrics.
 
+    ``is_cap``: rollouts came from older weights (bounded-staleness async); each token's
+    loss is weighted by the truncated importance ratio min(π_old/μ, is_cap) against the
+    engine's behaviour log-probs μ (:func:`tirl.rl.staleness.truncated_is_weights`).
     Every rank must call it (possibly with no groups) so the collectives line up.
     """
-    items = training_items(groups, rl.advantage)
-    total_tokens = D.all_sum([float(sum(sum(m) for _, m, _ in items))])[0]
+    items = training_items(groups, rl.advantage, behaviour=is_cap is not None)
+    total_tokens = D.all_sum([float(sum(sum(it[1]) for it in items))])[0]
     mbs = micro_batches(items, rl.micro_batch_tokens) if items else []
     n_real = len(mbs)
     if par.strategy != "single":
@@ -100,10 +117,18 @@ def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, ste
     with torch.no_grad():  # old logprobs: the weights that generated the rollouts
         old = [par.logprobs(*pack(mb, pad_id, device)[:3], chunk_size=chunk)[0] for mb in mbs]
     par.root.train()
-    sums = {"tokens": 0.0, "clipped": 0.0, "dual": 0.0, "entropy": 0.0, "loss": 0.0}
+    sums = {"tokens": 0.0, "clipped": 0.0, "dual": 0.0, "entropy": 0.0, "loss": 0.0, "is_w": 0.0,
+            "is_capped": 0.0}
     optimizer.zero_grad(set_to_none=True)
     for i, (mb, old_lp) in enumerate(zip(mbs, old)):
         ids, attn, mask, adv = pack(mb, pad_id, device)
+        if is_cap is not None:
+            from tirl.rl.staleness import truncated_is_weights
+
+            w = truncated_is_weights(old_lp, behaviour_logprobs(mb, device), mask, is_cap)
+            adv = adv.unsqueeze(-1) * w  # w > 0: weighting the advantage = weighting the clipped loss
+            sums["is_w"] += float(w.sum())
+            sums["is_capped"] += float(((w >= is_cap) & (mask > 0)).sum())
         with par.micro_batch(last=i == len(mbs) - 1):
             # entropy costs one exp per chunk (no memory); its gradient flows only when entropy_coef > 0
             lp, ent = par.logprobs(ids, attn, mask, chunk_size=chunk, with_entropy=True)
@@ -123,8 +148,12 @@ def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, ste
     optimizer.step()
     par.reshard()
     par.root.eval()
-    tok, clipped, dual, ent, loss, n_mb = D.all_sum([sums["tokens"], sums["clipped"], sums["dual"],
-                                                     sums["entropy"], sums["loss"], float(n_real)])
-    return {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
-            "entropy": ent / max(1.0, tok), "grad_norm": gnorm,
-            "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": int(n_mb)}
+    tok, clipped, dual, ent, loss, n_mb, is_w, is_capped = D.all_sum([
+        sums["tokens"], sums["clipped"], sums["dual"], sums["entropy"], sums["loss"], float(n_real),
+        sums["is_w"], sums["is_capped"]])
+    out = {"loss": loss, "clip_frac": clipped / max(1.0, tok), "dual_clip_frac": dual / max(1.0, tok),
+           "entropy": ent / max(1.0, tok), "grad_norm": gnorm,
+           "lr": rl.lr * scale, "policy_tokens": tok, "micro_batches": int(n_mb)}
+    if is_cap is not None:
+        out.update({"is_weight_mean": is_w / max(1.0, tok), "is_capped_frac": is_capped / max(1.0, tok)})
+    return out

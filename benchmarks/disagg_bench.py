@@ -1,0 +1,173 @@
+"""Disaggregated RL benchmark: the demo model trained in-process vs on 2 inference servers
+(synchronous weight sync every step) vs on 2 servers with bounded staleness k = 1.
+
+One run, one machine: first the demo's SFT (once, in-process) gives a starting checkpoint;
+then each mode trains ``--steps`` GRPO-RoC steps from it with the same seed and data, and
+its held-out accuracy (greedy, the demo's held-out set) is measured after the last step.
+Reported: steps/minute of each mode and the ratios to in-process and to disaggregated-sync
+(the baseline of the same run), held-out accuracy of each, and the weight sync of the demo
+model to 2 servers on loopback (seconds per push and seconds per GB, `disk` backend).
+
+The servers are `tirl serve` processes (with the weight-update routes) on free loopback ports.
+
+Run: ``.venv/bin/python benchmarks/disagg_bench.py [--steps 6] [--sft-size 4000] [--out DIR]``.
+Prints one JSON object. On a shared 2-core machine the three processes compete for the
+same cores, so disaggregation is measured at its least favourable; the ratios, not the
+seconds, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_servers(model_dir: Path, n: int, log_dir: Path, max_batch: int) -> tuple[list, list[str]]:
+    procs, urls = [], []
+    for i in range(n):
+        port = free_port()
+        log = open(log_dir / f"serve{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "tirl.cli", "serve", "--model", str(model_dir),
+                                       "--port", str(port), "--served-model-name", "tiny", "--max-batch",
+                                       str(max_batch), "--max-seq-len", "512", "--threads", "1"],
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
+        urls.append(f"http://127.0.0.1:{port}/v1")
+    deadline = time.monotonic() + 300
+    for p, url in zip(procs, urls):
+        port = int(url.split(":")[2].split("/")[0])
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError(f"server on {port} exited; see {log_dir}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("servers did not start in 300 s") from None
+                time.sleep(0.5)
+    return procs, urls
+
+
+def stop(procs) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def rl_records(run_dir: Path) -> list[dict]:
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return recs
+
+
+def train_mode(out: Path, name: str, model_dir: Path, steps: int, extra: list[str]) -> dict:
+    from tirl.config import load_config
+    from tirl.rl.trainer import train
+
+    cfg = load_config("demo", [f"run.output_dir={out}", f"run.name={name}", f"model.path={model_dir}",
+                               "sft.enabled=false", f"stages.0.steps={steps}", "rl.checkpoint_every=1000",
+                               "rl.plot_every=1000", "model.served_name=tiny"] + extra)
+    t0 = time.perf_counter()
+    res = train(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    recs = rl_records(out / name)
+    rl = [r for r in recs if r.get("phase") == "rl"]
+    evals = [r for r in recs if r.get("phase") == "eval"]
+    step_s = sum(r["time_step"] for r in rl)
+    out_rec = {"steps": len(rl), "rl_seconds": round(step_s, 2), "wall_seconds": round(wall, 1),
+               "steps_per_minute": round(60 * len(rl) / max(1e-9, step_s), 3),
+               "held_out_acc_start": evals[0]["held_out_acc"] if evals else None,
+               "held_out_acc": evals[-1]["held_out_acc"] if evals else None,
+               "reward_mean": round(sum(r["reward"] for r in rl) / max(1, len(rl)), 4),
+               "updates": sum(1 for r in rl if r.get("policy_tokens")),  # steps that had groups with signal
+               "trainer_idle_s": round(sum(r.get("time_trainer_idle", 0.0) for r in rl), 2)}
+    if any("sync_seconds" in r for r in rl):
+        syncs = [r for r in rl if "sync_seconds" in r]
+        out_rec.update({
+            "sync_seconds_mean": round(sum(r["sync_seconds"] for r in syncs) / len(syncs), 4),
+            "sync_bytes": syncs[-1]["sync_bytes"],
+            "sync_s_per_gb": round(sum(r["sync_s_per_gb"] for r in syncs) / len(syncs), 3),
+            "rollout_idle_s": round(sum(r.get("time_rollout_idle", 0.0) for r in rl), 2),
+            "stale_dropped": sum(r.get("stale_dropped", 0) for r in rl),
+            "staleness_max": max((r.get("staleness_max") or 0) for r in rl)})
+    assert res["global_step"] == len(rl)
+    return out_rec
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=6, help="RL steps per mode")
+    ap.add_argument("--sft-size", type=int, default=4000, help="SFT examples (the demo's: 4000)")
+    ap.add_argument("--sft-epochs", type=int, default=8, help="SFT epochs (the demo's: 8)")
+    ap.add_argument("--problems", type=int, default=16, help="rl.problems_per_step (the demo's: 16)")
+    ap.add_argument("--held-out", type=int, default=100, help="data.held_out_size (the demo's: 100)")
+    ap.add_argument("--tasks", default="", help="data.tasks of the RL steps, comma-separated (default: the demo's)")
+    ap.add_argument("--sft-from", help="start from this SFT checkpoint instead of running SFT")
+    ap.add_argument("--out", help="keep the runs here (default: a temporary directory)")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from tirl.config import load_config
+    from tirl.rl.trainer import train
+
+    tmp = tempfile.TemporaryDirectory() if not a.out else None
+    out = Path(a.out or tmp.name)
+    out.mkdir(parents=True, exist_ok=True)
+    common = [f"rl.problems_per_step={a.problems}", f"data.held_out_size={a.held_out}"]
+    if a.tasks:
+        common.append("data.tasks=[" + ",".join(f'"{t}"' for t in a.tasks.split(",")) + "]")
+    t0 = time.perf_counter()
+    if a.sft_from:
+        sft_dir = Path(a.sft_from)
+    else:
+        train(load_config("demo", [f"run.output_dir={out}", "run.name=sft", f"sft.size={a.sft_size}",
+                                   f"sft.epochs={a.sft_epochs}", "stages.0.steps=0"] + common), progress=False)
+        sft_dir = out / "sft" / "checkpoints" / "sft"
+    result: dict = {"benchmark": "disagg", "steps": a.steps, "tasks": a.tasks or "demo",
+                    "sft_seconds": round(time.perf_counter() - t0, 1), "modes": {}}
+    result["modes"]["in_process"] = train_mode(out, "in_process", sft_dir, a.steps, common)
+    procs, urls = start_servers(sft_dir, 2, out, max_batch=64)
+    try:
+        engines = "dispatch.engines=[" + ",".join(f'"{u}"' for u in urls) + "]"
+        result["modes"]["disagg_sync"] = train_mode(out, "disagg_sync", sft_dir, a.steps, common + [engines])
+        result["modes"]["disagg_async_k1"] = train_mode(out, "disagg_async_k1", sft_dir, a.steps,
+                                                        common + [engines, "rollout.max_staleness=1"])
+    finally:
+        stop(procs)
+    m = result["modes"]
+    spm = {k: v["steps_per_minute"] for k, v in m.items()}
+    result["ratios"] = {
+        "disagg_sync_vs_in_process": round(spm["disagg_sync"] / spm["in_process"], 3),
+        "async_k1_vs_disagg_sync": round(spm["disagg_async_k1"] / spm["disagg_sync"], 3),
+        "async_k1_vs_in_process": round(spm["disagg_async_k1"] / spm["in_process"], 3),
+    }
+    result["weight_sync"] = {"seconds_per_push": m["disagg_sync"]["sync_seconds_mean"],
+                             "bytes": m["disagg_sync"]["sync_bytes"],
+                             "s_per_gb": m["disagg_sync"]["sync_s_per_gb"], "servers": 2}
+    print(json.dumps(result, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
