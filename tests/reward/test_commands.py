@@ -52,3 +52,15 @@ def test_missing_field_is_named(tmp_path, capsys):
 def test_needs_arguments(capsys):
     assert run([]) == 2
     assert "PRED and GOLD" in capsys.readouterr().err
+
+
+def test_grade_file_tolerates_a_torn_last_line_and_names_a_bad_middle_one(tmp_path, capsys):
+    f = tmp_path / "s.jsonl"
+    good = json.dumps({"response": r"<answer>\boxed{5}</answer>", "answer": "5"}) + "\n"
+    f.write_bytes(good.encode() + good.encode() + '{"response": "<answer>\\boxed{≥'.encode()[:-2])
+    assert run(["--file", str(f), "--workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["n"] == 2
+    f.write_bytes(good.encode() + b"{not json\n" + good.encode())
+    assert run(["--file", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and ":2" in err
