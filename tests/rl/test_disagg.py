@@ -122,9 +122,9 @@ def probe_after_every_sync(monkeypatch, record, tokenizer):
 
     real = ServerWeights.push
 
-    async def probed(self, model, step, full_weights):
+    async def probed(self, model, version, step, full_weights):
         was_dirty = self.dirty
-        await real(self, model, step, full_weights)
+        await real(self, model, version, step, full_weights)
         if not was_dirty or self.dirty:
             return
         prompt = tokenizer.encode("What is 6 times 7?")

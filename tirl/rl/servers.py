@@ -6,9 +6,10 @@
 version; a server that fails to load is taken out of the dispatcher's rotation, with an
 ERROR log line and a metric — never left serving stale weights unnoticed.
 
-A weight version is the number of optimizer updates applied (a step without groups to
+The trainer numbers its weights by the optimizer updates applied (a step without groups to
 learn from changes nothing); staleness is counted in these versions. A resume restarts the
-count at the global step (at least every earlier label, so labels only grow).
+count at the global step (at least every earlier label, so labels only grow). Set
+:attr:`ServerWeights.dirty` after an update.
 
 What it does not do: decide staleness or importance weights (:mod:`tirl.rl.staleness`), or
 run the rollouts themselves (the builder's dispatcher does).
@@ -28,7 +29,7 @@ log = logging.getLogger("tirl.train")
 class ServerWeights:
     """Weight versions and their push to the rollout servers (see the module docstring)."""
 
-    def __init__(self, cfg, urls: list[str], run_root: Path, dispatcher: Any, *, main: bool, version: int):
+    def __init__(self, cfg, urls: list[str], run_root: Path, dispatcher: Any, *, main: bool):
         from tirl.engines.weight_sync import make_weight_sync
 
         self.every = cfg.rollout.sync_every
@@ -36,24 +37,17 @@ class ServerWeights:
         self.urls = list(urls)
         self.dispatcher = dispatcher
         self.main = main
-        self.version = version  # of the trainer's weights
         self.served: int | None = None  # the version the servers confirmed last
         self.dirty = True  # the servers do not have the trainer's current weights
         self.failed = 0
         self._rec: dict[str, Any] = {}
 
-    def updated(self) -> None:
-        """The trainer applied one optimizer update."""
-        self.dirty = True
-        self.version += 1
-
-    async def push(self, model: Any, step: int, full_weights: Callable[[], ContextManager]) -> None:
-        """Push the current weights if the servers lack them (every rank calls it; rank 0
-        writes and waits for every server's confirmation). ``full_weights``: the context in
-        which ``model`` holds full parameters (FSDP gathers them; collective)."""
+    async def push(self, model: Any, version: int, step: int, full_weights: Callable[[], ContextManager]) -> None:
+        """Push the current weights (``version``) if the servers lack them (every rank calls
+        it; rank 0 writes and waits for every server's confirmation). ``full_weights``: the
+        context in which ``model`` holds full parameters (FSDP gathers them; collective)."""
         if not self.dirty or (self.served is not None and step % self.every):
             return
-        version = self.version
         with full_weights():
             if self.main:
                 res = await self.backend.push(model, version, list(self.urls))

@@ -113,6 +113,7 @@ class Trainer:
         self._traj_done = 0
         # rollouts on inference servers (tirl.rl.servers) and the step prefetched while updating
         self.servers: ServerWeights | None = None
+        self._version = 0  # of the trainer's weights: optimizer updates applied (tirl.rl.servers)
         self._prefetch: asyncio.Task | None = None
         self._prefetch_from: tuple[int, int] | None = None  # (cursor, epoch) before the prefetch
         self._rollouts_end: float | None = None
@@ -182,6 +183,7 @@ class Trainer:
             self._restore(ts)
         elif self.main:
             truncate_metrics(self.run.metrics_path, -1)  # a fresh start: no stale lines
+        self._version = self.state.global_step
         self.metrics = self.run.metrics(cfg.run.trackers, run_name=cfg.run.name,
                                         config=cfg.model_dump(mode="json")) if self.main else None
         tools = await self.tools_factory() if self.tools_factory else None
@@ -196,7 +198,7 @@ class Trainer:
                     set_rng_state(self._rank_state["rng"], self.stack.engine)
                 if engine is None and rollout_urls(cfg):
                     self.servers = ServerWeights(cfg, rollout_urls(cfg), self.run.root, self.stack.engine,
-                                                 main=self.main, version=self.state.global_step)
+                                                 main=self.main)
                 await self._run_recipe(train, held)
         finally:
             if self._prefetch is not None:
@@ -276,7 +278,7 @@ class Trainer:
 
     async def _rollouts(self, problems, n, sampling, seed, timings=None, on_done=None, sync=True) -> list[list]:
         if sync and self.servers is not None:
-            await self.servers.push(self.model, self.state.global_step, self._generating)
+            await self.servers.push(self.model, self._version, self.state.global_step, self._generating)
         return await rollout_and_grade(self.stack.loop(sampling), self.stack.grader, problems, n,
                                        scorer=self.cfg.reward.scorer, sampling=sampling, seed=seed,
                                        on_done=on_done, timings=timings)
@@ -390,10 +392,10 @@ class Trainer:
             collected, timings = await self._collect(order, stage, st.global_step)
         t1 = time.perf_counter()
         stale: dict[str, Any] = {}
-        if self.servers is not None:
+        if self.servers is not None or k > 0:
             versions = [t.meta.get("policy_version") for t in collected.sampled if t.reward is not None]
-            hist = staleness_histogram(versions, self.servers.version)
-            collected.groups, n_stale, g_stale = drop_stale(collected.groups, self.servers.version, k)
+            hist = staleness_histogram(versions, self._version)
+            collected.groups, n_stale, g_stale = drop_stale(collected.groups, self._version, k)
             stale = {"staleness_hist": {str(d): c for d, c in hist.items()},
                      "staleness_max": max(hist, default=None), "stale_dropped": n_stale,
                      "stale_groups_dropped": g_stale}
@@ -413,13 +415,14 @@ class Trainer:
                                               is_cap=cfg.rollout.is_cap, **kw)
             else:
                 upd = policy_update(self.par, self.optimizer, collected.groups, rl, **kw)
+            self._version += 1
             if self.servers is not None:
-                self.servers.updated()
+                self.servers.dirty = True
         t_update = time.perf_counter() - t2
         st.global_step += 1
         st.stage_step += 1
         if self.servers is not None:  # push now: synchronous mode's next rollouts wait for it anyway
-            await self.servers.push(self.model, st.global_step, self._generating)
+            await self.servers.push(self.model, self._version, st.global_step, self._generating)
         rec = step_metrics(collected, st.global_step, stage.name)
         rec.update(upd)
         rec.update(stale)

@@ -64,7 +64,8 @@ def behaviour_logprobs(items: list[tuple], device) -> torch.Tensor:
     T = max(len(it[0]) for it in items)
     out = torch.zeros((len(items), T - 1), dtype=torch.float32)
     for r, it in enumerate(items):
-        out[r, :len(it[3])] = torch.tensor(it[3], dtype=torch.float32)
+        if len(it) > 3:  # an empty padding micro-batch has none (and no targets)
+            out[r, :len(it[3])] = torch.tensor(it[3], dtype=torch.float32)
     return out.to(device)
 
 
@@ -95,7 +96,7 @@ def pad_micro_batches(mbs: list[list[tuple]], count: int, pad_id: int) -> list[l
     """``mbs`` followed by empty micro-batches (one pad pair, no target, advantage 0) up to
     ``count``: under ddp/fsdp every rank runs as many forwards and backwards (their
     collectives must line up); an empty one adds exactly zero to the loss and gradients."""
-    return mbs + [[([pad_id, pad_id], [0], 0.0, [0.0])] for _ in range(count - len(mbs))]
+    return mbs + [[([pad_id, pad_id], [0], 0.0)] for _ in range(count - len(mbs))]
 
 
 def policy_update(par: ParallelPolicy, optimizer, groups: list[list], rl, *, step: int, pad_id: int,
