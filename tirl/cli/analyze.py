@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Entropy is exact with --model (recomputed in chunks), else approximate. "
                        "See docs/analysis.md.")
     p.add_argument("path", metavar="RUN_OR_SAMPLES")
-    p.add_argument("--model", help="checkpoint to recompute exact token entropy with "
-                   "(default: the run's newest checkpoint, when there is one)")
+    p.add_argument("--model", help="checkpoint to recompute exact token entropy with (chunked); "
+                   "without it entropy is estimated from the saved log-probs")
     p.add_argument("-o", "--output", help="output directory (default: <path>/analysis)")
     p.add_argument("--top-frac", type=float, default=0.2, help="share of highest-entropy tokens (default 0.2)")
     p.add_argument("--reflection-window", type=int, default=16,

@@ -50,9 +50,10 @@ def _analyze_run(root: Path) -> None:
     import sys
 
     from tirl.analysis import analyze
+    from tirl.analysis.load import latest_checkpoint_dir
 
-    try:
-        report = analyze(root, root / "analysis")
+    try:  # exact entropy from the final checkpoint (recomputed in chunks)
+        report = analyze(root, root / "analysis", model=latest_checkpoint_dir(root))
     except Exception as err:  # noqa: BLE001 - the training result stands; say what went wrong
         print(f"tirl: the run's analysis failed ({type(err).__name__}: {err}); "
               f"run `tirl analyze {root}` to retry", file=sys.stderr)
