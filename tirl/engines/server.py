@@ -450,14 +450,18 @@ class ModelServer:
 
     # ------------------------------------------------------------------ generation
 
-    async def _gather(self, jobs: list[_Job], max_tokens: int, sampling: _Sampling) -> web.Response | None:
-        """Run the jobs to the end; an error response if one failed (a cancelled handler
-        cancels them all)."""
+    async def _gather(self, rid: str, jobs: list[_Job], max_tokens: int, sampling: _Sampling) -> web.Response | None:
+        """Run the jobs to the end; an error response if one failed (a cancelled handler —
+        the client went away — cancels them all and logs one line)."""
         async def one(j: _Job):
             j.done = await self.engine.generate(j.prompt, max_tokens, sampling.temperature,
                                                 sampling.engine_stop(), **self._gen_kwargs(sampling))
-        errs = [e for e in await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
-                if isinstance(e, BaseException)]
+        try:
+            results = await asyncio.gather(*(one(j) for j in jobs), return_exceptions=True)
+        except asyncio.CancelledError:
+            self._disconnected(rid, jobs)
+            raise
+        errs = [e for e in results if isinstance(e, BaseException)]
         for e in errs:
             if isinstance(e, asyncio.CancelledError):
                 raise e
@@ -601,11 +605,7 @@ class ModelServer:
         if stream:
             return await self._stream_completions(request, rid, body, jobs, max_tokens, sampling,
                                                   top_n >= 0, include_usage, n_in)
-        try:
-            failed = await self._gather(jobs, max_tokens, sampling)
-        except asyncio.CancelledError:
-            self._disconnected(rid, jobs)
-            raise
+        failed = await self._gather(rid, jobs, max_tokens, sampling)
         if failed is not None:
             return failed
         choices, n_out = [], 0
@@ -808,11 +808,7 @@ class ModelServer:
         if stream:
             return await self._stream_chat(request, rid, jobs, max_tokens, sampling, top_n >= 0, tools_on,
                                            include_usage, len(prompt), keep)
-        try:
-            failed = await self._gather(jobs, max_tokens, sampling)
-        except asyncio.CancelledError:
-            self._disconnected(rid, jobs)
-            raise
+        failed = await self._gather(rid, jobs, max_tokens, sampling)
         if failed is not None:
             return failed
         choices, n_out = [], 0
