@@ -269,3 +269,36 @@ def check_resume_config(root: Path, cfg, *, record: bool = True) -> list[str]:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "changed": changed}) + "\n")
     return changed
+
+
+def model_to_train(cfg, run, texts, *, main: bool) -> tuple[Any, Any, Path | None, dict | None]:
+    """(model, tokenizer, checkpoint or None, its trainer state or None): the checkpoint to
+    resume (``run.resume_from`` or the latest, after :func:`check_resume_config`) or the
+    initial model of ``[model]`` (``texts()`` builds a scratch tokenizer's text). Rank 0
+    writes the run's ``config.toml``. The model is always fp32: its parameters become the
+    master weights, and buffers such as the rotary frequencies keep fp32 values (a bf16 load
+    rounds them for good, and a resume, which rebuilds them, would then differ)."""
+    from tirl.config import config_to_toml
+
+    ckpt = None
+    if cfg.run.resume:
+        ckpt = (run.checkpoints / cfg.run.resume_from) if cfg.run.resume_from else latest_checkpoint(run.checkpoints)
+        if cfg.run.resume_from and not (ckpt / "trainer_state.pt").exists():
+            raise ConfigError(f"run.resume_from = {cfg.run.resume_from!r}: no checkpoint at {ckpt}")
+    if ckpt is not None:
+        check_resume_config(run.root, cfg, record=main)
+    if main:
+        run.write_config(config_to_toml(cfg))
+    if ckpt is not None:
+        ts = load_trainer_state(ckpt)
+        # architecture and tokenizer from the export; the fp32 weights come from dcp/
+        model, tok = load_checkpoint_model(ckpt)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model, tok, ckpt, ts
+    from tirl.engines.models import load_model
+
+    torch.manual_seed(cfg.run.seed)
+    model, tok = load_model(cfg.model.model_copy(update={"dtype": "float32"}),
+                            texts=texts() if cfg.model.path == "scratch" else None)
+    return model, tok, None, None

@@ -95,3 +95,34 @@ def run_sft(model, examples: list[tuple[list[int], list[int]]], *, epochs: int, 
     model.eval()
     return SFTResult(steps=step, final_loss=sum(losses[-10:]) / len(losses[-10:]),
                      seconds=time.perf_counter() - t0, losses=losses)
+
+
+def sft_stage(cfg, par, tokenizer, metrics, *, progress: bool) -> SFTResult:
+    """The recipe's SFT stage: ``[sft]`` material rendered as rollouts render it (``[agent]``),
+    trained through the policy's parallel root (every rank on the same batches, gradients
+    averaged), with a progress bar and ``sft`` / ``sft_done`` records in ``metrics``."""
+    from tirl.data.sft import load_sft_examples, tokenize_example
+    from tirl.runs import progress_bar
+
+    s, a = cfg.sft, cfg.agent
+    exs = load_sft_examples(s.data, s.size, cfg.run.seed)
+    toks = [tokenize_example(tokenizer, e, a.system_prompt, s.max_length, timing=a.tool_response_timing,
+                             open_with_reason=a.open_with_reason) for e in exs]
+    with progress_bar(math.ceil(len(toks) / s.batch_size) * s.epochs, "SFT", enabled=progress) as bar:
+        def on_step(step, total, loss):
+            bar.advance(1)
+            bar.status(f"loss {loss:.3f}")
+            if metrics and (step % 10 == 0 or step == total):
+                metrics.write({"phase": "sft", "sft_step": step, "sft_loss": loss, "step": 0})
+
+        par.set_reduction("mean")  # every rank trains on the same batches: average, not sum
+        try:
+            res = run_sft(par.root, toks, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+                          pad_id=tokenizer.pad_token_id or 0, seed=cfg.run.seed,
+                          warmup_steps=s.warmup_steps, on_step=on_step)
+        finally:
+            par.set_reduction("sum")
+    if metrics:
+        metrics.write({"phase": "sft_done", "step": 0, "sft_final_loss": res.final_loss,
+                       "sft_seconds": res.seconds, "sft_examples": len(toks)})
+    return res

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -49,12 +48,12 @@ from typing import Any
 
 import torch
 
-from tirl.config import Config, ConfigError, config_to_toml, resolve_sampling
+from tirl.config import Config, ConfigError, resolve_sampling
 from tirl.data.problems import load_problem_sets
 from tirl.data.sft import tokenizer_texts
 from tirl.rl import distributed as D
-from tirl.rl.checkpoint import (TrainerState, check_resume_config, latest_checkpoint, load_checkpoint_model, load_rank_state,
-                                load_sharded, load_trainer_state, save_checkpoint, set_rng_state)
+from tirl.rl.checkpoint import (TrainerState, latest_checkpoint, load_rank_state, load_sharded, model_to_train,
+                                save_checkpoint, set_rng_state)
 from tirl.rl.metrics import step_metrics, trajectory_record
 from tirl.rl.parallel import compute_dtype_for, resolve_strategy, wrap_policy
 from tirl.rl.rollouts import ProblemOrder, Timings, collect_groups, rollout_and_grade
@@ -64,11 +63,11 @@ from tirl.rl.update import make_optimizer, policy_update
 from tirl.runs import RunDir, progress_bar, truncate_metrics
 from tirl.stack import device_for, open_stack, rollout_urls
 
-
 # rich (the progress bars) draws from the global `random` once, when first imported; importing
 # it here, before any seeding, keeps that draw out of every run's RNG stream (exact resume)
 with contextlib.suppress(ImportError):
     import rich.style  # noqa: F401
+
 
 class _Stopped(Exception):
     """``stop_after`` steps were done (a checkpoint was written; resume continues)."""
@@ -122,34 +121,10 @@ class Trainer:
     # ---------------------------------------------------------------- setup
 
     def _build_model(self, train: list[dict]) -> dict | None:
-        """Load the latest checkpoint (returns its trainer state) or build the initial model."""
-        cfg = self.cfg
-        ckpt = None
-        if cfg.run.resume:
-            ckpt = (self.run.checkpoints / cfg.run.resume_from) if cfg.run.resume_from else latest_checkpoint(self.run.checkpoints)
-            if cfg.run.resume_from and not (ckpt / "trainer_state.pt").exists():
-                raise ConfigError(f"run.resume_from = {cfg.run.resume_from!r}: no checkpoint at {ckpt}")
-        if ckpt is not None:
-            check_resume_config(self.run.root, self.cfg, record=self.main)
-        if self.main:
-            self.run.write_config(config_to_toml(cfg))
-        if ckpt is not None:
-            ts = load_trainer_state(ckpt)
-            # architecture and tokenizer from the export; the fp32 weights come from dcp/
-            self.model, self.tokenizer = load_checkpoint_model(ckpt)
-            if cfg.model.gradient_checkpointing:
-                self.model.gradient_checkpointing_enable()
-            self._ckpt = ckpt
-            return ts
-        from tirl.engines.models import load_model
-
-        texts = tokenizer_texts(cfg.sft, cfg.agent, train, cfg.run.seed) if cfg.model.path == "scratch" else None
-        torch.manual_seed(cfg.run.seed)
-        # loaded in fp32 whatever model.dtype says: the parameters become the fp32 master
-        # weights, and buffers such as the rotary frequencies keep fp32 values (a bf16 load
-        # rounds them for good, and a resume, which rebuilds them, would then differ)
-        self.model, self.tokenizer = load_model(cfg.model.model_copy(update={"dtype": "float32"}), texts=texts)
-        return None
+        """Load the checkpoint to resume (returns its trainer state) or build the initial model."""
+        texts = (lambda: tokenizer_texts(self.cfg.sft, self.cfg.agent, train, self.cfg.run.seed))
+        self.model, self.tokenizer, self._ckpt, ts = model_to_train(self.cfg, self.run, texts, main=self.main)
+        return ts
 
     def _restore(self, ts: dict) -> None:
         """Model + optimizer from the checkpoint's shards, the shared position, and this
@@ -242,32 +217,9 @@ class Trainer:
                 self._bar = None
 
     def do_sft(self) -> None:
-        from tirl.data.sft import load_sft_examples, tokenize_example
-        from tirl.rl.sft import run_sft
+        from tirl.rl.sft import sft_stage
 
-        s, a = self.cfg.sft, self.cfg.agent
-        exs = load_sft_examples(s.data, s.size, self.cfg.run.seed)
-        toks = [tokenize_example(self.tokenizer, e, a.system_prompt, s.max_length, timing=a.tool_response_timing,
-                                 open_with_reason=a.open_with_reason) for e in exs]
-        steps_total = math.ceil(len(toks) / s.batch_size) * s.epochs
-        with progress_bar(steps_total, "SFT", enabled=self.progress and self.main) as bar:
-            def on_step(step, total, loss):
-                bar.advance(1)
-                bar.status(f"loss {loss:.3f}")
-                if self.metrics and (step % 10 == 0 or step == total):
-                    self.metrics.write({"phase": "sft", "sft_step": step, "sft_loss": loss, "step": 0})
-
-            # every rank trains on the same batches: gradients are averaged, not summed
-            self.par.set_reduction("mean")
-            try:
-                res = run_sft(self.par.root, toks, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-                              pad_id=self.tokenizer.pad_token_id or 0, seed=self.cfg.run.seed,
-                              warmup_steps=s.warmup_steps, on_step=on_step)
-            finally:
-                self.par.set_reduction("sum")
-        if self.metrics:
-            self.metrics.write({"phase": "sft_done", "step": 0, "sft_final_loss": res.final_loss,
-                                "sft_seconds": res.seconds, "sft_examples": len(toks)})
+        sft_stage(self.cfg, self.par, self.tokenizer, self.metrics, progress=self.progress and self.main)
 
     # ---------------------------------------------------------------- rollouts
 
