@@ -44,6 +44,9 @@ class FakeInner:
         self.closed.append(sid)
         return True
 
+    async def start(self):
+        return self
+
     async def close(self):
         self.was_closed = True
 

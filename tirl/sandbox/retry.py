@@ -108,19 +108,12 @@ class RetryingExecutor:
         return await self.inner.close_session(session_id)
 
     async def start(self) -> RetryingExecutor:
-        start = getattr(self.inner, "start", None)
-        if start is not None:
-            res = start()
-            if inspect.isawaitable(res):
-                await res
+        """Start the inner executor (every executor's ``start`` is async and idempotent)."""
+        await self.inner.start()
         return self
 
     async def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            res = close()
-            if inspect.isawaitable(res):
-                await res
+        await self.inner.close()
 
     async def __aenter__(self) -> RetryingExecutor:
         return await self.start()

@@ -126,12 +126,10 @@ class FleetWorker:
             await asyncio.wait(loops, timeout=10)
             await self._leave()
             await self._r.aclose()
-            if self._own_executor and hasattr(self.executor, "close"):
+            if self._own_executor:
                 await self.executor.close()
-            if self._own_grader and hasattr(self.grader, "close"):
-                res = self.grader.close()
-                if asyncio.iscoroutine(res):
-                    await res
+            if self._own_grader:
+                await self.grader.aclose()
 
     async def _register(self) -> None:
         while not self._stopping.is_set():
@@ -453,31 +451,10 @@ class FleetWorker:
             await asyncio.sleep(0.5)
 
 
-class _ProcessGrader:
-    """Runs ``tirl.reward.grade`` in worker processes (used when ``tirl.reward`` has no
-    ``Grader``); keeps sympy-heavy checks off the worker's event loop."""
-
-    def __init__(self, workers: int):
-        from concurrent.futures import ProcessPoolExecutor
-
-        self._pool = ProcessPoolExecutor(max_workers=max(1, workers))
-
-    async def grade(self, response_text: str, gold: str):
-        from tirl.reward import grade
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, grade, response_text, gold)
-
-    def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
-
-
 def _default_grader(slots: int):
-    try:
-        from tirl.reward import Grader
-    except ImportError:
-        return _ProcessGrader(min(slots, os.cpu_count() or 1))
-    g = Grader(workers=min(slots, os.cpu_count() or 1))
-    return g
+    from tirl.reward import Grader
+
+    return Grader(workers=min(slots, os.cpu_count() or 1))
 
 
 async def _sleep_or(ev: asyncio.Event, s: float) -> None:
