@@ -1,7 +1,5 @@
 import asyncio
-import contextlib
 import json
-import socket
 
 import aiohttp
 import pytest
@@ -12,30 +10,10 @@ from tirl.agent.loop import AgentLoop
 from tirl.engines.local import LocalEngine
 from tirl.engines.openai import EngineError, OpenAIEngine
 from tirl.engines.scripted import ScriptedEngine
-from tirl.engines.server import serve
 
 from tests.agent.fakes import FakeTools
 from tests.agent.tiny import tiny_model, tiny_tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.asynccontextmanager
-async def running(engine, tok, name="tiny"):
-    port = free_port()
-    ready = asyncio.Event()
-    task = asyncio.create_task(serve(engine, tok, name, "127.0.0.1", port, ready))
-    await asyncio.wait_for(ready.wait(), 30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from tests.engines.serving import free_port, running
 
 
 class ScriptedWithStats(ScriptedEngine):
