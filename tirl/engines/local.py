@@ -395,6 +395,9 @@ class LocalEngine:
         self.prefix_cache_rows = int(prefix_cache_rows or 0) if self._fast else 0
         self._parked: dict[int, _Parked] = {}  # id -> a finished turn's exact-size K/V
         self._park_ids = 0
+        # finished requests wait here until the step ends (after the cache shrinks), so a
+        # caller that resumes sees the engine's idle state, never a step half done
+        self._finished: list[tuple[_Seq, Completion | BaseException]] = []
         self._cache = (self._fast.new_cache(self.max_batch, self.max_seq_len, self.kv_budget_tokens)
                        if self._fast else None)
         self._parked_version: tuple | None = None
@@ -521,7 +524,9 @@ class LocalEngine:
                         self._step_fast(admit)
                     else:
                         self._step_generic(admit)
+                self._deliver()
             except BaseException as err:  # noqa: BLE001 - fail every request, keep serving
+                self._deliver()  # what finished before the failure is complete
                 self.error = err
                 with self._cv:
                     for s in admit:
@@ -858,11 +863,17 @@ class LocalEngine:
             self._active = [s for s in rows if s.finish is None]
             if not self._active and not self._waiting:
                 self._restore_mode()  # before the caller resumes (and perhaps trains)
-            for s, res in done:
-                if isinstance(res, BaseException):
-                    s.loop.call_soon_threadsafe(_set_exception, s.future, res)
-                else:
-                    s.loop.call_soon_threadsafe(_set_result, s.future, res)
+            self._finished.extend(done)
+
+    def _deliver(self) -> None:
+        """Resolve the requests that finished during the step just ended."""
+        with self._cv:
+            done, self._finished = self._finished, []
+        for s, res in done:
+            if isinstance(res, BaseException):
+                s.loop.call_soon_threadsafe(_set_exception, s.future, res)
+            else:
+                s.loop.call_soon_threadsafe(_set_result, s.future, res)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

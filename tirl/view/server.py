@@ -282,12 +282,15 @@ def make_app(roots: dict[str, Path], tokenizer: str | Path | None = None) -> web
         next_after = None
         if flt == Filter() and not text:
             # unfiltered: any page is a slice of the file, summarized now if the background
-            # task has not reached it yet (a big file's first page needs no full pass)
-            stop = min(len(s.index), offset + limit)
+            # task has not reached it yet (a big file's first page needs no full pass); the
+            # answer reports the count this page was cut from, while indexing goes on
+            counting, records = not s.index.at_end, len(s.index)
+            stop = min(records, offset + limit)
             rows = await asyncio.to_thread(s.summaries.rows, s.index, range(offset, stop))
-            total = len(s.index)
+            total = records
         else:
             await state.wait_summarized(s, 0.5)  # small files: complete answers at once
+            counting, records = not s.index.at_end, len(s.index)
             ids = s.summaries.select(flt)
             if text:
                 after = _opt_int(q, "after")
@@ -298,9 +301,9 @@ def make_app(roots: dict[str, Path], tokenizer: str | Path | None = None) -> web
                 page_ids, total = ids[offset:offset + limit], int(len(ids))
             rows = [s.summaries.row(int(i)) for i in page_ids]
         return _json({"rows": rows, "total": total, "offset": offset, "next_after": next_after,
-                      "records": len(s.index), "summarized": s.summaries.done,
+                      "records": records, "summarized": s.summaries.done,
                       "indexed_bytes": s.index.scanned_bytes, "bytes": s.index.size,
-                      "counting": not s.index.at_end,
+                      "counting": counting,
                       "facets": s.summaries.facets(), "error": s.error})
 
     async def api_record(req: web.Request) -> web.Response:
