@@ -1,19 +1,23 @@
 """Disaggregated RL benchmark: the demo model trained in-process vs on 2 inference servers
-(synchronous weight sync every step) vs on 2 servers with bounded staleness k = 1.
+(synchronous weight sync every step) vs on 2 servers with bounded staleness k = 1 (with
+in-flight turns finishing on the old weights, ``rollout.in_flight = "finish"``, or paused
+and continued on the new ones, ``"pause"``).
 
 One run, one machine: first the demo's SFT (once, in-process) gives a starting checkpoint;
-then each mode trains ``--steps`` GRPO-RoC steps from it with the same seed and data, and
-its held-out accuracy (greedy, the demo's held-out set) is measured after the last step.
-Reported: steps/minute of each mode and the ratios to in-process and to disaggregated-sync
-(the baseline of the same run), held-out accuracy of each, and the weight sync of the demo
-model to 2 servers on loopback (seconds per push and seconds per GB, `disk` backend).
+then each mode trains ``--steps`` GRPO-RoC steps from it, once per ``--seeds`` seed (the
+modes interleaved, so a slow spell of the shared machine hits all of them), and its
+held-out accuracy (greedy, the demo's held-out set) is measured after the last step.
+Reported: steps/minute of each mode and the ratios, per seed, to in-process and to
+disaggregated-sync (the baseline of the same run); held-out accuracy (mean, sd over seeds);
+the time split (generation, update, trainer idle); and the weight sync of the demo model to
+2 servers on loopback (seconds per push and seconds per GB, `disk` backend).
 
-The servers are `tirl serve` processes (with the weight-update routes) on free loopback ports.
+The servers are `tirl serve` processes on free loopback ports.
 
-Run: ``.venv/bin/python benchmarks/disagg_bench.py [--steps 6] [--sft-size 4000] [--out DIR]``.
-Prints one JSON object. On a shared 2-core machine the three processes compete for the
-same cores, so disaggregation is measured at its least favourable; the ratios, not the
-seconds, are the result.
+Run: ``.venv/bin/python benchmarks/disagg_bench.py [--steps 20] [--seeds 0,1,2] [--modes ...]
+[--sft-from DIR] [--out DIR]``. Prints one JSON object. On a shared 2-core machine the three
+processes compete for the same cores, so disaggregation is measured at its least
+favourable; the ratios, not the seconds, are the result.
 """
 
 from __future__ import annotations
@@ -98,7 +102,9 @@ def train_mode(out: Path, name: str, model_dir: Path, steps: int, extra: list[st
                "held_out_acc": evals[-1]["held_out_acc"] if evals else None,
                "reward_mean": round(sum(r["reward"] for r in rl) / max(1, len(rl)), 4),
                "updates": sum(1 for r in rl if r.get("policy_tokens")),  # steps that had groups with signal
-               "trainer_idle_s": round(sum(r.get("time_trainer_idle", 0.0) for r in rl), 2)}
+               "trainer_idle_s": round(sum(r.get("time_trainer_idle", 0.0) for r in rl), 2),
+               "update_s": round(sum(r.get("time_update", 0.0) for r in rl), 2),
+               "generation_s": round(sum(r.get("time_generation", 0.0) for r in rl), 2)}
     if any("sync_seconds" in r for r in rl):
         syncs = [r for r in rl if "sync_seconds" in r]
         out_rec.update({
@@ -112,17 +118,42 @@ def train_mode(out: Path, name: str, model_dir: Path, steps: int, extra: list[st
     return out_rec
 
 
+MODES = ("in_process", "disagg_sync", "disagg_async_k1", "disagg_async_k1_pause")
+
+
+def summarize(rs: list[dict]) -> dict:
+    """Mean (and spread) over seeds of one mode's runs."""
+    import statistics
+
+    out: dict = {"per_seed": rs}
+    for key in ("steps_per_minute", "held_out_acc", "held_out_acc_start", "reward_mean", "trainer_idle_s",
+                "update_s", "generation_s", "rl_seconds"):
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        if vals:
+            out[key] = round(statistics.fmean(vals), 4)
+            if len(vals) > 1:
+                out[key + "_sd"] = round(statistics.stdev(vals), 4)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=6, help="RL steps per mode")
+    ap.add_argument("--steps", type=int, default=20, help="RL steps per mode (the demo's: 20)")
     ap.add_argument("--sft-size", type=int, default=4000, help="SFT examples (the demo's: 4000)")
     ap.add_argument("--sft-epochs", type=int, default=8, help="SFT epochs (the demo's: 8)")
     ap.add_argument("--problems", type=int, default=16, help="rl.problems_per_step (the demo's: 16)")
     ap.add_argument("--held-out", type=int, default=100, help="data.held_out_size (the demo's: 100)")
     ap.add_argument("--tasks", default="", help="data.tasks of the RL steps, comma-separated (default: the demo's)")
     ap.add_argument("--sft-from", help="start from this SFT checkpoint instead of running SFT")
+    ap.add_argument("--seeds", default="0", help="RL seeds, comma-separated (each mode runs once per seed)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     a = ap.parse_args()
+    seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    modes = [m for m in a.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {bad}; choose from {MODES}")
     import torch
 
     torch.set_num_threads(1)
@@ -142,27 +173,35 @@ def main() -> int:
         train(load_config("demo", [f"run.output_dir={out}", "run.name=sft", f"sft.size={a.sft_size}",
                                    f"sft.epochs={a.sft_epochs}", "stages.0.steps=0"] + common), progress=False)
         sft_dir = out / "sft" / "checkpoints" / "sft"
-    result: dict = {"benchmark": "disagg", "steps": a.steps, "tasks": a.tasks or "demo",
-                    "sft_seconds": round(time.perf_counter() - t0, 1), "modes": {}}
-    result["modes"]["in_process"] = train_mode(out, "in_process", sft_dir, a.steps, common)
-    procs, urls = start_servers(sft_dir, 2, out, max_batch=64)
+    result: dict = {"benchmark": "disagg", "steps": a.steps, "tasks": a.tasks or "demo", "seeds": seeds,
+                    "sft_seconds": round(time.perf_counter() - t0, 1), "runs": {}}
+    runs = result["runs"]
+    procs, urls = start_servers(sft_dir, 2, out, max_batch=64) if any(m != "in_process" for m in modes) else ([], [])
     try:
         engines = "dispatch.engines=[" + ",".join(f'"{u}"' for u in urls) + "]"
-        result["modes"]["disagg_sync"] = train_mode(out, "disagg_sync", sft_dir, a.steps, common + [engines])
-        result["modes"]["disagg_async_k1"] = train_mode(out, "disagg_async_k1", sft_dir, a.steps,
-                                                        common + [engines, "rollout.max_staleness=1"])
+        extra = {"in_process": [], "disagg_sync": [engines],
+                 "disagg_async_k1": [engines, "rollout.max_staleness=1"],
+                 "disagg_async_k1_pause": [engines, "rollout.max_staleness=1", "rollout.in_flight=pause"]}
+        for seed in seeds:
+            for m in modes:  # interleaved: a slow spell of the shared machine hits every mode
+                runs.setdefault(m, []).append(train_mode(out, f"{m}_s{seed}", sft_dir, a.steps,
+                                                         common + extra[m] + [f"run.seed={seed}"]))
     finally:
         stop(procs)
-    m = result["modes"]
-    spm = {k: v["steps_per_minute"] for k, v in m.items()}
-    result["ratios"] = {
-        "disagg_sync_vs_in_process": round(spm["disagg_sync"] / spm["in_process"], 3),
-        "async_k1_vs_disagg_sync": round(spm["disagg_async_k1"] / spm["disagg_sync"], 3),
-        "async_k1_vs_in_process": round(spm["disagg_async_k1"] / spm["in_process"], 3),
-    }
-    result["weight_sync"] = {"seconds_per_push": m["disagg_sync"]["sync_seconds_mean"],
-                             "bytes": m["disagg_sync"]["sync_bytes"],
-                             "s_per_gb": m["disagg_sync"]["sync_s_per_gb"], "servers": 2}
+    result["modes"] = {m: summarize(rs) for m, rs in runs.items()}
+    spm = {m: [r["steps_per_minute"] for r in rs] for m, rs in runs.items()}
+    result["ratios"] = {}  # per seed, then the mean
+    for num, den in [("disagg_sync", "in_process"), ("disagg_async_k1", "disagg_sync"),
+                     ("disagg_async_k1_pause", "disagg_sync"), ("disagg_async_k1_pause", "in_process")]:
+        if num in spm and den in spm:
+            per = [round(x / y, 3) for x, y in zip(spm[num], spm[den])]
+            result["ratios"][f"{num}_vs_{den}"] = {"per_seed": per, "mean": round(sum(per) / len(per), 3)}
+    syncs = [r for m, rs in runs.items() if m != "in_process" for r in rs if "sync_seconds_mean" in r]
+    if syncs:
+        result["weight_sync"] = {"seconds_per_push": round(sum(r["sync_seconds_mean"] for r in syncs) / len(syncs), 4),
+                                 "bytes": syncs[-1]["sync_bytes"],
+                                 "s_per_gb": round(sum(r["sync_s_per_gb"] for r in syncs) / len(syncs), 3),
+                                 "servers": 2}
     print(json.dumps(result, indent=1))
     if tmp is not None:
         tmp.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import sys
 from pathlib import Path
 
@@ -136,10 +137,11 @@ def _wandb_records(path: Path):
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zero fill (a writer's padding): the next block
+            pos += left
+            continue
         chunk = data[pos + 7:pos + 7 + length]
         pos += 7 + length
-        if kind == 0 and length == 0:
-            break
         buf += chunk
         if kind in (1, 4):  # FULL or LAST
             rec = pb.Record()
@@ -156,10 +158,16 @@ def test_wandb_offline_run_reads_back(tmp_path, monkeypatch):
     root = _write_run(tmp_path, "wandb")
     (run_dir,) = list((root / "wandb").glob("offline-run-*"))
     (rec_file,) = list(run_dir.glob("run-*.wandb"))
+    for _ in range(100):  # wandb's service process writes the file; finish() returns at its exit record
+        records = _wandb_records(rec_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
     history = []
-    for rec in _wandb_records(rec_file):
+    for rec in records:
         if rec.WhichOneof("record_type") == "history":
             items = {it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in rec.history.item}
             history.append(items)
-    assert [(h["_step"], h["reward"]) for h in history] == [(1, 0.25), (2, 0.75)]
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert [(h["_step"], h["reward"]) for h in history] == [(1, 0.25), (2, 0.75)], kinds
     assert history[1]["time_split/tool"] == 1.5
