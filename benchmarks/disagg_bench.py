@@ -14,6 +14,12 @@ the time split (generation, update, trainer idle); and the weight sync of the de
 
 The servers are `tirl serve` processes on free loopback ports.
 
+Disaggregation means separate hardware for inference and training, so by default the two
+servers share the first CPU core and the trainer (with its sandbox and grader processes)
+runs on the others while it trains on the servers; in-process, the trainer has every core.
+Without pinning (``--no-pin``) three processes fight over the same cores, and no overlap of
+rollouts and updates can pay: there is nothing idle to overlap.
+
 Run: ``.venv/bin/python benchmarks/disagg_bench.py [--steps 20] [--seeds 0,1,2] [--modes ...]
 [--sft-from DIR] [--out DIR]``. Prints one JSON object. On a shared 2-core machine the three
 processes compete for the same cores, so disaggregation is measured at its least
@@ -24,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,48 +37,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_servers(model_dir: Path, n: int, log_dir: Path, max_batch: int) -> tuple[list, list[str]]:
-    procs, urls = [], []
-    for i in range(n):
-        port = free_port()
-        log = open(log_dir / f"serve{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "tirl.cli", "serve", "--model", str(model_dir),
-                                       "--port", str(port), "--served-model-name", "tiny", "--max-batch",
-                                       str(max_batch), "--max-seq-len", "512", "--threads", "1"],
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-        urls.append(f"http://127.0.0.1:{port}/v1")
-    deadline = time.monotonic() + 300
-    for p, url in zip(procs, urls):
-        port = int(url.split(":")[2].split("/")[0])
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"server on {port} exited; see {log_dir}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("servers did not start in 300 s") from None
-                time.sleep(0.5)
-    return procs, urls
-
-
-def stop(procs) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def rl_records(run_dir: Path) -> list[dict]:
@@ -147,6 +109,9 @@ def main() -> int:
     ap.add_argument("--sft-from", help="start from this SFT checkpoint instead of running SFT")
     ap.add_argument("--seeds", default="0", help="RL seeds, comma-separated (each mode runs once per seed)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin: by default the servers run on the first core and the disaggregated "
+                         "trainer on the others, as separate inference and training hardware would")
     ap.add_argument("--out", help="keep the runs here (default: a temporary directory)")
     a = ap.parse_args()
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
@@ -176,18 +141,30 @@ def main() -> int:
     result: dict = {"benchmark": "disagg", "steps": a.steps, "tasks": a.tasks or "demo", "seeds": seeds,
                     "sft_seconds": round(time.perf_counter() - t0, 1), "runs": {}}
     runs = result["runs"]
-    procs, urls = start_servers(sft_dir, 2, out, max_batch=64) if any(m != "in_process" for m in modes) else ([], [])
-    try:
+    from tirl.engines.launch import LocalServers, launch_servers
+
+    import os
+
+    all_cores = os.sched_getaffinity(0)
+    pin = a.pin and len(all_cores) >= 2
+    server_cores, trainer_cores = ({min(all_cores)}, all_cores - {min(all_cores)}) if pin else (None, all_cores)
+    result["pinned"] = ({"servers": sorted(server_cores), "trainer_when_disaggregated": sorted(trainer_cores)}
+                        if pin else None)
+    servers = (launch_servers(sft_dir, 2, out, max_batch=64, cpus=server_cores)
+               if any(m != "in_process" for m in modes) else LocalServers([], []))
+    with servers:
+        urls = servers.urls
         engines = "dispatch.engines=[" + ",".join(f'"{u}"' for u in urls) + "]"
         extra = {"in_process": [], "disagg_sync": [engines],
                  "disagg_async_k1": [engines, "rollout.max_staleness=1"],
                  "disagg_async_k1_pause": [engines, "rollout.max_staleness=1", "rollout.in_flight=pause"]}
         for seed in seeds:
             for m in modes:  # interleaved: a slow spell of the shared machine hits every mode
+                # in-process: the trainer on every core; disaggregated: off the servers' cores
+                os.sched_setaffinity(0, all_cores if m == "in_process" else trainer_cores)
                 runs.setdefault(m, []).append(train_mode(out, f"{m}_s{seed}", sft_dir, a.steps,
                                                          common + extra[m] + [f"run.seed={seed}"]))
-    finally:
-        stop(procs)
+        os.sched_setaffinity(0, all_cores)
     result["modes"] = {m: summarize(rs) for m, rs in runs.items()}
     spm = {m: [r["steps_per_minute"] for r in rs] for m, rs in runs.items()}
     result["ratios"] = {}  # per seed, then the mean

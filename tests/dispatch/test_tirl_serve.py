@@ -7,24 +7,14 @@ server is killed, drains it and finishes the remaining work on the other.
 """
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
 
-import aiohttp
 import pytest
 
 from tirl.dispatch import Dispatcher
+from tirl.engines.launch import launch_servers
 from tirl.engines.openai import OpenAIEngine
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,37 +29,8 @@ def servers(tmp_path_factory):
                                         num_heads=2, max_position=512), texts=tokenizer_sample_texts())
     model.save_pretrained(root)
     tok.save_pretrained(root)
-    procs, urls = [], []
-    for i in range(2):
-        port = free_port()
-        log = open(root / f"serve{i}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tirl.cli", "serve", "--model", str(root), "--served-name", "tiny",
-             "--port", str(port), "--max-batch", "4", "--max-seq-len", "256", "--threads", "1"],
-            stdout=log, stderr=subprocess.STDOUT,
-        ))
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 150
-        for url, p in zip(urls, procs):
-            while True:
-                assert p.poll() is None, (root / "serve0.log").read_text()[-2000:]
-                try:
-                    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "tirl serve did not start in 150 s"
-                    time.sleep(0.3)
-        yield procs, urls, len(tok)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    with launch_servers(root, 2, root, max_batch=4, max_seq_len=256, start_timeout_s=150) as srv:
+        yield srv.procs, [u.removesuffix("/v1") for u in srv.urls], len(tok)
 
 
 async def test_dispatch_over_two_tirl_serve_processes(servers):

@@ -11,21 +11,11 @@ random tiny policy still produces groups with signal, i.e. real updates.
 
 import asyncio
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,36 +35,10 @@ def model_dir(tmp_path):
 
 @pytest.fixture
 def servers(model_dir, tmp_path):
-    procs, urls = [], []
-    for i in range(2):
-        port = free_port()
-        log = open(tmp_path / f"serve{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "tirl.cli", "serve", "--model", str(model_dir),
-                                       "--port", str(port), "--served-model-name", "tiny", "--max-batch", "8",
-                                       "--max-seq-len", "512", "--threads", "1"],
-                                      stdout=log, stderr=subprocess.STDOUT))
-        urls.append(f"http://127.0.0.1:{port}/v1")
-    try:
-        deadline = time.monotonic() + 150
-        for i, (url, p) in enumerate(zip(urls, procs)):
-            while True:
-                assert p.poll() is None, (tmp_path / f"serve{i}.log").read_text()[-2000:]
-                try:
-                    with socket.create_connection(("127.0.0.1", int(url.split(":")[2].split("/")[0])), timeout=1):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "server did not start in 150 s"
-                    time.sleep(0.3)
-        yield procs, urls
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    from tirl.engines.launch import launch_servers
+
+    with launch_servers(model_dir, 2, tmp_path, max_batch=8, max_seq_len=512, start_timeout_s=150) as srv:
+        yield srv.procs, srv.urls
 
 
 def disagg_config(tmp_path, model_dir, urls, name, **extra):

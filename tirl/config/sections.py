@@ -63,7 +63,9 @@ class RLConfig(Section):
         description="Refill groups dropped for equal rewards with new problems; false = the "
         "batch shrinks (the release's behaviour).",
     )
-    max_refill_rounds: int = Field(4, ge=0, description="Most refill rounds per step (dynamic sampling).")
+    max_refill_rounds: int = Field(4, ge=0, description="Dynamic sampling's budget: a step starts at most problems_per_step × this "
+                                   "replacement problems for groups without signal (what this many full refill rounds "
+                                   "would start); each starts as soon as a group fails.")
     advantage: Literal["mean_std", "mean"] = Field(
         "mean_std", description="Group advantage: (r - mean) / std (Eq. 4) or r - mean."
     )

@@ -51,7 +51,7 @@ def step_metrics(c: Collected, step: int, stage: str) -> dict:
         "reward": rsum / max(1.0, n),
         "pass_rate": p_pass / max(1.0, p_n),  # share of sampled groups with a correct rollout
         "groups_sampled": int(gs), "groups_dropped": int(gd), "groups_kept": int(gk),
-        "refill_rounds": c.refill_rounds, "infra_dropped": int(infra),
+        "refills": c.refills, "infra_dropped": int(infra),
         "response_len_mean": lsum / max(1.0, n), "response_len_max": lmax,
         "response_len_pos": plen / npos if npos else None,
         "tool_calls_per_traj": calls / max(1.0, n),

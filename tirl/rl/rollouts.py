@@ -7,14 +7,16 @@ worker that crashed) gets ``reward = None`` and is dropped — never rewarded 0.
 trajectory (budget or turn limit without a final answer) gets 0 without grading.
 
 :func:`collect_groups` is dynamic sampling (§2.2.3): groups whose rewards are all equal are
-dropped and replaced by new problems (up to ``max_refill_rounds``), and with GRPO-RoC each
-oversampled group of 2G is cut to G by :func:`tirl.rl.grpo.resample_on_correct`.
+dropped and replaced by new problems (at most ``problems_per_step × max_refill_rounds``),
+each replacement started the moment a group fails, and with GRPO-RoC each oversampled group
+of 2G is cut to G by :func:`tirl.rl.grpo.resample_on_correct`.
 
 What it does not do: compute advantages or losses (:mod:`tirl.rl.update`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
@@ -44,11 +46,38 @@ def format_penalty(traj) -> float:
     return 1.0 if n == 0 else min(1.0, (n - 1) / max(1, len(traj.turns)))
 
 
-@dataclass
 class Timings:
-    generation: float = 0.0
-    tools: float = 0.0
-    grading: float = 0.0
+    """Seconds of one step spent generating and grading, as wall-clock time: an interval
+    counts once however many problems run in it (problems run concurrently). ``tools`` is
+    the sum of the tool calls' own times."""
+
+    def __init__(self) -> None:
+        self.tools = 0.0
+        self._open = {"generation": [0, 0.0, 0.0], "grading": [0, 0.0, 0.0]}  # running, since, total
+
+    def _enter(self, phase: str) -> None:
+        st = self._open[phase]
+        if st[0] == 0:
+            st[1] = time.perf_counter()
+        st[0] += 1
+
+    def _exit(self, phase: str) -> None:
+        st = self._open[phase]
+        st[0] -= 1
+        if st[0] == 0:
+            st[2] += time.perf_counter() - st[1]
+
+    def _seconds(self, phase: str) -> float:
+        running, since, total = self._open[phase]
+        return total + (time.perf_counter() - since if running else 0.0)
+
+    @property
+    def generation(self) -> float:
+        return self._seconds("generation")
+
+    @property
+    def grading(self) -> float:
+        return self._seconds("grading")
 
 
 async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, scorer: str = "math",
@@ -59,19 +88,24 @@ async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, s
     from tirl.reward.scorers import scorer_for
 
     timings = timings if timings is not None else Timings()
-    t0 = time.perf_counter()
-    trajs = await loop.run_many(problems, n=n, on_done=on_done, sampling=sampling, seed=seed)
-    timings.generation += time.perf_counter() - t0
+    timings._enter("generation")
+    try:
+        trajs = await loop.run_many(problems, n=n, on_done=on_done, sampling=sampling, seed=seed)
+    finally:
+        timings._exit("generation")
     for t in trajs:  # the server-stamped version (inference servers); in-process: the trainer's
         v = trajectory_version(t)
         if v is not None:
             t.meta["policy_version"] = v
     timings.tools += sum(t.tool_ms for tr in trajs for t in tr.turns) / 1000.0
-    t1 = time.perf_counter()
     to_grade = [i for i, t in enumerate(trajs) if not t.has_infra_error and not t.truncated]
     judges = [scorer_for(p, scorer) for p in problems]  # trajectories are grouped by problem
-    grades = await grader.grade_batch([(assistant_text(trajs[i]), trajs[i].gold or "") for i in to_grade],
-                                      scorers=[judges[i // n] for i in to_grade])
+    timings._enter("grading")
+    try:
+        grades = await grader.grade_batch([(assistant_text(trajs[i]), trajs[i].gold or "") for i in to_grade],
+                                          scorers=[judges[i // n] for i in to_grade])
+    finally:
+        timings._exit("grading")
     for t in trajs:
         if t.has_infra_error:
             t.reward, t.grade_status = None, "infra_error"
@@ -79,7 +113,6 @@ async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, s
             t.reward, t.grade_status = 0.0, "truncated"
     for i, g in zip(to_grade, grades):
         trajs[i].reward, trajs[i].grade_status = g.reward, g.status
-    timings.grading += time.perf_counter() - t1
     return [trajs[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
@@ -92,7 +125,7 @@ class Collected:
     groups_sampled: int = 0
     groups_dropped: int = 0
     infra_dropped: int = 0
-    refill_rounds: int = 0
+    refills: int = 0  # replacement problems started (dynamic sampling)
 
 
 async def collect_groups(rollout: Callable, next_problems: Callable[[int], list[dict]], *, want: int,
@@ -101,42 +134,76 @@ async def collect_groups(rollout: Callable, next_problems: Callable[[int], list[
                          rng: random.Random) -> Collected:
     """Groups with signal for one step (see the module docstring).
 
-    ``rollout(problems, n, round)`` returns graded groups; ``next_problems(k)`` the next
-    ``k`` problems of this rank. Each kept trajectory gets ``meta["kept"] = True`` and its
+    ``rollout(problems, n, index)`` returns the graded groups of ``problems`` (here always one:
+    the step's problem number ``index``, which seeds it); ``next_problems(k)`` the next ``k``
+    problems of this rank. Each kept trajectory gets ``meta["kept"] = True`` and its
     ``meta["roc_penalty"]``; dropped ones ``meta["kept"] = False``.
+
+    Every problem runs as soon as it is known: the step starts ``want`` at once, and each group
+    that comes back without signal (all rewards equal, or fewer than two valid) starts a
+    replacement at once — up to ``want × max_refill_rounds`` replacements, the problems that
+    many full refill rounds would start — instead of waiting for a round's slowest group.
+    Timing changes nothing: problem ``k`` of the step is the ``k``-th from ``next_problems``
+    and each failed group starts exactly one more, so the problems run are the shortest
+    prefix with ``want`` groups with signal (or the budget spent) whatever order they finish
+    in; groups are kept, and RoC draws from ``rng``, in problem order.
     """
     n = group_size * (oversample if algorithm == "grpo_roc" else 1)
-    out = Collected()
-    rounds = 0
-    while len(out.groups) < want:
-        groups = await rollout(next_problems(want - len(out.groups)), n, rounds)
-        for g in groups:
-            out.groups_sampled += 1
-            out.sampled.extend(g)
-            for t in g:
-                t.meta["kept"] = False
-            valid = [t for t in g if t.reward is not None]
-            out.infra_dropped += len(g) - len(valid)
-            rewards = [t.reward for t in valid]
-            if len(valid) < 2 or len(set(rewards)) == 1:
-                out.groups_dropped += 1
-                continue
-            pens = [trajectory_penalty(t) for t in valid]
-            for t, p in zip(valid, pens):
-                t.meta["roc_penalty"] = p
-            if algorithm == "grpo_roc":
-                idx = resample_on_correct(rewards, pens, group_size, mode=roc_mode, min_pos=min_pos,
-                                          min_neg=min_neg, rng=rng)
-                valid = [valid[i] for i in idx]
-            for t in valid:
-                t.meta["kept"] = True
-            out.groups.append(valid)
-            if len(out.groups) >= want:
-                break
-        rounds += 1
-        if not dynamic_sampling or rounds > max_refill_rounds:
-            break
-    out.refill_rounds = rounds - 1
+    budget = want * max_refill_rounds if dynamic_sampling else 0
+    results: dict[int, list] = {}
+    running: dict[asyncio.Task, int] = {}
+    started = 0
+
+    def start(k: int) -> None:
+        nonlocal started
+        for problem in next_problems(k):
+            running[asyncio.ensure_future(rollout([problem], n, started))] = started
+            started += 1
+
+    def has_signal(g: list) -> bool:
+        rewards = {t.reward for t in g if t.reward is not None}
+        return sum(t.reward is not None for t in g) >= 2 and len(rewards) > 1
+
+    try:
+        start(want)
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            failed = 0
+            for task in done:
+                k = running.pop(task)
+                (results[k],) = task.result()
+                failed += not has_signal(results[k])
+            more = min(failed, budget - (started - want))
+            if more > 0:
+                start(more)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+    out = Collected(refills=started - want)
+    for k in sorted(results):
+        g = results[k]
+        out.groups_sampled += 1
+        out.sampled.extend(g)
+        for t in g:
+            t.meta["kept"] = False
+        valid = [t for t in g if t.reward is not None]
+        out.infra_dropped += len(g) - len(valid)
+        if not has_signal(g):
+            out.groups_dropped += 1
+            continue
+        rewards = [t.reward for t in valid]
+        pens = [trajectory_penalty(t) for t in valid]
+        for t, p in zip(valid, pens):
+            t.meta["roc_penalty"] = p
+        if algorithm == "grpo_roc":
+            idx = resample_on_correct(rewards, pens, group_size, mode=roc_mode, min_pos=min_pos,
+                                      min_neg=min_neg, rng=rng)
+            valid = [valid[i] for i in idx]
+        for t in valid:
+            t.meta["kept"] = True
+        out.groups.append(valid)
     return out
 
 

@@ -313,12 +313,14 @@ class Trainer:
             self._rollout_idle += now - self._rollouts_end
             self._rollouts_end = None
 
-        async def rollout(problems, n, round_):
-            return await self._rollouts(problems, n, sampling, self._seed("step", step, round_),
-                                        timings, self._on_traj_done, sync=sync)
+        async def rollout(problems, n, index):
+            return await self._rollouts(problems, n, sampling, self._seed("step", step, index),
+                                        timings, self._on_traj_done, sync=False)
 
         rng = self.data_rng if self.cfg.rollout.max_staleness == 0 else random.Random(
             f"tirl-roc-{self.cfg.run.seed}-{step}")
+        if sync and self.servers is not None:  # before the step's problems start, at once
+            await self.servers.push(self.model, self._version, self.state.global_step, self._generating)
         try:
             with self._generating():
                 collected = await collect_groups(
