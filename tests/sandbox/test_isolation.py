@@ -220,7 +220,7 @@ async def test_server_environment_never_reaches_zygote():
         del os.environ["TIRL_ZYGOTE_SECRET"]
 
 
-def test_paths_under_world_writable_dirs_are_carried(tmp_path):
+async def test_paths_under_world_writable_dirs_are_carried(tmp_path):  # the module runs on one event loop
     """A venv or checkout under /tmp (a CI clone) must survive the empty tmpfs over /tmp:
     `_under` picks the top-most such directories to carry across."""
     from tirl.sandbox.isolation import _under
