@@ -2,16 +2,10 @@
 
 import asyncio
 import contextlib
-import socket
 
 from tirl.engines.scripted import ScriptedEngine
 from tirl.engines.server import serve
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tirl.engines.launch import free_port
 
 
 @contextlib.asynccontextmanager

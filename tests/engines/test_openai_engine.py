@@ -3,7 +3,6 @@ errors that name the server's message, bounded waits, and finish reasons (issues
 
 import asyncio
 import contextlib
-import socket
 
 import pytest
 from aiohttp import web
@@ -11,12 +10,7 @@ from aiohttp import web
 from tirl.engines.openai import EngineError, EngineUnreachable, OpenAIEngine
 
 from tests.agent.tiny import tiny_tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tirl.engines.launch import free_port
 
 
 class FakeServer:

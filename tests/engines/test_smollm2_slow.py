@@ -7,7 +7,6 @@ load the converted copy in about a second.
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from tirl.engines.config import ModelConfig
 from tirl.engines.models import load_model
 from tirl.engines.openai import OpenAIEngine
 from tirl.sandbox.types import ExecResult
+from tirl.engines.launch import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,6 @@ def few_shot_prompt(tok, question: str) -> list[int]:
         text += f"<answer>\\boxed{{{a * b}}}</answer><|im_end|>\n"
     text += f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
     return list(tok.encode(text, add_special_tokens=False))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_up(url: str, proc, timeout_s: float = 120.0) -> None:

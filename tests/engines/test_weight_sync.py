@@ -3,7 +3,6 @@
 
 import asyncio
 import contextlib
-import socket
 
 import aiohttp
 import pytest
@@ -17,12 +16,7 @@ from tirl.engines.weight_sync import DiskWeightSync, WeightSyncError, save_weigh
 from tirl.engines.weights_api import add_weight_routes
 
 from tests.agent.tiny import tiny_model, tiny_tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tirl.engines.launch import free_port
 
 
 @contextlib.asynccontextmanager

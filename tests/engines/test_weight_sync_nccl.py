@@ -2,7 +2,6 @@
 (the broadcast goes to a fake group; no GPU, no NCCL)."""
 
 import asyncio
-import socket
 import threading
 
 import pytest
@@ -11,12 +10,7 @@ from aiohttp import web
 from tirl.engines.weight_sync import NcclWeightSync, WeightSyncError, tensor_specs
 
 from tests.agent.tiny import tiny_model, tiny_tokenizer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tirl.engines.launch import free_port
 
 
 class FakeGroup:

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections import defaultdict
 
 import pytest
 
 from tirl.config import load_config
+from tirl.engines.launch import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("servers", [1, 2])

@@ -14,14 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from tirl.engines.launch import free_port as _free_port
 
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -3,12 +3,12 @@ retries of infra_error spend what is left of it instead of starting afresh."""
 
 from __future__ import annotations
 
-import socket
 
 from tirl.sandbox.client import SandboxClient
 from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.http import serve
 from tirl.sandbox.types import ExecResult
+from tirl.engines.launch import free_port as _free_port
 
 
 class QueueFull:
@@ -31,12 +31,6 @@ class QueueFull:
 
     def metrics_text(self):
         return ""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_retries_spend_the_callers_queue_budget():

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -18,14 +17,9 @@ from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.http import serve
 from tirl.sandbox.pool import Sandbox
 from tirl.sandbox.types import ExecResult
+from tirl.engines.launch import free_port as _free_port
 
 SLEEP = "import time\ntime.sleep(60)\nprint('still here')"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> set[int]:

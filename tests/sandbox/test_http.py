@@ -1,7 +1,6 @@
 """HTTP API (validation, routes) and SandboxClient (micro-batching, retries, local mode)."""
 
 import asyncio
-import socket
 
 import aiohttp
 import pytest
@@ -10,12 +9,7 @@ from tirl.sandbox.client import SandboxClient
 from tirl.sandbox.config import SandboxConfig
 from tirl.sandbox.http import serve
 from tirl.sandbox.types import ExecRequest, ExecResult
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tirl.engines.launch import free_port as _free_port
 
 
 class FakeBackend:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from tirl.engines.launch import free_port
 
 SERVED_NAME = "smollm2"
 REPO = Path(__file__).resolve().parents[2]
@@ -39,12 +39,6 @@ def export_smollm2(out_dir: str | Path) -> Path:
     tok.save_pretrained(tmp)
     tmp.rename(out)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
