@@ -117,16 +117,16 @@ def test_timings_count_overlapping_work_once(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(R.time, "perf_counter", lambda: now[0])
     t = Timings()
-    t._enter("generation")      # 0: a starts
+    a, b = t.span("generation"), t.span("generation")
+    a.__enter__()               # 0: a starts
     now[0] = 1.0
-    t._enter("generation")      # 1: b starts
+    b.__enter__()               # 1: b starts
     now[0] = 2.0
-    t._exit("generation")       # 2: a ends
+    a.__exit__(None, None, None)  # 2: a ends
     assert t.generation == 2.0  # b still runs: counted up to now
     now[0] = 3.0
-    t._exit("generation")       # 3: b ends -> 3 s of wall time, not 2 + 2
+    b.__exit__(None, None, None)  # 3: b ends -> 3 s of wall time, not 2 + 2
     now[0] = 5.0
-    t._enter("generation")
-    now[0] = 5.5
-    t._exit("generation")
+    with t.span("generation"):
+        now[0] = 5.5
     assert t.generation == 3.5 and t.grading == 0.0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -55,17 +56,20 @@ class Timings:
         self.tools = 0.0
         self._open = {"generation": [0, 0.0, 0.0], "grading": [0, 0.0, 0.0]}  # running, since, total
 
-    def _enter(self, phase: str) -> None:
+    @contextmanager
+    def span(self, phase: str):
+        """Count the time inside as ``phase`` ("generation" or "grading") — once, whatever else
+        of that phase runs meanwhile."""
         st = self._open[phase]
         if st[0] == 0:
             st[1] = time.perf_counter()
         st[0] += 1
-
-    def _exit(self, phase: str) -> None:
-        st = self._open[phase]
-        st[0] -= 1
-        if st[0] == 0:
-            st[2] += time.perf_counter() - st[1]
+        try:
+            yield
+        finally:
+            st[0] -= 1
+            if st[0] == 0:
+                st[2] += time.perf_counter() - st[1]
 
     def _seconds(self, phase: str) -> float:
         running, since, total = self._open[phase]
@@ -88,11 +92,8 @@ async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, s
     from tirl.reward.scorers import scorer_for
 
     timings = timings if timings is not None else Timings()
-    timings._enter("generation")
-    try:
+    with timings.span("generation"):
         trajs = await loop.run_many(problems, n=n, on_done=on_done, sampling=sampling, seed=seed)
-    finally:
-        timings._exit("generation")
     for t in trajs:  # the server-stamped version (inference servers); in-process: the trainer's
         v = trajectory_version(t)
         if v is not None:
@@ -100,12 +101,9 @@ async def rollout_and_grade(loop, grader, problems: Sequence[dict], n: int, *, s
     timings.tools += sum(t.tool_ms for tr in trajs for t in tr.turns) / 1000.0
     to_grade = [i for i, t in enumerate(trajs) if not t.has_infra_error and not t.truncated]
     judges = [scorer_for(p, scorer) for p in problems]  # trajectories are grouped by problem
-    timings._enter("grading")
-    try:
+    with timings.span("grading"):
         grades = await grader.grade_batch([(assistant_text(trajs[i]), trajs[i].gold or "") for i in to_grade],
                                           scorers=[judges[i // n] for i in to_grade])
-    finally:
-        timings._exit("grading")
     for t in trajs:
         if t.has_infra_error:
             t.reward, t.grade_status = None, "infra_error"
