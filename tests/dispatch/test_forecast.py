@@ -1,6 +1,7 @@
 """The remaining-length forecast behind ``kv`` forecast booking (hand-worked numbers)."""
 
 import asyncio
+import math
 
 import pytest
 
@@ -118,6 +119,78 @@ def test_dispatch_config_default_is_kv_with_peak_booking():
     from tirl.dispatch.config import DispatchConfig
 
     cfg = DispatchConfig()
-    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z, cfg.kv_margin) == ("kv", "peak", 2.0, 0.05)
+    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z, cfg.kv_margin) == ("kv", "peak", 2.5, 0.05)
+    assert (cfg.kv_order, cfg.kv_order_prior) == ("longest_first", 2.0)
     d = Dispatcher.from_config(cfg, [Echo(), Echo()])
-    assert d.booking == "peak" and all(ld.safety_sd == 2.0 and ld.headroom == 0.05 for ld in d.loads)
+    assert d.booking == "peak" and all(ld.safety_sd == 2.5 and ld.headroom == 0.05 for ld in d.loads)
+    assert d._order is not None and d._order.prior_weight == 2.0
+    assert Dispatcher([Echo()], "kv", booking="max", order="longest_first")._order is None  # needs lengths
+
+
+def test_log_evidence_by_hand():
+    # lengths 100, 200, 400, 800 (grid of 100): E[log L] = log 100 + 1.5 log 2
+    f = LengthForecast(1000, [100, 200, 400, 800], resolution=100)
+    ln2 = math.log(2)
+    assert f.log_evidence(400, finished=True) == pytest.approx(0.5 * ln2)  # log 400 − mean
+    assert f.log_evidence(100, finished=True) == pytest.approx(-1.5 * ln2)
+    assert f.log_evidence(0, finished=False) == 0.0  # a fresh rollout says nothing
+    # running past 200: it is one of 400, 800 → E[log L | L > 200] = log 100 + 2.5 log 2
+    assert f.log_evidence(250, finished=False) == pytest.approx(ln2)
+    # running past everything seen: at least its length so far
+    assert f.log_evidence(900, finished=False) == pytest.approx(math.log(900) - math.log(100) - 1.5 * ln2)
+    assert LengthForecast(1000).log_evidence(500, finished=True) == 0.0  # no history: no evidence
+
+
+def test_peak_booking_of_a_longer_or_shorter_problem_by_hand():
+    f = LengthForecast(400, [100, 200, 300, 400], resolution=100)
+    assert f.peak(50, 0, scale=1.0) == f.peak(50, 0)
+    # scale 2: lengths 200, 400, 400, 400 (capped): P(L > x) = 1, 1, 3/4, 3/4, 0 at x = 0..400
+    # (50 + x) · P = 150, 187.5, 262.5, 0 at x = 100..400 → peak 262.5 at x = 300, P = 3/4
+    mean, var = f.peak(50, 0, scale=2.0)
+    assert mean == pytest.approx(262.5) and var == pytest.approx(350**2 * 0.75 * 0.25)
+    # scale 1/2: lengths 50, 100, 150, 200: P = 1, 1/2, 0 at x = 0, 100, 200 → (50 + 100) / 2
+    assert f.peak(50, 0, scale=0.5) == (pytest.approx(75.0), pytest.approx(150**2 * 0.25))
+    with pytest.raises(ValueError, match="scale"):
+        f.peak(50, 0, scale=0.0)
+
+
+class Full:
+    """Returns ``max_new_tokens`` tokens per call."""
+
+    async def generate(self, prompt_ids, max_new_tokens, temperature=1.0, stop=None, *, top_p=1.0, top_k=0):
+        await asyncio.sleep(0)
+        return Completion([1] * max_new_tokens, None, "length")
+
+
+async def test_dispatcher_longest_first_admits_the_long_problems_waiting_rollout_first():
+    # lengths seen: 100 and 1000 tokens of context; one engine of 2000, no margins
+    d = Dispatcher([Full()], "kv", capacity_tokens=2000, booking="peak", safety_sd=0.0, margin=0.0,
+                   order="longest_first")
+    d.forecast.observe(100)
+    d.forecast.observe(1000)
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def run(key, group, n_tokens):
+        async with d.lease(key, 1500, group=group) as eng:
+            started.append(key)
+            await eng.generate([0] * 10, n_tokens)
+            await release.wait()
+
+    # in flight: problem "easy" at 100 tokens of context, "hard" at 900
+    first = [asyncio.create_task(run("easy-0", "easy", 90)), asyncio.create_task(run("hard-0", "hard", 890))]
+    await asyncio.sleep(0.01)
+    assert started == ["easy-0", "hard-0"]
+    # evidence: easy-0 has outlived nothing (0); hard-0 has outlived the 100 seen:
+    # E[log L | L > 896] − E[log L] = log 1000 − (log 100 + log 1000) / 2 = ½ log 10, over 1 + prior 2
+    assert d._order.score("easy") == 0.0
+    assert d._order.score("hard") == pytest.approx(0.5 * math.log(10) / 3)
+    # their peak bookings (hard-0's from its problem's lengths, scaled up) leave no room
+    # for a fresh one: new leases wait
+    waiting = [asyncio.create_task(run("easy-1", "easy", 90)), asyncio.create_task(run("hard-1", "hard", 890))]
+    await asyncio.sleep(0.01)
+    assert started == ["easy-0", "hard-0"]  # both wait; easy-1 arrived first
+    release.set()
+    await asyncio.gather(*first, *waiting)
+    assert started[2:] == ["hard-1", "easy-1"]  # the long problem's rollout went ahead
+    assert d.loads[0].reserved_tokens == 0 and d.loads[0].active == 0 and d.loads[0].reserved_var == 0

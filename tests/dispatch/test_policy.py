@@ -2,7 +2,7 @@
 
 import pytest
 
-from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
+from tirl.dispatch.policy import EngineLoad, LongestFirstOrder, choose_engine, static_engine
 
 
 def loads(*free, cap=100):
@@ -119,3 +119,34 @@ def test_kv_growth_since_the_last_booking_is_read_from_live_usage():
     # live usage below the booked context (a cache evicted, a turn queued): no credit, no debit
     ld.live_used_tokens = 200
     assert ld.free_tokens() == 500
+
+
+def test_longest_first_spreads_the_first_wave_then_prefers_long_problems():
+    o = LongestFirstOrder(prior_weight=2.0)
+    for item in ("a1", "a2", "b1", "b2", "c1", "c2"):
+        o.add(item, item[0])
+    assert len(o) == 6
+    # no evidence: the problem with the fewest started goes first → one of each, in order seen
+    for expected in ("a1", "b1", "c1"):
+        assert o.head() == expected
+        o.start(expected)
+    assert o.head() == "a2"  # all started once, all score 0: first seen
+    # b's rollout has outlived its peers (evidence +1): score 1 / (1 started + 2 prior) = 1/3
+    o.update("b", 0.0, 1.0)
+    assert o.score("b") == pytest.approx(1 / 3)
+    # a's finished short (−0.5): score −1/6, below c's 0
+    o.update("a", 0.0, -0.5)
+    assert o.score("a") == pytest.approx(-1 / 6)
+    assert o.head() == "b2"
+    o.start("b2", 0.3)  # starting adds its evidence and a started rollout: (1 + 0.3) / (2 + 2)
+    assert o.score("b") == pytest.approx(1.3 / 4)
+    assert o.head() == "c2"
+    o.remove("c2")  # cancelled while waiting
+    assert o.head() == "a2" and o.waiting("a2") and not o.waiting("c2")
+    o.start("a2")
+    assert o.head() is None and len(o) == 0
+
+
+def test_longest_first_rejects_a_non_positive_prior():
+    with pytest.raises(ValueError, match="prior_weight must be > 0, got 0"):
+        LongestFirstOrder(0)

@@ -65,7 +65,7 @@ def test_kv_forecast_booking_runs_bigger_batches_without_preemption():
 
 def test_default_is_kv_with_peak_booking():
     cfg = SimConfig()
-    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z) == ("kv", "peak", 2.0)
+    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z, cfg.kv_order) == ("kv", "peak", 2.5, "longest_first")
 
 
 def test_kv_peak_booking_fills_the_cache_without_preemption():

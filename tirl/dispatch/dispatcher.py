@@ -58,7 +58,7 @@ from typing import Any, AsyncIterator, Sequence
 from tirl.dispatch.config import POLICIES, DispatchConfig
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
-from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
+from tirl.dispatch.policy import LongestFirstOrder, UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
 from tirl.engines.base import Completion
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class DispatchStats:
 
 
 class _Lease:
-    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx")
+    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx", "evidence")
 
     def __init__(self, key: str, reserve: int, group: Any):
         self.key, self.reserve, self.group = key, reserve, group
@@ -128,6 +128,11 @@ class _Lease:
         self.ctx = 0  # context tokens after the last generate call
         self.var = 0.0  # variance of the booking (peak)
         self.booked_ctx = 0  # context when the booking was made (peak)
+        self.evidence = 0.0  # what it says of its problem's lengths (longest_first)
+
+    @property
+    def problem(self) -> Any:
+        return self.group if self.group is not None else self.key
 
 
 class LeasedEngine:
@@ -197,9 +202,11 @@ class Dispatcher:
         fail_after: int = 3,
         reserve_fraction: float = 1.0,
         booking: str = "max",
-        safety_sd: float = 2.0,
+        safety_sd: float = 2.5,
         margin: float = 0.05,
         forecast_window: int = 8192,
+        order: str = "fifo",
+        order_prior: float = 2.0,
         names: Sequence[str] | None = None,
         own_engines: bool = False,
     ):
@@ -218,6 +225,13 @@ class Dispatcher:
         if booking not in ("max", "forecast", "peak"):
             raise ValueError(f"booking must be 'max', 'forecast' or 'peak', got {booking!r}")
         self.booking = booking
+        if order not in ("fifo", "longest_first"):
+            raise ValueError(f"order must be 'fifo' or 'longest_first', got {order!r}")
+        # longest_first: leases wait in LongestFirstOrder (a lease moved off a dead engine still
+        # goes first, through _waiters); it needs lengths, so only under forecast/peak booking
+        self._order = (
+            LongestFirstOrder(order_prior) if order == "longest_first" and policy == "kv" and booking != "max" else None
+        )
         self.forecast = LengthForecast(_FORECAST_MAX_TOKENS, window=forecast_window)
         self.max_retries = max_retries
         self.fail_after = fail_after
@@ -278,6 +292,8 @@ class Dispatcher:
             booking=cfg.kv_booking,
             safety_sd=cfg.kv_peak_z,
             margin=cfg.kv_margin,
+            order=cfg.kv_order,
+            order_prior=cfg.kv_order_prior,
             **kw,
         )
 
@@ -380,6 +396,8 @@ class Dispatcher:
         try:
             yield LeasedEngine(self, lease)
             if self.booking != "max" and lease.ctx:
+                if self._order is not None:
+                    self._note_evidence(lease, self.forecast.log_evidence(lease.ctx, True))
                 self.forecast.observe(lease.ctx)  # a finished trajectory's final context
         finally:
             self._release(lease)
@@ -423,10 +441,25 @@ class Dispatcher:
         ]
 
     # -- admission ------------------------------------------------------------------
+    def _head(self) -> asyncio.Event | None:
+        """The waiter to admit next: a moved lease first, then by the order (FIFO or longest first)."""
+        if self._waiters:
+            return self._waiters[0]
+        return self._order.head() if self._order is not None else None
+
     def _wake(self) -> None:
         """Something changed: let the head of the queue look again (only it can be admitted)."""
-        if self._waiters:
-            self._waiters[0].set()
+        head = self._head()
+        if head is not None:
+            head.set()
+
+    def _problem_scale(self, lease: _Lease) -> float:
+        """longest_first + peak: how much longer than typical the lease's problem has shown to be."""
+        return math.exp(self._order.score(lease.problem)) if self._order is not None else 1.0
+
+    def _note_evidence(self, lease: _Lease, new: float) -> None:
+        self._order.update(lease.problem, lease.evidence, new)
+        lease.evidence = new
 
     def _pick(self, lease: _Lease) -> int | None:
         g = lease.group if lease.group is not None else lease.key
@@ -463,18 +496,28 @@ class Dispatcher:
         me = asyncio.Event()
         if front:
             self._waiters.appendleft(me)
+        elif self._order is not None:
+            self._order.add(me, lease.problem)
         else:
             self._waiters.append(me)
         t0 = time.monotonic()
         waited = False
         try:
             while True:
-                if self._waiters[0] is me:
+                if self._head() is me:
                     self._check_possible(lease)
                     self._next_ordinal = self.stats.leases
+                    ordered = not (self._waiters and self._waiters[0] is me)
+                    if ordered and self.booking == "peak" and self.forecast.n_observed:
+                        mean, lease.var = self.forecast.peak(lease.ctx, lease.ctx, self._problem_scale(lease))
+                        lease.booked = min(lease.reserve, max(lease.ctx, math.ceil(mean)))
                     k = self._pick(lease)
                     if k is not None:
-                        self._waiters.popleft()
+                        if ordered:
+                            lease.evidence = self.forecast.log_evidence(lease.ctx, False)
+                            self._order.start(me, lease.evidence)
+                        else:
+                            self._waiters.popleft()
                         self._book(lease, k)
                         self._wake()  # the next in line may fit too
                         if waited:
@@ -485,11 +528,13 @@ class Dispatcher:
                 me.clear()
                 await me.wait()  # set when this waiter is at the head and something changed
         except BaseException:
+            head = self._head() is me
             if me in self._waiters:
-                head = self._waiters[0] is me
                 self._waiters.remove(me)
-                if head:
-                    self._wake()
+            elif self._order is not None and self._order.waiting(me):
+                self._order.remove(me)
+            if head:
+                self._wake()
             raise
 
     def _book(self, lease: _Lease, k: int) -> None:
@@ -523,8 +568,10 @@ class Dispatcher:
         if self.booking == "max" or lease.engine < 0 or not self.forecast.n_observed:
             return
         ld = self.loads[lease.engine]
+        if self._order is not None:
+            self._note_evidence(lease, self.forecast.log_evidence(ctx, False))
         if self.booking == "peak":
-            mean, var = self.forecast.peak(ctx, ctx)
+            mean, var = self.forecast.peak(ctx, ctx, self._problem_scale(lease))
             new = min(lease.reserve, max(ctx, math.ceil(mean)))
             ld.reserved_var += var - lease.var
             if ld.context_tokens is not None:

@@ -53,6 +53,9 @@ class LengthForecast:
         self._window: deque[int] = deque(maxlen=window)
         self._table: list[int] | None = None
         self._survival: np.ndarray | None = None  # P(L > x) on the grid x = 0, r, 2r, ...
+        self._sorted: np.ndarray | None = None  # the window's lengths, capped and sorted
+        self._log_excess: np.ndarray | None = None  # E[log L | L > x] - E[log L] on the grid
+        self._mean_log = 0.0
         self._since = 0
         for x in lengths:
             self._window.append(int(x))
@@ -62,7 +65,7 @@ class LengthForecast:
         self._window.append(int(length))
         self._since += 1
         if len(self._window) < 256 or self._since >= len(self._window) // 20:
-            self._table, self._survival, self._since = None, None, 0
+            self._table, self._survival, self._log_excess, self._since = None, None, None, 0
 
     @property
     def n_observed(self) -> int:
@@ -91,17 +94,44 @@ class LengthForecast:
         rem = self._table[l // self.resolution]
         return min(rem, self.max_response_tokens - l)
 
+    def log_evidence(self, response_so_far: int, finished: bool) -> float:
+        """How much longer than typical (in log length) one rollout shows its problem to be.
+
+        A finished rollout of length ``x`` says ``log x − E[log L]``; one still running at
+        ``l`` says only that it will end beyond ``l``: ``E[log L | L > l] − E[log L]`` (0 at
+        the start, growing as it outlives its peers; past every length seen, ``log l −
+        E[log L]``). Lengths are capped at the budget. 0 with no observations.
+        """
+        if not self._window:
+            return 0.0
+        m, r = self.max_response_tokens, self.resolution
+        l = max(1, min(int(response_so_far), m))
+        if self._log_excess is None:
+            s = np.log(np.maximum(np.sort(np.minimum(np.fromiter(self._window, dtype=np.int64), m)), 1))
+            self._mean_log = float(s.mean())
+            suffix = np.concatenate([np.cumsum(s[::-1])[::-1], [0.0]])
+            grid = np.arange(0, m + r, r)
+            idx = np.searchsorted(s, np.log(np.maximum(grid, 1)), side="right")
+            count = len(s) - idx
+            with np.errstate(invalid="ignore", divide="ignore"):
+                above = np.where(count > 0, suffix[idx] / np.maximum(count, 1), np.log(np.maximum(grid, 1)))
+            self._log_excess = np.where(count == len(s), 0.0, above - self._mean_log)  # exact 0 before any end
+        if finished:
+            return float(np.log(l)) - self._mean_log
+        return float(self._log_excess[l // r])
+
     def booking(self, prompt_tokens: int, response_so_far: int = 0) -> int:
         """KV tokens to book now: context so far + expected remaining."""
         return int(prompt_tokens) + int(response_so_far) + self.remaining(response_so_far)
 
-    def peak(self, context: int, response_so_far: int) -> tuple[float, float]:
+    def peak(self, context: int, response_so_far: int, scale: float = 1.0) -> tuple[float, float]:
         """(mean, variance) of the KV tokens a trajectory holds where its expected size peaks.
 
         ``context`` is its whole context now, ``response_so_far`` the part of it the
-        forecast's lengths measure. The mean is never below ``context`` (it holds that now;
-        variance 0 then). With no observations it is the safe rule: context + the rest of
-        the budget, variance 0.
+        forecast's lengths measure. ``scale`` multiplies the lengths seen (a problem known
+        to be longer or shorter than typical; still capped at the budget). The mean is never
+        below ``context`` (it holds that now; variance 0 then). With no observations it is
+        the safe rule: context + the rest of the budget, variance 0.
         """
         m, r = self.max_response_tokens, self.resolution
         c = float(context)
@@ -109,14 +139,23 @@ class LengthForecast:
         if not self._window:
             return c + (m - l), 0.0
         if self._survival is None:
-            s = np.sort(np.minimum(np.fromiter(self._window, dtype=np.int64), m))
+            self._sorted = np.sort(np.minimum(np.fromiter(self._window, dtype=np.int64), m))
             grid = np.arange(0, m + r, r)
-            self._survival = (len(s) - np.searchsorted(s, grid, side="right")) / len(s)
+            self._survival = (len(self._sorted) - np.searchsorted(self._sorted, grid, side="right")) / len(self._sorted)
+        if scale == 1.0:
+            survival = self._survival
+        else:
+            if scale <= 0:
+                raise ValueError(f"scale must be > 0, got {scale}")
+            s = self._sorted
+            grid = np.arange(0, m + r, r)
+            survival = (len(s) - np.searchsorted(s, grid / scale, side="right")) / len(s)
+            survival[grid >= m] = 0.0  # a scaled length is still capped at the budget
         a = l // r
-        alive = self._survival[a]
+        alive = survival[a]
         if alive <= 0:  # past every length seen: expect it to stop within one step
             return c + min(r, m - l), 0.0
-        p = self._survival[a + 1:] / alive  # P(still running at grid point j | running at l)
+        p = survival[a + 1:] / alive  # P(still running at grid point j | running at l)
         size = c + (np.arange(a + 1, a + 1 + len(p)) * r - l)
         held = size * p
         if len(held) == 0 or held.max() <= c:

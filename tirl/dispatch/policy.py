@@ -38,7 +38,9 @@ What this module does not do: waiting, I/O or bookkeeping — callers own the st
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 
 UNKNOWN_CAPACITY_TOKENS = 32768  # KV tokens assumed for an engine whose capacity is not known yet
@@ -142,3 +144,101 @@ def _kv_fits(ld: EngineLoad, reserve_tokens: int) -> bool:
     if ld.capacity_tokens is None and ld.active == 0:  # never stuck behind the assumed capacity
         return True
     return ld.free_tokens() >= reserve_tokens
+
+
+class LongestFirstOrder:
+    """The order in which waiting trajectories are admitted: problems shown to be long first.
+
+    The rollouts of one problem have correlated lengths (a hard problem makes a long
+    group). Each trajectory in flight or finished contributes evidence about its problem
+    (:meth:`LengthForecast.log_evidence`: how much longer than typical, in log length); a
+    problem's score is the evidence summed over its started rollouts, shrunk toward 0 (the
+    global distribution) as if ``prior_weight`` typical rollouts had been seen too::
+
+        score(g) = Σ evidence / (started(g) + prior_weight)
+
+    The waiting trajectory of the highest-scoring problem goes next (a long rollout that
+    starts late is the tail of the step; a short one fits in anywhere); among equal
+    scores, the problem with the fewest started rollouts (so, before any evidence, the
+    first wave spreads over every problem and what waits is a few of each), then the
+    problem seen first, then arrival order.
+
+    Pure bookkeeping (a heap with lazy deletion): no waiting, no I/O. Items are any
+    hashable keys, groups any hashable problem ids.
+    """
+
+    def __init__(self, prior_weight: float = 2.0):
+        if prior_weight <= 0:
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        self.prior_weight = float(prior_weight)
+        self._evidence: dict = {}  # group -> summed evidence of its started rollouts
+        self._started: dict = {}  # group -> rollouts started
+        self._rank: dict = {}  # group -> order of first appearance
+        self._waiting: dict = {}  # group -> deque of waiting items (arrival order)
+        self._group_of: dict = {}  # waiting item -> group
+        self._version: dict = {}  # group -> version of its newest heap entry
+        self._heap: list = []
+
+    def __len__(self) -> int:
+        return len(self._group_of)
+
+    def score(self, group) -> float:
+        return self._evidence.get(group, 0.0) / (self._started.get(group, 0) + self.prior_weight)
+
+    def _push(self, group) -> None:
+        v = self._version.get(group, 0) + 1
+        self._version[group] = v
+        if self._waiting.get(group):
+            heapq.heappush(
+                self._heap, (-round(self.score(group), 9), self._started.get(group, 0), self._rank[group], v, group)
+            )
+
+    def add(self, item, group) -> None:
+        """``item`` of problem ``group`` starts waiting (after those already waiting)."""
+        if group not in self._rank:
+            self._rank[group] = len(self._rank)
+        was_empty = not self._waiting.get(group)
+        self._waiting.setdefault(group, deque()).append(item)
+        self._group_of[item] = group
+        if was_empty:
+            self._push(group)
+
+    def waiting(self, item) -> bool:
+        return item in self._group_of
+
+    def remove(self, item) -> None:
+        """``item`` stops waiting without starting (cancelled)."""
+        group = self._group_of.pop(item)
+        was_head = self._waiting[group][0] == item
+        self._waiting[group].remove(item)
+        if was_head:  # the group's place in line may change (or it no longer waits)
+            self._push(group)
+
+    def head(self):
+        """The waiting item to admit next, or None when nothing waits."""
+        heap = self._heap
+        while heap:
+            _, _, _, v, group = heap[0]
+            if v == self._version.get(group) and self._waiting.get(group):
+                return self._waiting[group][0]
+            heapq.heappop(heap)
+        return None
+
+    def start(self, item, evidence: float = 0.0) -> None:
+        """``item`` (a waiting one) is admitted, with the evidence it gives so far."""
+        group = self._group_of.pop(item)
+        waiting = self._waiting[group]
+        if waiting[0] == item:
+            waiting.popleft()
+        else:
+            waiting.remove(item)
+        self._started[group] = self._started.get(group, 0) + 1
+        self._evidence[group] = self._evidence.get(group, 0.0) + evidence
+        self._push(group)
+
+    def update(self, group, old_evidence: float, new_evidence: float) -> None:
+        """A started rollout of ``group`` grew or finished: its evidence changed."""
+        if new_evidence == old_evidence:
+            return
+        self._evidence[group] = self._evidence.get(group, 0.0) + new_evidence - old_evidence
+        self._push(group)

@@ -50,7 +50,7 @@ import numpy as np
 
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.config import POLICIES, SimConfig, SimEngineConfig, WorkloadConfig
-from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
+from tirl.dispatch.policy import EngineLoad, LongestFirstOrder, choose_engine, static_engine
 from tirl.dispatch.workload import Workload, sample_workload
 
 _CHUNK_END = 0
@@ -187,6 +187,14 @@ class _Sim:
         self.group = wl.group.tolist()
         self.group_engine: dict[int, int] = {}
         self.queue: deque[int] = deque(range(n))
+        self.waiting_order: LongestFirstOrder | None = None
+        self.evidence = [0.0] * n  # what each started rollout says of its problem (longest_first)
+        if self.forecast is not None and cfg.kv_order == "longest_first":
+            self.waiting_order = LongestFirstOrder(cfg.kv_order_prior)
+            for i, g in enumerate(self.group):
+                self.waiting_order.add(i, g)
+            self.queue = deque()
+        self.group_scale = self.peak and self.waiting_order is not None
 
     # -- events ---------------------------------------------------------------------
     def push(self, t: float, kind: int, a: int) -> None:
@@ -212,15 +220,18 @@ class _Sim:
 
     # -- dispatcher -----------------------------------------------------------------
     def pump(self, t: float) -> None:
-        q, loads = self.queue, self.loads
+        q, loads, order = self.queue, self.loads, self.waiting_order
         affinity = self.cfg.group_affinity
         live = self.live
-        while q:
-            i = q[0]
+        while q or order:
+            i = order.head() if order is not None else q[0]
             if live:  # what a metrics reading would say right now (the real one lags a bit)
                 for ld, e in zip(loads, self.engines):
                     ld.live_used_tokens = e.kv_running + e.kv_parked + e.queued_tokens
             g = self.group[i]
+            if self.group_scale:
+                mean, self.var[i] = self.forecast.peak(self.ctx[i], self.ctx[i] - self.prompt[i], self.scale_of(g))
+                self.reserve[i] = math.ceil(mean)
             r = self.reserve[i]
             k = choose_engine(
                 self.policy, loads, r, ordinal=i, group_index=g,
@@ -228,7 +239,11 @@ class _Sim:
             )
             if k is None:
                 return
-            q.popleft()
+            if order is not None:
+                self.evidence[i] = self.forecast.log_evidence(self.ctx[i] - self.prompt[i], False)
+                order.start(i, self.evidence[i])
+            else:
+                q.popleft()
             ld = loads[k]
             ld.active += 1
             ld.reserved_tokens += r
@@ -255,8 +270,15 @@ class _Sim:
             ld.reserved_var = max(0.0, ld.reserved_var - self.var[i])
             if ld.context_tokens is not None:
                 ld.context_tokens -= self.booked_ctx[i]
-        if self.queue:
+        if self.queue or self.waiting_order:
             self.pump(t)
+
+    def scale_of(self, g: int) -> float:
+        return math.exp(self.waiting_order.score(g))
+
+    def note_evidence(self, i: int, new: float) -> None:
+        self.waiting_order.update(self.group[i], self.evidence[i], new)
+        self.evidence[i] = new
 
     # -- engine ---------------------------------------------------------------------
     def enqueue(self, e: _Engine, i: int) -> None:
@@ -391,7 +413,9 @@ class _Sim:
                     ld = self.loads[k]
                     resp = self.ctx[i] - self.prompt[i]
                     if self.peak:
-                        mean, v = self.forecast.peak(self.ctx[i], resp)
+                        mean, v = self.forecast.peak(
+                            self.ctx[i], resp, self.scale_of(self.group[i]) if self.group_scale else 1.0
+                        )
                         b = math.ceil(mean)
                         ld.reserved_var += v - self.var[i]
                         self.var[i] = v
@@ -402,11 +426,15 @@ class _Sim:
                         b = self.forecast.booking(self.prompt[i], resp)
                     ld.reserved_tokens += b - self.booked[i]
                     self.booked[i] = b
+                    if self.waiting_order is not None:
+                        self.note_evidence(i, self.forecast.log_evidence(resp, False))
                 t_back = t + self.lat[j]
                 heapq.heappush(e.arrivals, t_back)
                 self.push(t_back, _TOOL_DONE, i)
             else:
                 self.t_done[i] = t
+                if self.waiting_order is not None:
+                    self.note_evidence(i, self.forecast.log_evidence(c - self.prompt[i], True))
                 self.release(i, t)
         self.start_chunk(e, t)
 
