@@ -6,6 +6,7 @@ import math
 import pytest
 
 from tirl.dispatch import Dispatcher
+from tirl.dispatch.dispatcher import _Lease
 from tirl.dispatch.forecast import LengthForecast
 from tirl.engines.base import Completion
 
@@ -124,6 +125,7 @@ def test_dispatch_config_default_is_kv_with_peak_booking():
     d = Dispatcher.from_config(cfg, [Echo(), Echo()])
     assert d.booking == "peak" and all(ld.safety_sd == 2.5 and ld.headroom == 0.05 for ld in d.loads)
     assert d._order is not None and d._order.prior_weight == 2.0
+    assert d.spread_groups and (cfg.kv_spread_groups, cfg.kv_bound) == (True, "sum")
     assert Dispatcher([Echo()], "kv", booking="max", order="longest_first")._order is None  # needs lengths
 
 
@@ -194,3 +196,58 @@ async def test_dispatcher_longest_first_admits_the_long_problems_waiting_rollout
     await asyncio.gather(*first, *waiting)
     assert started[2:] == ["hard-1", "easy-1"]  # the long problem's rollout went ahead
     assert d.loads[0].reserved_tokens == 0 and d.loads[0].active == 0 and d.loads[0].reserved_var == 0
+
+
+def test_future_usage_curve_by_hand():
+    # lengths 100, 200, 300, 400 on a grid of 100: P(L > x) = 1, 3/4, 2/4, 1/4, 0 at x = 0..400
+    f = LengthForecast(400, [100, 200, 300, 400], resolution=100)
+    # a fresh trajectory of context 50 holds (50 + Δ) · P(L > Δ) at Δ = 0, 100, ..., 400
+    mean, var = f.future([50], [0])
+    assert mean.tolist() == [50, 112.5, 125, 87.5, 0]
+    assert var.tolist() == [0, 150**2 * 0.75 * 0.25, 250**2 * 0.25, 350**2 * 0.25 * 0.75, 0]
+    assert (mean.max(), var[mean.argmax()]) == f.peak(50, 0)  # its maximum is its peak booking
+    # with one at context 150 that has run 100 (P = 2/3, 1/3, 0 of running 100, 200, 300 more):
+    # 150, 166.7, 116.7, 0 → the two peak at different times: max of the sum 279.2 < 125 + 166.7
+    mean, _ = f.future([50, 150], [0, 100])
+    assert mean.tolist() == pytest.approx([200, 112.5 + 250 * 2 / 3, 125 + 350 / 3, 87.5, 0])
+    assert mean.max() == pytest.approx(279.1667, abs=1e-3)
+    assert mean.max() < f.peak(50, 0)[0] + f.peak(150, 100)[0] == pytest.approx(291.6667, abs=1e-3)
+    # a problem twice as long (lengths 200, 400, 400, 400): as peak() with scale 2
+    mean, var = f.future([50], [0], [2.0])
+    assert mean.max() == pytest.approx(f.peak(50, 0, 2.0)[0]) and var[mean.argmax()] == pytest.approx(f.peak(50, 0, 2.0)[1])
+    # past everything seen it is expected to end within one grid step; nothing seen: to the cap
+    assert f.future([500], [450])[0].tolist() == [500, 600, 0, 0, 0]
+    assert LengthForecast(400, resolution=100).future([50], [100])[0].tolist() == [50, 150, 250, 350, 0]
+
+
+async def test_dispatcher_curve_bound_tracks_its_leases_and_estimates_calls_in_flight():
+    d = Dispatcher([Full()], "kv", capacity_tokens=10_000, booking="peak", safety_sd=0.0, margin=0.0,
+                   bound="curve")
+    d.forecast = LengthForecast(400, [100, 200, 300, 400], resolution=100)  # lengths as in the tests above
+    async with d.lease("a", 400) as a:
+        await a.generate([0] * 50, 100)  # a now holds 150
+        async with d.lease("b", 400):
+            # a: 150, 166.7, 116.7, 0 (it has run 150); b, fresh: 0, 75, 100, 75 → the sum peaks at 241.7
+            assert d.loads[0].future_used == pytest.approx(250 * 2 / 3 + 75, abs=0.01)
+            assert len(d._on_engine[0]) == 2
+    assert not d._on_engine[0] and d.loads[0].active == 0
+    # inside a call: the call's prompt + the engine's rate × (time in the call + the refresh interval)
+    lease = _Lease("c", 2000, None)
+    now = 100.0
+    lease.ctx, lease.call_since, lease.call_ctx, lease.call_max = 300, now - 1.0, 500, 1000
+    d._rate[0] = 100.0
+    assert d._lease_context_now(lease, 0, now) == 500 + math.ceil(100 * (1.0 + 0.25))
+    d._rate[0] = 0.0  # rate not measured yet: the call may have produced all of max_new_tokens
+    assert d._lease_context_now(lease, 0, now) == 1500
+    lease.call_since = None  # between calls: its context after the last one
+    assert d._lease_context_now(lease, 0, now) == 300
+
+
+async def test_dispatcher_spreads_a_group_over_engines_and_forgets_it_on_release():
+    d = Dispatcher([Echo(), Echo()], "kv", capacity_tokens=[10_000, 5_000], spread_groups=True)
+    async with d.lease("a", 1000, group="p"), d.lease("b", 1000, group="p"), d.lease("c", 1000, group="q"):
+        # a: the most free (0); b, same group: the other engine despite less room; c: most free again
+        assert [ld.active for ld in d.loads] == [2, 1]
+        assert d._siblings == {("p", 0): 1, ("p", 1): 1, ("q", 0): 1}
+    assert d._siblings == {}
+    assert Dispatcher([Echo()], "round_robin", spread_groups=True).spread_groups is False  # kv only

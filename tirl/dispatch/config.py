@@ -68,6 +68,19 @@ class DispatchConfig(Section):
         2.0, gt=0, description="kv longest_first: weight, in trajectories, of the global length "
         "distribution when a problem's score is estimated from its own trajectories.",
     )
+    kv_spread_groups: bool = Field(
+        True,
+        description="kv: send a trajectory to the engine with the fewest trajectories of its group "
+        "in flight before the one with the most free KV (a group's lengths are correlated; "
+        "spreading them keeps each engine's total near its forecast). group_affinity wins over it.",
+    )
+    kv_bound: Literal["sum", "curve"] = Field(
+        "sum",
+        description="kv peak: bound an engine's future KV use by the sum of its trajectories' "
+        "peaks (sum) or by the maximum over time of their summed expected usage (curve: "
+        "trajectories at different stages do not peak together; contexts inside a call are "
+        "estimated from the engine's measured decode rate).",
+    )
 
 
 class SimEngineConfig(Section):
@@ -150,6 +163,18 @@ class SimConfig(Section):
     kv_order_prior: float = Field(
         2.0, gt=0, description="kv longest_first: weight, in rollouts, of the global length distribution "
         "when a problem's score is estimated from its own rollouts.",
+    )
+    kv_bound: Literal["sum", "curve"] = Field(
+        "sum",
+        description="kv peak: bound an engine's future usage by the sum of its trajectories' peaks "
+        "(sum) or by the maximum over time of their summed expected usage curves, states "
+        "taken at every engine step chunk (curve).",
+    )
+    kv_spread_groups: bool = Field(
+        True,
+        description="kv: send a rollout to the engine with the fewest rollouts of its problem in "
+        "flight before the one with the most free KV (a problem's lengths are correlated; "
+        "spreading them keeps each engine's total near its forecast).",
     )
     kv_live_usage: bool = Field(
         True,

@@ -64,6 +64,7 @@ from tirl.engines.base import Completion
 log = logging.getLogger(__name__)
 
 _FORECAST_MAX_TOKENS = 1 << 17  # longest context the length forecast tabulates
+CURVE_REFRESH_S = 0.25  # curve bound: an engine's usage curve is recomputed at least this often
 
 
 class NoEngineAvailable(RuntimeError):
@@ -118,7 +119,10 @@ class DispatchStats:
 
 
 class _Lease:
-    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx", "evidence")
+    __slots__ = (
+        "key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx", "evidence",
+        "call_since", "call_ctx", "call_max", "future",
+    )
 
     def __init__(self, key: str, reserve: int, group: Any):
         self.key, self.reserve, self.group = key, reserve, group
@@ -129,6 +133,10 @@ class _Lease:
         self.var = 0.0  # variance of the booking (peak)
         self.booked_ctx = 0  # context when the booking was made (peak)
         self.evidence = 0.0  # what it says of its problem's lengths (longest_first)
+        self.call_since: float | None = None  # monotonic start of the generate call in flight
+        self.call_ctx = 0  # its prompt (the whole context when the call started)
+        self.call_max = 0  # its max_new_tokens
+        self.future: Any = None  # (mean, var) usage curve it was admitted with (curve bound)
 
     @property
     def problem(self) -> Any:
@@ -168,9 +176,15 @@ class LeasedEngine:
             k = self._lease.engine
             try:
                 extra = {"seed": seed} if seed is not None else {}  # engines without seeds keep working
-                c = await self._d.engines[k].generate(
-                    prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, **extra
-                )
+                lease = self._lease
+                lease.call_since, lease.call_ctx, lease.call_max = time.monotonic(), len(prompt_ids), max_new_tokens
+                try:
+                    c = await self._d.engines[k].generate(
+                        prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, **extra
+                    )
+                finally:
+                    started, lease.call_since = lease.call_since, None
+                self._d._note_rate(k, len(c.token_ids), time.monotonic() - started)
                 self._d._progress(self._lease, len(prompt_ids) + len(c.token_ids))
                 return c
             except Exception as exc:
@@ -207,6 +221,8 @@ class Dispatcher:
         forecast_window: int = 8192,
         order: str = "fifo",
         order_prior: float = 2.0,
+        bound: str = "sum",
+        spread_groups: bool = False,
         names: Sequence[str] | None = None,
         own_engines: bool = False,
     ):
@@ -225,6 +241,10 @@ class Dispatcher:
         if booking not in ("max", "forecast", "peak"):
             raise ValueError(f"booking must be 'max', 'forecast' or 'peak', got {booking!r}")
         self.booking = booking
+        if bound not in ("sum", "curve"):
+            raise ValueError(f"bound must be 'sum' or 'curve', got {bound!r}")
+        # curve: an engine is bounded by its leases' summed usage curve (peak booking only)
+        self._curve = bound == "curve" and policy == "kv" and booking == "peak"
         if order not in ("fifo", "longest_first"):
             raise ValueError(f"order must be 'fifo' or 'longest_first', got {order!r}")
         # longest_first: leases wait in LongestFirstOrder (a lease moved off a dead engine still
@@ -265,6 +285,11 @@ class Dispatcher:
         self._failures = [0] * k
         self._leases_total = [0] * k
         self._waiters: deque[asyncio.Event] = deque()
+        self._on_engine: list[set[_Lease]] = [set() for _ in range(k)]
+        self.spread_groups = spread_groups and policy == "kv"
+        self._siblings: dict[tuple[Any, int], int] = {}  # (group, engine) -> leases in flight
+        self._rate = [0.0] * k  # tokens per second of one sequence (moving average of calls)
+        self._future_at = [-math.inf] * k  # when each engine's usage curve was last computed
         self._ordinal = itertools.count()
         self._next_ordinal = 0
         self._group_index: dict[Any, int] = {}
@@ -294,6 +319,8 @@ class Dispatcher:
             margin=cfg.kv_margin,
             order=cfg.kv_order,
             order_prior=cfg.kv_order_prior,
+            bound=cfg.kv_bound,
+            spread_groups=cfg.kv_spread_groups,
             **kw,
         )
 
@@ -466,6 +493,13 @@ class Dispatcher:
         if g not in self._group_index:
             self._group_index[g] = len(self._group_index)
         preferred = self._group_engine.get(lease.group) if self.group_affinity and lease.group is not None else None
+        lease.future = None
+        if self._curve and self.forecast.n_observed:
+            now = time.monotonic()
+            for k in range(len(self.loads)):
+                if now - self._future_at[k] > CURVE_REFRESH_S:
+                    self._refresh_future(k, now)
+            lease.future = self.forecast.future([lease.ctx], [lease.ctx], [self._problem_scale(lease)])
         return choose_engine(
             self.policy,
             self.loads,
@@ -473,7 +507,36 @@ class Dispatcher:
             ordinal=self._next_ordinal,
             group_index=self._group_index[g],
             preferred=preferred,
+            reserve_future=lease.future,
+            siblings=[self._siblings.get((lease.group, k), 0) for k in range(len(self.loads))]
+            if self.spread_groups and lease.group is not None
+            else None,
         )
+
+    def _note_rate(self, k: int, tokens: int, seconds: float) -> None:
+        """A call on engine ``k`` produced ``tokens`` in ``seconds``: update its per-sequence rate."""
+        if tokens > 0 and seconds > 0:
+            r = tokens / seconds
+            self._rate[k] = r if self._rate[k] == 0 else 0.8 * self._rate[k] + 0.2 * r
+
+    def _lease_context_now(self, lease: _Lease, k: int, now: float) -> int:
+        """A lease's context now (and ``CURVE_REFRESH_S`` ahead): its context after its last call,
+        or, inside a call, that call's prompt + what the engine's rate says it has generated
+        (its whole ``max_new_tokens`` while the rate is unknown)."""
+        if lease.call_since is None:
+            return lease.ctx
+        grown = lease.call_max
+        if self._rate[k] > 0:
+            grown = min(grown, math.ceil(self._rate[k] * (now - lease.call_since + CURVE_REFRESH_S)))
+        return lease.call_ctx + grown
+
+    def _refresh_future(self, k: int, now: float) -> None:
+        """Engine ``k``'s usage curve from its leases' contexts now (curve bound)."""
+        leases = list(self._on_engine[k])
+        ctx = [self._lease_context_now(x, k, now) for x in leases]
+        scales = [self._problem_scale(x) for x in leases]
+        self.loads[k].set_future(*self.forecast.future(ctx, ctx, scales))
+        self._future_at[k] = now
 
     def _check_possible(self, lease: _Lease) -> None:
         healthy = [ld for ld in self.loads if ld.healthy]
@@ -539,6 +602,14 @@ class Dispatcher:
 
     def _book(self, lease: _Lease, k: int) -> None:
         ld = self.loads[k]
+        if self.spread_groups and lease.group is not None:
+            self._siblings[(lease.group, k)] = self._siblings.get((lease.group, k), 0) + 1
+        if self._curve:
+            self._on_engine[k].add(lease)
+            if lease.future is not None and ld.future_mean is not None and self._future_at[k] > -math.inf:
+                ld.add_future(*lease.future)
+            else:
+                self._future_at[k] = -math.inf  # recompute at the next decision
         ld.active += 1
         ld.reserved_tokens += lease.booked
         ld.reserved_var += lease.var
@@ -554,6 +625,14 @@ class Dispatcher:
         if lease.engine < 0:
             return
         ld = self.loads[lease.engine]
+        if self.spread_groups and lease.group is not None:
+            key = (lease.group, lease.engine)
+            self._siblings[key] -= 1
+            if not self._siblings[key]:
+                del self._siblings[key]
+        if self._curve:
+            self._on_engine[lease.engine].discard(lease)
+            self._future_at[lease.engine] = -math.inf
         ld.active -= 1
         ld.reserved_tokens -= lease.booked
         ld.reserved_var = max(0.0, ld.reserved_var - lease.var)
@@ -568,6 +647,8 @@ class Dispatcher:
         if self.booking == "max" or lease.engine < 0 or not self.forecast.n_observed:
             return
         ld = self.loads[lease.engine]
+        if self._curve:
+            self._future_at[lease.engine] = -math.inf
         if self._order is not None:
             self._note_evidence(lease, self.forecast.log_evidence(ctx, False))
         if self.booking == "peak":

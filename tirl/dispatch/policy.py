@@ -42,6 +42,9 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
 
 UNKNOWN_CAPACITY_TOKENS = 32768  # KV tokens assumed for an engine whose capacity is not known yet
 
@@ -63,6 +66,26 @@ class EngineLoad:
     # context of the trajectories in flight at their last turn boundary (when their bookings
     # were made); None = not tracked, live usage then only caps the free estimate
     context_tokens: int | None = None
+    # time-aligned bound (set_future): expected KV held j·r tokens from now by the trajectories
+    # here, and its variance (numpy arrays); None = the bookings' sum bounds it
+    future_mean: Any = None
+    future_var: Any = None
+    future_used: float | None = None  # max over j of mean + safety_sd·sd (cached by set_future)
+
+    def set_future(self, mean, var) -> None:
+        """Bound this engine by the trajectories' expected usage curve (its maximum over the future)."""
+        self.future_mean, self.future_var = mean, var
+        self.future_used = float((mean + self.safety_sd * np.sqrt(np.maximum(var, 0.0))).max()) if len(mean) else 0.0
+
+    def add_future(self, mean, var) -> None:
+        """A trajectory joins: add its curve to the engine's."""
+        self.set_future(self.future_mean + mean, self.future_var + var)
+
+    def fits_future(self, mean, var) -> bool:
+        """Whether a trajectory with this curve keeps the engine's maximum within capacity."""
+        cap = UNKNOWN_CAPACITY_TOKENS if self.capacity_tokens is None else self.capacity_tokens
+        total = self.future_mean + mean + self.safety_sd * np.sqrt(np.maximum(self.future_var + var, 0.0))
+        return float(total.max()) <= cap * (1 - self.headroom)
 
     def free_tokens(self) -> float:
         """Unbooked KV tokens (of :data:`UNKNOWN_CAPACITY_TOKENS` while the capacity is unknown).
@@ -72,6 +95,11 @@ class EngineLoad:
         (live − ``context_tokens``) or, untracked, at least the live usage.
         """
         cap = UNKNOWN_CAPACITY_TOKENS if self.capacity_tokens is None else self.capacity_tokens
+        if self.future_used is not None:
+            used = self.future_used
+            if self.live_used_tokens is not None:
+                used = max(used, self.live_used_tokens)
+            return cap * (1 - self.headroom) - used
         used = self.reserved_tokens + self.safety_sd * math.sqrt(max(self.reserved_var, 0.0))
         if self.live_used_tokens is not None:
             if self.context_tokens is None:
@@ -97,13 +125,20 @@ def choose_engine(
     ordinal: int = 0,
     group_index: int = 0,
     preferred: int | None = None,
+    reserve_future: tuple | None = None,
+    siblings: Sequence[int] | None = None,
 ) -> int | None:
     """The engine index for a new trajectory, or None when it must wait.
 
     ``ordinal`` is the trajectory's arrival number (round_robin), ``group_index`` the
     arrival number of its group (static), ``preferred`` an engine to use if it qualifies
-    (group affinity). Unhealthy engines are never chosen; ``static`` and ``round_robin``
-    skip to the next healthy engine.
+    (group affinity). ``kv``: ``siblings[i]`` (optional) counts the trajectories of the same
+    group in flight on engine ``i``; the engine with the fewest wins before the one with
+    the most free tokens — a group's lengths are correlated, so spreading it keeps each
+    engine's sum closer to its forecast. ``reserve_future`` (optional, with
+    :meth:`EngineLoad.set_future`): the trajectory's usage curve, tested against each
+    engine's (:meth:`EngineLoad.fits_future`). Unhealthy engines are never chosen;
+    ``static`` and ``round_robin`` skip to the next healthy engine.
     """
     k = len(loads)
     if k == 0:
@@ -122,18 +157,48 @@ def choose_engine(
                 best = i
         return best
     if policy == "kv":
+        if siblings is not None and len(siblings) != k:
+            raise ValueError(f"siblings has {len(siblings)} entries for {k} engines")
+        if reserve_future is not None:
+            return _kv_by_future(loads, reserve_tokens, reserve_future, preferred, siblings)
         if preferred is not None and 0 <= preferred < k and _kv_fits(loads[preferred], reserve_tokens):
             return preferred
-        best, best_free = None, -1.0
+        best, best_key = None, None
         for i, ld in enumerate(loads):
             if _kv_fits(ld, reserve_tokens):
-                free = ld.free_tokens()
-                if best is None or free > best_free or (free == best_free and ld.active < loads[best].active):
-                    best, best_free = i, free
+                key = (siblings[i] if siblings is not None else 0, -ld.free_tokens(), ld.active)
+                if best is None or key < best_key:
+                    best, best_key = i, key
         return best
     raise ValueError(
         f"unknown dispatch policy {policy!r}; use one of static, round_robin, least_requests, kv"
     )
+
+
+def _kv_by_future(
+    loads: list[EngineLoad], reserve_tokens: int, future: tuple, preferred: int | None, siblings: Sequence[int] | None
+) -> int | None:
+    """kv with time-aligned bounds: the engine (fewest siblings, then most free tokens) where
+    the newcomer's curve keeps the maximum within capacity (engines without a curve: the
+    scalar test)."""
+
+    def fits(ld: EngineLoad) -> bool:
+        if ld.future_mean is None:
+            return _kv_fits(ld, reserve_tokens)
+        if not (ld.healthy and ld.has_slot()) or (ld.live_waiting and ld.active > 0):
+            return False
+        return ld.fits_future(*future)
+
+    if preferred is not None and 0 <= preferred < len(loads) and fits(loads[preferred]):
+        return preferred
+    order = sorted(
+        range(len(loads)),
+        key=lambda i: (siblings[i] if siblings is not None else 0, -loads[i].free_tokens(), loads[i].active),
+    )
+    for i in order:
+        if fits(loads[i]):
+            return i
+    return None
 
 
 def _kv_fits(ld: EngineLoad, reserve_tokens: int) -> bool:

@@ -93,7 +93,7 @@ class _Engine:
     __slots__ = (
         "cap", "max_seqs", "watermark", "steps", "kv_running", "kv_parked", "running", "heap",
         "order", "parked", "waiting", "busy", "arrivals", "chunk", "busy_time", "kv_time",
-        "decoded", "n_steps", "idx", "queued_tokens", "kv_peak",
+        "decoded", "n_steps", "idx", "queued_tokens", "kv_peak", "fut_until",
     )
 
     def __init__(self, spec: SimEngineConfig, idx: int):
@@ -118,6 +118,7 @@ class _Engine:
         self.n_steps = 0
         self.queued_tokens = 0  # KV the waiting queue will need beyond what is cached
         self.kv_peak = 0  # most KV tokens (running + cached) ever resident
+        self.fut_until = -1  # kv curve bound: the step its usage curve was last computed for
 
 
 class _Sim:
@@ -195,6 +196,13 @@ class _Sim:
                 self.waiting_order.add(i, g)
             self.queue = deque()
         self.group_scale = self.peak and self.waiting_order is not None
+        self.curve = self.peak and cfg.kv_bound == "curve"
+        self.spread = cfg.policy == "kv" and cfg.kv_spread_groups
+        self.siblings: dict[tuple[int, int], int] = {}  # (group, engine) -> rollouts in flight
+        self.on_engine: list[set[int]] = [set() for _ in self.engines]
+        if self.curve:
+            for ld in self.loads:
+                ld.set_future(*self.forecast.future([], []))
 
     # -- events ---------------------------------------------------------------------
     def push(self, t: float, kind: int, a: int) -> None:
@@ -222,6 +230,7 @@ class _Sim:
     def pump(self, t: float) -> None:
         q, loads, order = self.queue, self.loads, self.waiting_order
         affinity = self.cfg.group_affinity
+        spread = self.spread
         live = self.live
         while q or order:
             i = order.head() if order is not None else q[0]
@@ -233,9 +242,16 @@ class _Sim:
                 mean, self.var[i] = self.forecast.peak(self.ctx[i], self.ctx[i] - self.prompt[i], self.scale_of(g))
                 self.reserve[i] = math.ceil(mean)
             r = self.reserve[i]
+            fut = None
+            if self.curve:
+                sc = [self.scale_of(g)] if self.group_scale else None
+                fut = self.forecast.future([self.ctx[i]], [self.ctx[i] - self.prompt[i]], sc)
+            sib = None
+            if spread:
+                sib = [self.siblings.get((g, k), 0) for k in range(len(loads))]
             k = choose_engine(
                 self.policy, loads, r, ordinal=i, group_index=g,
-                preferred=self.group_engine.get(g) if affinity else None,
+                preferred=self.group_engine.get(g) if affinity else None, reserve_future=fut, siblings=sib,
             )
             if k is None:
                 return
@@ -245,6 +261,11 @@ class _Sim:
             else:
                 q.popleft()
             ld = loads[k]
+            if spread:
+                self.siblings[(g, k)] = self.siblings.get((g, k), 0) + 1
+            if fut is not None:
+                ld.add_future(*fut)
+                self.on_engine[k].add(i)
             ld.active += 1
             ld.reserved_tokens += r
             self.booked[i] = r
@@ -264,6 +285,10 @@ class _Sim:
 
     def release(self, i: int, t: float) -> None:
         ld = self.loads[self.engine_of[i]]
+        if self.spread:
+            self.siblings[(self.group[i], self.engine_of[i])] -= 1
+        if self.curve:
+            self.on_engine[self.engine_of[i]].discard(i)
         ld.active -= 1
         ld.reserved_tokens -= self.booked[i]
         if self.peak:
@@ -272,6 +297,16 @@ class _Sim:
                 ld.context_tokens -= self.booked_ctx[i]
         if self.queue or self.waiting_order:
             self.pump(t)
+
+    def refresh_future(self, e: _Engine, n: int) -> None:
+        """Recompute engine ``e``'s usage curve from its trajectories' states ``n`` steps ahead."""
+        ids = self.on_engine[e.idx]
+        running, join_ctx, join_step, ctx_of, prompt = e.running, self.join_ctx, self.join_step, self.ctx, self.prompt
+        at = e.steps + n
+        ctx = [join_ctx[i] + at - join_step[i] if i in running else ctx_of[i] for i in ids]
+        resp = [c - prompt[i] for c, i in zip(ctx, ids)]
+        sc = [self.scale_of(self.group[i]) for i in ids] if self.group_scale else None
+        self.loads[e.idx].set_future(*self.forecast.future(ctx, resp, sc))
 
     def scale_of(self, g: int) -> float:
         return math.exp(self.waiting_order.score(g))
@@ -370,6 +405,9 @@ class _Sim:
                 return
             n_fit = (e.cap - e.kv_running - e.kv_parked) // b
         n = min(n, n_fit)
+        if self.curve and e.steps + n > e.fut_until and (self.queue or self.waiting_order):
+            e.fut_until = e.steps + max(n, self.cfg.chunk_steps)
+            self.refresh_future(e, e.fut_until - e.steps)
         step = self.a + self.s * b + self.c * (e.kv_running + b * n / 2)
         pre_t = prefill / self.prefill_rate
         if e.arrivals:  # end the chunk when the next tool result comes back
