@@ -241,6 +241,19 @@ async def test_dispatcher_curve_bound_tracks_its_leases_and_estimates_calls_in_f
     assert d._lease_context_now(lease, 0, now) == 1500
     lease.call_since = None  # between calls: its context after the last one
     assert d._lease_context_now(lease, 0, now) == 300
+    # metrics say the engine holds more than the estimates add up to: the rest goes to the
+    # leases inside a call, by time in the call (here 3 s and 1 s: 600 → 450 and 150)
+    d.forecast = LengthForecast(4000, [1000, 2000], resolution=100)
+    x, y, z = _Lease("x", 4000, None), _Lease("y", 4000, None), _Lease("z", 4000, None)
+    for lz, since in ((x, now - 3.0), (y, now - 1.0)):
+        lz.call_since, lz.call_ctx, lz.call_max = since, 1000, 3000
+    z.ctx = 500
+    d._on_engine[0] = {x, y, z}
+    d._rate[0] = 0.0001  # ~0 tokens so far by the rate: estimates 1001, 1001, 500 = 2502
+    d.loads[0].live_used_tokens = 3102
+    d._refresh_future(0, now)
+    expect = d.forecast.future([1001 + 450, 1001 + 150, 500], [1001 + 450, 1001 + 150, 500])
+    assert d.loads[0].future_mean.tolist() == pytest.approx(expect[0].tolist())
 
 
 async def test_dispatcher_spreads_a_group_over_engines_and_forgets_it_on_release():

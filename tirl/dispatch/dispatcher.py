@@ -531,9 +531,21 @@ class Dispatcher:
         return lease.call_ctx + grown
 
     def _refresh_future(self, k: int, now: float) -> None:
-        """Engine ``k``'s usage curve from its leases' contexts now (curve bound)."""
+        """Engine ``k``'s usage curve from its leases' contexts now (curve bound).
+
+        When the engine's metrics report more KV in use than the estimated contexts add up
+        to (its rate was measured low), the difference goes to the leases inside a call, in
+        proportion to how long each has been generating.
+        """
         leases = list(self._on_engine[k])
         ctx = [self._lease_context_now(x, k, now) for x in leases]
+        live = self.loads[k].live_used_tokens
+        if live is not None and live > sum(ctx):
+            ages = [now - x.call_since if x.call_since is not None else 0.0 for x in leases]
+            total = sum(ages)
+            if total > 0:
+                extra = live - sum(ctx)
+                ctx = [c + math.ceil(extra * a / total) for c, a in zip(ctx, ages)]
         scales = [self._problem_scale(x) for x in leases]
         self.loads[k].set_future(*self.forecast.future(ctx, ctx, scales))
         self._future_at[k] = now
