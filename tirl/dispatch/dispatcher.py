@@ -23,6 +23,15 @@ trajectory::
   since their last booking. Both re-book after every turn, start as "max" until lengths
   have been seen, never book more than ``reserve_tokens``, and let engines run larger
   batches (see docs/dispatch.md for the measured trade-off).
+* Order (``order="longest_first"``, forecast/peak booking): waiting leases are admitted
+  by :class:`~tirl.dispatch.policy.LongestFirstOrder` — the problem (``group``) whose
+  started leases show it to be longest first, the first wave spread over all problems —
+  and, under peak booking, booked from their problem's lengths. A lease moved off a dead
+  engine still goes first. ``spread_groups`` sends a lease to the engine with the fewest
+  of its group in flight before the one with the most room. ``bound="curve"`` (peak
+  booking) bounds an engine by its leases' summed expected usage curve instead of the sum
+  of their peaks; a lease inside a call is estimated from the engine's measured decode rate
+  (docs/dispatch.md).
 * Stickiness: every turn of a lease runs on the same engine (its prefix cache holds the
   conversation). With ``group_affinity`` a GRPO group's trajectories go to the engine of
   the first one when it has room (the shared prompt is then prefilled once).

@@ -31,8 +31,16 @@ trajectories the peaks bound the expected usage at every future moment (the maxi
 sum is at most the sum of the maxima), and the variances add; the policy keeps a few
 standard deviations free (:mod:`tirl.dispatch.policy`).
 
-What it does not do: tell one problem's lengths from another's (a hard problem's group is
-long together), or follow a trajectory between turn boundaries (callers re-book at each).
+Per problem: :meth:`LengthForecast.log_evidence` says how much longer than typical (in log
+length) one started rollout shows its problem to be; callers sum it per problem
+(:class:`~tirl.dispatch.policy.LongestFirstOrder`) and pass ``scale`` to :meth:`peak` /
+:meth:`future` to forecast from the problem's lengths (the global ones scaled). Over time:
+:meth:`LengthForecast.future` gives a set of trajectories' expected usage, and its
+variance, at every future point (the time-aligned bound, ``kv_bound = "curve"``).
+
+What it does not do: learn a problem's own length distribution (only a scale of the global
+one), model correlation between rollouts beyond that scale, or follow a trajectory between
+turn boundaries (callers re-book at each, or estimate its growth).
 """
 
 from __future__ import annotations

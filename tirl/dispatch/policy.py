@@ -19,6 +19,11 @@ Policies:
   than its bookings say (other clients, a wrong capacity), and an engine that reports
   queued requests gets nothing new.
 
+Which waiting trajectory goes next is :class:`LongestFirstOrder` (or arrival order); under
+``kv`` an engine holding fewer trajectories of the same group goes first when the caller
+passes ``siblings``; and an engine can be bounded by its trajectories' summed usage curve
+(:meth:`EngineLoad.set_future`) instead of the sum of their peaks.
+
 Bookings that are expectations (``peak`` booking) carry a variance: an engine keeps
 ``safety_sd`` standard deviations of its summed bookings free (trajectories are
 independent, so the variances add). Bookings are made at turn boundaries; when the caller
@@ -33,7 +38,8 @@ measured neither gets every lease first nor overflows while its metrics are pend
 engine of unknown capacity still takes one lease of any size, so nothing waits forever on
 the guess. Set ``dispatch.kv_capacity_tokens`` or serve ``/metrics`` to use the real number.
 
-What this module does not do: waiting, I/O or bookkeeping — callers own the state.
+What this module does not do: waiting or I/O; callers own the state (LongestFirstOrder is
+the waiting line as plain data, fed by the caller).
 """
 
 from __future__ import annotations

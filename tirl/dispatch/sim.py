@@ -24,8 +24,13 @@ booking is ``max`` (prompt + max response: the paper's rule), ``forecast`` (cont
 trajectory is expected to hold at any future point, with its variance; an engine keeps
 ``kv_peak_z`` standard deviations free and counts what its trajectories grew since their
 last booking from its live usage); forecast and peak bookings are re-made at every turn
-boundary, as the real dispatcher does. Tool calls are asynchronous: a trajectory waiting
-on its tool leaves the batch to the others.
+boundary, as the real dispatcher does. Under ``kv`` with forecast/peak booking the waiting
+rollouts are admitted in ``kv_order`` (``longest_first``: the problem its started rollouts
+show to be longest, see :class:`~tirl.dispatch.policy.LongestFirstOrder`), a problem's
+rollouts are spread over engines (``kv_spread_groups``), and ``kv_bound = "curve"`` bounds
+an engine by its rollouts' summed usage curve, recomputed from their exact contexts at most
+every ``chunk_steps`` steps (advanced to that horizon). Tool calls are asynchronous: a
+trajectory waiting on its tool leaves the batch to the others.
 
 Speed: the run between two events of an engine (a turn ends, a tool result arrives, the
 KV fills up) has a constant batch, so it is simulated as one chunk of up to
