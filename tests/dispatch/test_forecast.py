@@ -264,3 +264,25 @@ async def test_dispatcher_spreads_a_group_over_engines_and_forgets_it_on_release
         assert d._siblings == {("p", 0): 1, ("p", 1): 1, ("q", 0): 1}
     assert d._siblings == {}
     assert Dispatcher([Echo()], "round_robin", spread_groups=True).spread_groups is False  # kv only
+
+
+async def test_longest_first_a_woken_waiter_that_lost_its_place_passes_the_wake_on():
+    # before any lengths are seen, peak booking books the whole reservation: one lease fills it
+    d = Dispatcher([Echo()], "kv", capacity_tokens=2000, booking="peak", order="longest_first")
+    first = d.lease("l0", 1500)
+    await first.__aenter__()
+    started: list[str] = []
+
+    async def wait_for(key, group):
+        async with d.lease(key, 1500, group=group):
+            started.append(key)
+            await asyncio.sleep(0.05)
+
+    a = asyncio.create_task(wait_for("a", "p"))
+    b = asyncio.create_task(wait_for("b", "q"))
+    await asyncio.sleep(0.01)
+    assert started == [] and d._order.head() is not None
+    await first.__aexit__(None, None, None)  # room: the head ("a") is woken ...
+    d._order.update("q", 0.0, 5.0)  # ... but before it runs, problem q turns out long: b leads
+    await asyncio.wait_for(asyncio.gather(a, b), timeout=2.0)
+    assert started == ["b", "a"]

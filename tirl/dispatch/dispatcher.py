@@ -608,6 +608,8 @@ class Dispatcher:
                             self.stats.waited += 1
                             self.stats.wait_s += time.monotonic() - t0
                         return
+                elif me.is_set():  # woken, but the line's order changed meanwhile: pass it on
+                    self._wake()
                 waited = True
                 me.clear()
                 await me.wait()  # set when this waiter is at the head and something changed
