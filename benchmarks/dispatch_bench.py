@@ -7,8 +7,14 @@ rollouts — with an 8K and a 12K response cap (KV 480K tokens per engine: a 14B
 
 Policies: ``static`` (the paper's baseline: a fixed share per engine, by group),
 ``round_robin``, ``kv`` = the default (``SimConfig()``: kv with peak booking — each rollout
-books the most it is expected to hold at any future point, 2 standard deviations of the
-engine's summed bookings kept free, growth since the last booking read from live usage),
+books the most it is expected to hold at any future point, 2.5 standard deviations of the
+engine's summed bookings kept free, growth since the last booking read from live usage —
+and longest_first order: waiting rollouts of the problems shown to be long go first, each
+booked from its problem's lengths, and a problem's rollouts spread over engines),
+``kv+peak+fifo@z2`` (the previous default: the same booking in arrival order, 2 standard
+deviations, no spreading), ``kv+curve`` (the default with ``kv_bound = "curve"``: an engine
+is bounded by the maximum over time of its rollouts' summed expected usage instead of the
+sum of their peaks),
 ``kv+max`` (the paper's rule: book prompt + maximum response), ``kv+forecast`` (book the
 expected final size), ``kv+peak@z1`` (the default with 1 standard deviation: how much the
 margin costs). More with ``--policies`` (``least_requests``, ``kv@0.5``). The baseline is
@@ -46,9 +52,14 @@ ALL_POLICIES = {
     "kv+max": {"policy": "kv", "kv_booking": "max"},
     "kv+forecast": {"policy": "kv", "kv_booking": "forecast"},
     "kv+peak@z1": {"policy": "kv", "kv_booking": "peak", "kv_peak_z": 1.0},
+    "kv+peak+fifo@z2": {"policy": "kv", "kv_booking": "peak", "kv_order": "fifo", "kv_peak_z": 2.0,
+                        "kv_spread_groups": False},
+    "kv+curve": {"policy": "kv", "kv_booking": "peak", "kv_bound": "curve"},
     "kv@0.5": {"policy": "kv", "kv_booking": "max", "kv_reserve_fraction": 0.5},
 }
-DEFAULT_POLICIES = ("static", "round_robin", "kv", "kv+max", "kv+forecast", "kv+peak@z1")
+DEFAULT_POLICIES = (
+    "static", "round_robin", "kv", "kv+max", "kv+forecast", "kv+peak+fifo@z2", "kv+curve", "kv+peak@z1",
+)
 SCENARIOS = {
     "paper-8k": ("paper-8k", {}),
     "paper-12k": ("paper-12k", {}),
@@ -85,7 +96,8 @@ def main() -> int:
     default = SimConfig()
     out: dict = {
         "default": {"policy": default.policy, "kv_booking": default.kv_booking, "kv_peak_z": default.kv_peak_z,
-                    "kv_margin": default.kv_margin},
+                    "kv_margin": default.kv_margin, "kv_order": default.kv_order, "kv_bound": default.kv_bound,
+                    "kv_spread_groups": default.kv_spread_groups},
         "policies": policies,
         "seeds": seeds,
         "scenarios": {},

@@ -1,8 +1,10 @@
 """The dispatch policies as pure functions."""
 
+import math
+
 import pytest
 
-from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
+from tirl.dispatch.policy import EngineLoad, LongestFirstOrder, choose_engine, static_engine
 
 
 def loads(*free, cap=100):
@@ -119,3 +121,77 @@ def test_kv_growth_since_the_last_booking_is_read_from_live_usage():
     # live usage below the booked context (a cache evicted, a turn queued): no credit, no debit
     ld.live_used_tokens = 200
     assert ld.free_tokens() == 500
+
+
+def test_longest_first_spreads_the_first_wave_then_prefers_long_problems():
+    o = LongestFirstOrder(prior_weight=2.0)
+    for item in ("a1", "a2", "b1", "b2", "c1", "c2"):
+        o.add(item, item[0])
+    assert len(o) == 6
+    # no evidence: the problem with the fewest started goes first → one of each, in order seen
+    for expected in ("a1", "b1", "c1"):
+        assert o.head() == expected
+        o.start(expected)
+    assert o.head() == "a2"  # all started once, all score 0: first seen
+    # b's rollout has outlived its peers (evidence +1): score 1 / (1 started + 2 prior) = 1/3
+    o.update("b", 0.0, 1.0)
+    assert o.score("b") == pytest.approx(1 / 3)
+    # a's finished short (−0.5): score −1/6, below c's 0
+    o.update("a", 0.0, -0.5)
+    assert o.score("a") == pytest.approx(-1 / 6)
+    assert o.head() == "b2"
+    o.start("b2", 0.3)  # starting adds its evidence and a started rollout: (1 + 0.3) / (2 + 2)
+    assert o.score("b") == pytest.approx(1.3 / 4)
+    assert o.head() == "c2"
+    o.remove("c2")  # cancelled while waiting
+    assert o.head() == "a2" and o.waiting("a2") and not o.waiting("c2")
+    o.start("a2")
+    assert o.head() is None and len(o) == 0
+
+
+def test_longest_first_rejects_a_non_positive_prior():
+    with pytest.raises(ValueError, match="prior_weight must be > 0, got 0"):
+        LongestFirstOrder(0)
+
+
+def test_kv_curve_bound_admits_what_the_sum_of_peaks_refuses():
+    from tirl.dispatch.forecast import LengthForecast
+
+    f = LengthForecast(400, [100, 200, 300, 400], resolution=100)
+    ld = EngineLoad(capacity_tokens=285)
+    old = f.future([150], [100])  # one trajectory at context 150: curve 150, 166.7, 116.7, 0, 0
+    new = f.future([50], [0])  # a fresh one: 50, 112.5, 125, 87.5, 0 (its peak 125)
+    # by peaks: 166.7 + 125 = 291.7 > 285 → no room
+    ld.reserved_tokens = math.ceil(f.peak(150, 100)[0])
+    assert choose_engine("kv", [ld], math.ceil(f.peak(50, 0)[0])) is None
+    # by the curve: they peak at different times, the sum peaks at 279.2 ≤ 285 → admitted
+    ld.set_future(*old)
+    assert ld.future_used == pytest.approx(166.67, abs=0.01)
+    assert ld.free_tokens() == pytest.approx(285 - 166.67, abs=0.01)
+    assert choose_engine("kv", [ld], 125, reserve_future=new) == 0
+    ld.add_future(*new)
+    assert ld.future_used == pytest.approx(279.17, abs=0.01)
+    assert choose_engine("kv", [ld], 125, reserve_future=new) is None  # a second one does not fit
+    # safety_sd counts where the curve peaks: sd of the sum at Δ = 100 is sqrt(4218.75 + 150²·2/9) ≈ 86.6
+    ld = EngineLoad(capacity_tokens=285, safety_sd=0.1)
+    ld.set_future(*old)
+    ld.add_future(*new)
+    assert ld.future_used == pytest.approx(279.17 + 0.1 * math.sqrt(150**2 * 0.75 * 0.25 + 250**2 * 2 / 9), abs=0.01)
+    # the most free engine that fits wins; engines without a curve use the scalar test
+    full, empty = EngineLoad(capacity_tokens=285), EngineLoad(capacity_tokens=285)
+    full.set_future(*old)
+    empty.set_future(*f.future([], []))
+    assert choose_engine("kv", [full, empty], 125, reserve_future=new) == 1
+    assert choose_engine("kv", [EngineLoad(capacity_tokens=100)], 125, reserve_future=new) is None
+
+
+def test_kv_spreads_a_group_before_it_packs_by_free_tokens():
+    ls = loads(50, 40, 30)  # free 50, 40, 30 of 100
+    assert choose_engine("kv", ls, 10) == 0
+    # engine 0 already runs 2 of the group, engine 1 one, engine 2 none: fewest siblings first
+    assert choose_engine("kv", ls, 10, siblings=[2, 1, 0]) == 2
+    assert choose_engine("kv", ls, 10, siblings=[1, 1, 2]) == 0  # a tie: most free
+    assert choose_engine("kv", ls, 35, siblings=[2, 1, 0]) == 1  # engine 2 lacks room
+    assert choose_engine("kv", ls, 10, siblings=[2, 1, 0], preferred=0) == 0  # affinity wins
+    with pytest.raises(ValueError, match="siblings has 2 entries for 3 engines"):
+        choose_engine("kv", ls, 10, siblings=[0, 0])

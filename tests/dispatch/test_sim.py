@@ -65,7 +65,7 @@ def test_kv_forecast_booking_runs_bigger_batches_without_preemption():
 
 def test_default_is_kv_with_peak_booking():
     cfg = SimConfig()
-    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z) == ("kv", "peak", 2.0)
+    assert (cfg.policy, cfg.kv_booking, cfg.kv_peak_z, cfg.kv_order) == ("kv", "peak", 2.5, "longest_first")
 
 
 def test_kv_peak_booking_fills_the_cache_without_preemption():
@@ -78,7 +78,7 @@ def test_kv_peak_booking_fills_the_cache_without_preemption():
     # without the safety margin and the live growth it packs tighter (what the margin buys)
     bare = simulate(cfg.model_copy(update={"kv_booking": "peak", "kv_peak_z": 0.0, "kv_margin": 0.0,
                                            "kv_live_usage": False}))
-    assert bare.kv_peak_fraction >= peak.kv_peak_fraction
+    assert bare.mean_batch >= peak.mean_batch and bare.kv_usage_mean >= peak.kv_usage_mean
 
 
 def test_simulation_is_deterministic():
@@ -125,3 +125,34 @@ def test_paper_scale_default_beats_forecast_booking_without_preemption(scenario)
     assert default.makespan_s < fc.makespan_s
     if scenario == "paper-12k":
         assert default.makespan_s < rr.makespan_s and rr.preemptions > 0
+
+
+def first_wave(**update):
+    """(rollouts started per problem, most rollouts of one problem on one engine) at t = 0."""
+    from tirl.dispatch.sim import _Sim
+
+    cfg = scenario_config("small", engine=dict(kv_capacity_tokens=20_000, max_num_seqs=64)).model_copy(update=update)
+    sim = _Sim(cfg, sample_workload(cfg.workload, cfg.seed))
+    sim.pump(0.0)
+    eng, group = np.array(sim.engine_of), np.array(sim.group)
+    on = eng >= 0
+    _, per_engine = np.unique(eng[on] * 1000 + group[on], return_counts=True)
+    return np.bincount(group[on], minlength=cfg.workload.n_problems).tolist(), int(per_engine.max())
+
+
+def test_longest_first_spreads_the_first_wave_over_problems_and_engines():
+    # 16 problems × 8 rollouts, room for ~60 at t = 0: arrival order starts the first 7
+    # problems whole; longest_first starts 3–4 of every problem
+    fifo, _ = first_wave(kv_order="fifo")
+    assert fifo[:7] == [8] * 7 and sum(fifo[7:]) == 0
+    started, most = first_wave()
+    assert min(started) >= 3 and max(started) <= 4 and most <= 2
+    # without spreading, "most free" sends a problem's interleaved rollouts to the same engine
+    _, most = first_wave(kv_spread_groups=False)
+    assert most >= 3
+
+
+def test_curve_bound_finishes_without_preemption_on_the_small_scenario():
+    cfg = scenario_config("small").model_copy(update={"kv_bound": "curve"})
+    r = simulate(cfg)
+    assert r.preemptions == 0 and r.decoded_tokens == r.generated_tokens

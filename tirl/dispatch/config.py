@@ -52,10 +52,34 @@ class DispatchConfig(Section):
         "budget until they have seen one, and re-book every turn.",
     )
     kv_peak_z: float = Field(
-        2.0, ge=0, description="kv peak: standard deviations of an engine's summed bookings kept free."
+        2.5, ge=0, description="kv peak: standard deviations of an engine's summed bookings kept free."
     )
     kv_margin: float = Field(
         0.05, ge=0, lt=1, description="kv forecast/peak: fraction of each engine's KV capacity kept unbooked."
+    )
+    kv_order: Literal["fifo", "longest_first"] = Field(
+        "longest_first",
+        description="kv forecast/peak: which waiting trajectory is admitted next: in arrival order "
+        "(fifo), or of the problem (lease group) its started trajectories show to be longest, "
+        "spreading the first wave over all problems (longest_first); under peak booking "
+        "longest_first also books each trajectory from its problem's lengths.",
+    )
+    kv_order_prior: float = Field(
+        2.0, gt=0, description="kv longest_first: weight, in trajectories, of the global length "
+        "distribution when a problem's score is estimated from its own trajectories.",
+    )
+    kv_spread_groups: bool = Field(
+        True,
+        description="kv: send a trajectory to the engine with the fewest trajectories of its group "
+        "in flight before the one with the most free KV (a group's lengths are correlated; "
+        "spreading them keeps each engine's total near its forecast). group_affinity wins over it.",
+    )
+    kv_bound: Literal["sum", "curve"] = Field(
+        "sum",
+        description="kv peak: bound an engine's future KV use by the sum of its trajectories' "
+        "peaks (sum) or by the maximum over time of their summed expected usage (curve: "
+        "trajectories at different stages do not peak together; contexts inside a call are "
+        "estimated from the engine's measured decode rate).",
     )
 
 
@@ -127,7 +151,30 @@ class SimConfig(Section):
         0.05, ge=0, lt=1, description="kv forecast/peak: fraction of KV capacity kept unbooked."
     )
     kv_peak_z: float = Field(
-        2.0, ge=0, description="kv peak: standard deviations of the summed bookings kept free."
+        2.5, ge=0, description="kv peak: standard deviations of the summed bookings kept free."
+    )
+    kv_order: Literal["fifo", "longest_first"] = Field(
+        "longest_first",
+        description="kv forecast/peak: which waiting rollout goes next: in arrival order (fifo), "
+        "or of the problem its started rollouts show to be longest, spreading the first wave "
+        "over all problems (longest_first); under peak booking longest_first also books each "
+        "rollout from its problem's lengths (the global ones scaled by the problem's score).",
+    )
+    kv_order_prior: float = Field(
+        2.0, gt=0, description="kv longest_first: weight, in rollouts, of the global length distribution "
+        "when a problem's score is estimated from its own rollouts.",
+    )
+    kv_bound: Literal["sum", "curve"] = Field(
+        "sum",
+        description="kv peak: bound an engine's future usage by the sum of its trajectories' peaks "
+        "(sum) or by the maximum over time of their summed expected usage curves, states "
+        "taken at every engine step chunk (curve).",
+    )
+    kv_spread_groups: bool = Field(
+        True,
+        description="kv: send a rollout to the engine with the fewest rollouts of its problem in "
+        "flight before the one with the most free KV (a problem's lengths are correlated; "
+        "spreading them keeps each engine's total near its forecast).",
     )
     kv_live_usage: bool = Field(
         True,

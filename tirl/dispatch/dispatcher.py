@@ -23,6 +23,15 @@ trajectory::
   since their last booking. Both re-book after every turn, start as "max" until lengths
   have been seen, never book more than ``reserve_tokens``, and let engines run larger
   batches (see docs/dispatch.md for the measured trade-off).
+* Order (``order="longest_first"``, forecast/peak booking): waiting leases are admitted
+  by :class:`~tirl.dispatch.policy.LongestFirstOrder` — the problem (``group``) whose
+  started leases show it to be longest first, the first wave spread over all problems —
+  and, under peak booking, booked from their problem's lengths. A lease moved off a dead
+  engine still goes first. ``spread_groups`` sends a lease to the engine with the fewest
+  of its group in flight before the one with the most room. ``bound="curve"`` (peak
+  booking) bounds an engine by its leases' summed expected usage curve instead of the sum
+  of their peaks; a lease inside a call is estimated from the engine's measured decode rate
+  (docs/dispatch.md).
 * Stickiness: every turn of a lease runs on the same engine (its prefix cache holds the
   conversation). With ``group_affinity`` a GRPO group's trajectories go to the engine of
   the first one when it has room (the shared prompt is then prefilled once).
@@ -58,12 +67,13 @@ from typing import Any, AsyncIterator, Sequence
 from tirl.dispatch.config import POLICIES, DispatchConfig
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.metrics import EngineMetrics, fetch_engine_metrics
-from tirl.dispatch.policy import UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
+from tirl.dispatch.policy import LongestFirstOrder, UNKNOWN_CAPACITY_TOKENS, EngineLoad, choose_engine
 from tirl.engines.base import Completion
 
 log = logging.getLogger(__name__)
 
 _FORECAST_MAX_TOKENS = 1 << 17  # longest context the length forecast tabulates
+CURVE_REFRESH_S = 0.25  # curve bound: an engine's usage curve is recomputed at least this often
 
 
 class NoEngineAvailable(RuntimeError):
@@ -118,7 +128,10 @@ class DispatchStats:
 
 
 class _Lease:
-    __slots__ = ("key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx")
+    __slots__ = (
+        "key", "reserve", "group", "engine", "closed", "booked", "ctx", "var", "booked_ctx", "evidence",
+        "call_since", "call_ctx", "call_max", "future",
+    )
 
     def __init__(self, key: str, reserve: int, group: Any):
         self.key, self.reserve, self.group = key, reserve, group
@@ -128,6 +141,15 @@ class _Lease:
         self.ctx = 0  # context tokens after the last generate call
         self.var = 0.0  # variance of the booking (peak)
         self.booked_ctx = 0  # context when the booking was made (peak)
+        self.evidence = 0.0  # what it says of its problem's lengths (longest_first)
+        self.call_since: float | None = None  # monotonic start of the generate call in flight
+        self.call_ctx = 0  # its prompt (the whole context when the call started)
+        self.call_max = 0  # its max_new_tokens
+        self.future: Any = None  # (mean, var) usage curve it was admitted with (curve bound)
+
+    @property
+    def problem(self) -> Any:
+        return self.group if self.group is not None else self.key
 
 
 class LeasedEngine:
@@ -163,9 +185,15 @@ class LeasedEngine:
             k = self._lease.engine
             try:
                 extra = {"seed": seed} if seed is not None else {}  # engines without seeds keep working
-                c = await self._d.engines[k].generate(
-                    prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, **extra
-                )
+                lease = self._lease
+                lease.call_since, lease.call_ctx, lease.call_max = time.monotonic(), len(prompt_ids), max_new_tokens
+                try:
+                    c = await self._d.engines[k].generate(
+                        prompt_ids, max_new_tokens, temperature, stop, top_p=top_p, top_k=top_k, **extra
+                    )
+                finally:
+                    started, lease.call_since = lease.call_since, None
+                self._d._note_rate(k, len(c.token_ids), time.monotonic() - started)
                 self._d._progress(self._lease, len(prompt_ids) + len(c.token_ids))
                 return c
             except Exception as exc:
@@ -197,9 +225,13 @@ class Dispatcher:
         fail_after: int = 3,
         reserve_fraction: float = 1.0,
         booking: str = "max",
-        safety_sd: float = 2.0,
+        safety_sd: float = 2.5,
         margin: float = 0.05,
         forecast_window: int = 8192,
+        order: str = "fifo",
+        order_prior: float = 2.0,
+        bound: str = "sum",
+        spread_groups: bool = False,
         names: Sequence[str] | None = None,
         own_engines: bool = False,
     ):
@@ -218,6 +250,17 @@ class Dispatcher:
         if booking not in ("max", "forecast", "peak"):
             raise ValueError(f"booking must be 'max', 'forecast' or 'peak', got {booking!r}")
         self.booking = booking
+        if bound not in ("sum", "curve"):
+            raise ValueError(f"bound must be 'sum' or 'curve', got {bound!r}")
+        # curve: an engine is bounded by its leases' summed usage curve (peak booking only)
+        self._curve = bound == "curve" and policy == "kv" and booking == "peak"
+        if order not in ("fifo", "longest_first"):
+            raise ValueError(f"order must be 'fifo' or 'longest_first', got {order!r}")
+        # longest_first: leases wait in LongestFirstOrder (a lease moved off a dead engine still
+        # goes first, through _waiters); it needs lengths, so only under forecast/peak booking
+        self._order = (
+            LongestFirstOrder(order_prior) if order == "longest_first" and policy == "kv" and booking != "max" else None
+        )
         self.forecast = LengthForecast(_FORECAST_MAX_TOKENS, window=forecast_window)
         self.max_retries = max_retries
         self.fail_after = fail_after
@@ -251,6 +294,11 @@ class Dispatcher:
         self._failures = [0] * k
         self._leases_total = [0] * k
         self._waiters: deque[asyncio.Event] = deque()
+        self._on_engine: list[set[_Lease]] = [set() for _ in range(k)]
+        self.spread_groups = spread_groups and policy == "kv"
+        self._siblings: dict[tuple[Any, int], int] = {}  # (group, engine) -> leases in flight
+        self._rate = [0.0] * k  # tokens per second of one sequence (moving average of calls)
+        self._future_at = [-math.inf] * k  # when each engine's usage curve was last computed
         self._ordinal = itertools.count()
         self._next_ordinal = 0
         self._group_index: dict[Any, int] = {}
@@ -278,6 +326,10 @@ class Dispatcher:
             booking=cfg.kv_booking,
             safety_sd=cfg.kv_peak_z,
             margin=cfg.kv_margin,
+            order=cfg.kv_order,
+            order_prior=cfg.kv_order_prior,
+            bound=cfg.kv_bound,
+            spread_groups=cfg.kv_spread_groups,
             **kw,
         )
 
@@ -380,6 +432,8 @@ class Dispatcher:
         try:
             yield LeasedEngine(self, lease)
             if self.booking != "max" and lease.ctx:
+                if self._order is not None:
+                    self._note_evidence(lease, self.forecast.log_evidence(lease.ctx, True))
                 self.forecast.observe(lease.ctx)  # a finished trajectory's final context
         finally:
             self._release(lease)
@@ -423,16 +477,38 @@ class Dispatcher:
         ]
 
     # -- admission ------------------------------------------------------------------
+    def _head(self) -> asyncio.Event | None:
+        """The waiter to admit next: a moved lease first, then by the order (FIFO or longest first)."""
+        if self._waiters:
+            return self._waiters[0]
+        return self._order.head() if self._order is not None else None
+
     def _wake(self) -> None:
         """Something changed: let the head of the queue look again (only it can be admitted)."""
-        if self._waiters:
-            self._waiters[0].set()
+        head = self._head()
+        if head is not None:
+            head.set()
+
+    def _problem_scale(self, lease: _Lease) -> float:
+        """longest_first + peak: how much longer than typical the lease's problem has shown to be."""
+        return math.exp(self._order.score(lease.problem)) if self._order is not None else 1.0
+
+    def _note_evidence(self, lease: _Lease, new: float) -> None:
+        self._order.update(lease.problem, lease.evidence, new)
+        lease.evidence = new
 
     def _pick(self, lease: _Lease) -> int | None:
         g = lease.group if lease.group is not None else lease.key
         if g not in self._group_index:
             self._group_index[g] = len(self._group_index)
         preferred = self._group_engine.get(lease.group) if self.group_affinity and lease.group is not None else None
+        lease.future = None
+        if self._curve and self.forecast.n_observed:
+            now = time.monotonic()
+            for k in range(len(self.loads)):
+                if now - self._future_at[k] > CURVE_REFRESH_S:
+                    self._refresh_future(k, now)
+            lease.future = self.forecast.future([lease.ctx], [lease.ctx], [self._problem_scale(lease)])
         return choose_engine(
             self.policy,
             self.loads,
@@ -440,7 +516,48 @@ class Dispatcher:
             ordinal=self._next_ordinal,
             group_index=self._group_index[g],
             preferred=preferred,
+            reserve_future=lease.future,
+            siblings=[self._siblings.get((lease.group, k), 0) for k in range(len(self.loads))]
+            if self.spread_groups and lease.group is not None
+            else None,
         )
+
+    def _note_rate(self, k: int, tokens: int, seconds: float) -> None:
+        """A call on engine ``k`` produced ``tokens`` in ``seconds``: update its per-sequence rate."""
+        if tokens > 0 and seconds > 0:
+            r = tokens / seconds
+            self._rate[k] = r if self._rate[k] == 0 else 0.8 * self._rate[k] + 0.2 * r
+
+    def _lease_context_now(self, lease: _Lease, k: int, now: float) -> int:
+        """A lease's context now (and ``CURVE_REFRESH_S`` ahead): its context after its last call,
+        or, inside a call, that call's prompt + what the engine's rate says it has generated
+        (its whole ``max_new_tokens`` while the rate is unknown)."""
+        if lease.call_since is None:
+            return lease.ctx
+        grown = lease.call_max
+        if self._rate[k] > 0:
+            grown = min(grown, math.ceil(self._rate[k] * (now - lease.call_since + CURVE_REFRESH_S)))
+        return lease.call_ctx + grown
+
+    def _refresh_future(self, k: int, now: float) -> None:
+        """Engine ``k``'s usage curve from its leases' contexts now (curve bound).
+
+        When the engine's metrics report more KV in use than the estimated contexts add up
+        to (its rate was measured low), the difference goes to the leases inside a call, in
+        proportion to how long each has been generating.
+        """
+        leases = list(self._on_engine[k])
+        ctx = [self._lease_context_now(x, k, now) for x in leases]
+        live = self.loads[k].live_used_tokens
+        if live is not None and live > sum(ctx):
+            ages = [now - x.call_since if x.call_since is not None else 0.0 for x in leases]
+            total = sum(ages)
+            if total > 0:
+                extra = live - sum(ctx)
+                ctx = [c + math.ceil(extra * a / total) for c, a in zip(ctx, ages)]
+        scales = [self._problem_scale(x) for x in leases]
+        self.loads[k].set_future(*self.forecast.future(ctx, ctx, scales))
+        self._future_at[k] = now
 
     def _check_possible(self, lease: _Lease) -> None:
         healthy = [ld for ld in self.loads if ld.healthy]
@@ -463,37 +580,59 @@ class Dispatcher:
         me = asyncio.Event()
         if front:
             self._waiters.appendleft(me)
+        elif self._order is not None:
+            self._order.add(me, lease.problem)
         else:
             self._waiters.append(me)
         t0 = time.monotonic()
         waited = False
         try:
             while True:
-                if self._waiters[0] is me:
+                if self._head() is me:
                     self._check_possible(lease)
                     self._next_ordinal = self.stats.leases
+                    ordered = not (self._waiters and self._waiters[0] is me)
+                    if ordered and self.booking == "peak" and self.forecast.n_observed:
+                        mean, lease.var = self.forecast.peak(lease.ctx, lease.ctx, self._problem_scale(lease))
+                        lease.booked = min(lease.reserve, max(lease.ctx, math.ceil(mean)))
                     k = self._pick(lease)
                     if k is not None:
-                        self._waiters.popleft()
+                        if ordered:
+                            lease.evidence = self.forecast.log_evidence(lease.ctx, False)
+                            self._order.start(me, lease.evidence)
+                        else:
+                            self._waiters.popleft()
                         self._book(lease, k)
                         self._wake()  # the next in line may fit too
                         if waited:
                             self.stats.waited += 1
                             self.stats.wait_s += time.monotonic() - t0
                         return
+                elif me.is_set():  # woken, but the line's order changed meanwhile: pass it on
+                    self._wake()
                 waited = True
                 me.clear()
                 await me.wait()  # set when this waiter is at the head and something changed
         except BaseException:
+            head = self._head() is me
             if me in self._waiters:
-                head = self._waiters[0] is me
                 self._waiters.remove(me)
-                if head:
-                    self._wake()
+            elif self._order is not None and self._order.waiting(me):
+                self._order.remove(me)
+            if head:
+                self._wake()
             raise
 
     def _book(self, lease: _Lease, k: int) -> None:
         ld = self.loads[k]
+        if self.spread_groups and lease.group is not None:
+            self._siblings[(lease.group, k)] = self._siblings.get((lease.group, k), 0) + 1
+        if self._curve:
+            self._on_engine[k].add(lease)
+            if lease.future is not None and ld.future_mean is not None and self._future_at[k] > -math.inf:
+                ld.add_future(*lease.future)
+            else:
+                self._future_at[k] = -math.inf  # recompute at the next decision
         ld.active += 1
         ld.reserved_tokens += lease.booked
         ld.reserved_var += lease.var
@@ -509,6 +648,14 @@ class Dispatcher:
         if lease.engine < 0:
             return
         ld = self.loads[lease.engine]
+        if self.spread_groups and lease.group is not None:
+            key = (lease.group, lease.engine)
+            self._siblings[key] -= 1
+            if not self._siblings[key]:
+                del self._siblings[key]
+        if self._curve:
+            self._on_engine[lease.engine].discard(lease)
+            self._future_at[lease.engine] = -math.inf
         ld.active -= 1
         ld.reserved_tokens -= lease.booked
         ld.reserved_var = max(0.0, ld.reserved_var - lease.var)
@@ -523,8 +670,12 @@ class Dispatcher:
         if self.booking == "max" or lease.engine < 0 or not self.forecast.n_observed:
             return
         ld = self.loads[lease.engine]
+        if self._curve:
+            self._future_at[lease.engine] = -math.inf
+        if self._order is not None:
+            self._note_evidence(lease, self.forecast.log_evidence(ctx, False))
         if self.booking == "peak":
-            mean, var = self.forecast.peak(ctx, ctx)
+            mean, var = self.forecast.peak(ctx, ctx, self._problem_scale(lease))
             new = min(lease.reserve, max(ctx, math.ceil(mean)))
             ld.reserved_var += var - lease.var
             if ld.context_tokens is not None:

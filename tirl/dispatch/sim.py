@@ -24,8 +24,13 @@ booking is ``max`` (prompt + max response: the paper's rule), ``forecast`` (cont
 trajectory is expected to hold at any future point, with its variance; an engine keeps
 ``kv_peak_z`` standard deviations free and counts what its trajectories grew since their
 last booking from its live usage); forecast and peak bookings are re-made at every turn
-boundary, as the real dispatcher does. Tool calls are asynchronous: a trajectory waiting
-on its tool leaves the batch to the others.
+boundary, as the real dispatcher does. Under ``kv`` with forecast/peak booking the waiting
+rollouts are admitted in ``kv_order`` (``longest_first``: the problem its started rollouts
+show to be longest, see :class:`~tirl.dispatch.policy.LongestFirstOrder`), a problem's
+rollouts are spread over engines (``kv_spread_groups``), and ``kv_bound = "curve"`` bounds
+an engine by its rollouts' summed usage curve, recomputed from their exact contexts at most
+every ``chunk_steps`` steps (advanced to that horizon). Tool calls are asynchronous: a
+trajectory waiting on its tool leaves the batch to the others.
 
 Speed: the run between two events of an engine (a turn ends, a tool result arrives, the
 KV fills up) has a constant batch, so it is simulated as one chunk of up to
@@ -50,7 +55,7 @@ import numpy as np
 
 from tirl.dispatch.forecast import LengthForecast
 from tirl.dispatch.config import POLICIES, SimConfig, SimEngineConfig, WorkloadConfig
-from tirl.dispatch.policy import EngineLoad, choose_engine, static_engine
+from tirl.dispatch.policy import EngineLoad, LongestFirstOrder, choose_engine, static_engine
 from tirl.dispatch.workload import Workload, sample_workload
 
 _CHUNK_END = 0
@@ -93,7 +98,7 @@ class _Engine:
     __slots__ = (
         "cap", "max_seqs", "watermark", "steps", "kv_running", "kv_parked", "running", "heap",
         "order", "parked", "waiting", "busy", "arrivals", "chunk", "busy_time", "kv_time",
-        "decoded", "n_steps", "idx", "queued_tokens", "kv_peak",
+        "decoded", "n_steps", "idx", "queued_tokens", "kv_peak", "fut_until",
     )
 
     def __init__(self, spec: SimEngineConfig, idx: int):
@@ -118,6 +123,7 @@ class _Engine:
         self.n_steps = 0
         self.queued_tokens = 0  # KV the waiting queue will need beyond what is cached
         self.kv_peak = 0  # most KV tokens (running + cached) ever resident
+        self.fut_until = -1  # kv curve bound: the step its usage curve was last computed for
 
 
 class _Sim:
@@ -187,6 +193,21 @@ class _Sim:
         self.group = wl.group.tolist()
         self.group_engine: dict[int, int] = {}
         self.queue: deque[int] = deque(range(n))
+        self.waiting_order: LongestFirstOrder | None = None
+        self.evidence = [0.0] * n  # what each started rollout says of its problem (longest_first)
+        if self.forecast is not None and cfg.kv_order == "longest_first":
+            self.waiting_order = LongestFirstOrder(cfg.kv_order_prior)
+            for i, g in enumerate(self.group):
+                self.waiting_order.add(i, g)
+            self.queue = deque()
+        self.group_scale = self.peak and self.waiting_order is not None
+        self.curve = self.peak and cfg.kv_bound == "curve"
+        self.spread = cfg.policy == "kv" and cfg.kv_spread_groups
+        self.siblings: dict[tuple[int, int], int] = {}  # (group, engine) -> rollouts in flight
+        self.on_engine: list[set[int]] = [set() for _ in self.engines]
+        if self.curve:
+            for ld in self.loads:
+                ld.set_future(*self.forecast.future([], []))
 
     # -- events ---------------------------------------------------------------------
     def push(self, t: float, kind: int, a: int) -> None:
@@ -212,24 +233,44 @@ class _Sim:
 
     # -- dispatcher -----------------------------------------------------------------
     def pump(self, t: float) -> None:
-        q, loads = self.queue, self.loads
+        q, loads, order = self.queue, self.loads, self.waiting_order
         affinity = self.cfg.group_affinity
+        spread = self.spread
         live = self.live
-        while q:
-            i = q[0]
+        while q or order:
+            i = order.head() if order is not None else q[0]
             if live:  # what a metrics reading would say right now (the real one lags a bit)
                 for ld, e in zip(loads, self.engines):
                     ld.live_used_tokens = e.kv_running + e.kv_parked + e.queued_tokens
             g = self.group[i]
+            if self.group_scale:
+                mean, self.var[i] = self.forecast.peak(self.ctx[i], self.ctx[i] - self.prompt[i], self.scale_of(g))
+                self.reserve[i] = math.ceil(mean)
             r = self.reserve[i]
+            fut = None
+            if self.curve:
+                sc = [self.scale_of(g)] if self.group_scale else None
+                fut = self.forecast.future([self.ctx[i]], [self.ctx[i] - self.prompt[i]], sc)
+            sib = None
+            if spread:
+                sib = [self.siblings.get((g, k), 0) for k in range(len(loads))]
             k = choose_engine(
                 self.policy, loads, r, ordinal=i, group_index=g,
-                preferred=self.group_engine.get(g) if affinity else None,
+                preferred=self.group_engine.get(g) if affinity else None, reserve_future=fut, siblings=sib,
             )
             if k is None:
                 return
-            q.popleft()
+            if order is not None:
+                self.evidence[i] = self.forecast.log_evidence(self.ctx[i] - self.prompt[i], False)
+                order.start(i, self.evidence[i])
+            else:
+                q.popleft()
             ld = loads[k]
+            if spread:
+                self.siblings[(g, k)] = self.siblings.get((g, k), 0) + 1
+            if fut is not None:
+                ld.add_future(*fut)
+                self.on_engine[k].add(i)
             ld.active += 1
             ld.reserved_tokens += r
             self.booked[i] = r
@@ -249,14 +290,35 @@ class _Sim:
 
     def release(self, i: int, t: float) -> None:
         ld = self.loads[self.engine_of[i]]
+        if self.spread:
+            self.siblings[(self.group[i], self.engine_of[i])] -= 1
+        if self.curve:
+            self.on_engine[self.engine_of[i]].discard(i)
         ld.active -= 1
         ld.reserved_tokens -= self.booked[i]
         if self.peak:
             ld.reserved_var = max(0.0, ld.reserved_var - self.var[i])
             if ld.context_tokens is not None:
                 ld.context_tokens -= self.booked_ctx[i]
-        if self.queue:
+        if self.queue or self.waiting_order:
             self.pump(t)
+
+    def refresh_future(self, e: _Engine, n: int) -> None:
+        """Recompute engine ``e``'s usage curve from its trajectories' states ``n`` steps ahead."""
+        ids = self.on_engine[e.idx]
+        running, join_ctx, join_step, ctx_of, prompt = e.running, self.join_ctx, self.join_step, self.ctx, self.prompt
+        at = e.steps + n
+        ctx = [join_ctx[i] + at - join_step[i] if i in running else ctx_of[i] for i in ids]
+        resp = [c - prompt[i] for c, i in zip(ctx, ids)]
+        sc = [self.scale_of(self.group[i]) for i in ids] if self.group_scale else None
+        self.loads[e.idx].set_future(*self.forecast.future(ctx, resp, sc))
+
+    def scale_of(self, g: int) -> float:
+        return math.exp(self.waiting_order.score(g))
+
+    def note_evidence(self, i: int, new: float) -> None:
+        self.waiting_order.update(self.group[i], self.evidence[i], new)
+        self.evidence[i] = new
 
     # -- engine ---------------------------------------------------------------------
     def enqueue(self, e: _Engine, i: int) -> None:
@@ -348,6 +410,9 @@ class _Sim:
                 return
             n_fit = (e.cap - e.kv_running - e.kv_parked) // b
         n = min(n, n_fit)
+        if self.curve and e.steps + n > e.fut_until and (self.queue or self.waiting_order):
+            e.fut_until = e.steps + max(n, self.cfg.chunk_steps)
+            self.refresh_future(e, e.fut_until - e.steps)
         step = self.a + self.s * b + self.c * (e.kv_running + b * n / 2)
         pre_t = prefill / self.prefill_rate
         if e.arrivals:  # end the chunk when the next tool result comes back
@@ -391,7 +456,9 @@ class _Sim:
                     ld = self.loads[k]
                     resp = self.ctx[i] - self.prompt[i]
                     if self.peak:
-                        mean, v = self.forecast.peak(self.ctx[i], resp)
+                        mean, v = self.forecast.peak(
+                            self.ctx[i], resp, self.scale_of(self.group[i]) if self.group_scale else 1.0
+                        )
                         b = math.ceil(mean)
                         ld.reserved_var += v - self.var[i]
                         self.var[i] = v
@@ -402,11 +469,15 @@ class _Sim:
                         b = self.forecast.booking(self.prompt[i], resp)
                     ld.reserved_tokens += b - self.booked[i]
                     self.booked[i] = b
+                    if self.waiting_order is not None:
+                        self.note_evidence(i, self.forecast.log_evidence(resp, False))
                 t_back = t + self.lat[j]
                 heapq.heappush(e.arrivals, t_back)
                 self.push(t_back, _TOOL_DONE, i)
             else:
                 self.t_done[i] = t
+                if self.waiting_order is not None:
+                    self.note_evidence(i, self.forecast.log_evidence(c - self.prompt[i], True))
                 self.release(i, t)
         self.start_chunk(e, t)
 
