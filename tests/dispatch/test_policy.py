@@ -195,3 +195,14 @@ def test_kv_spreads_a_group_before_it_packs_by_free_tokens():
     assert choose_engine("kv", ls, 10, siblings=[2, 1, 0], preferred=0) == 0  # affinity wins
     with pytest.raises(ValueError, match="siblings has 2 entries for 3 engines"):
         choose_engine("kv", ls, 10, siblings=[0, 0])
+
+
+def test_kv_an_idle_engine_takes_a_lease_inside_its_margin_rather_than_never():
+    """capacity 1000 with 5% headroom books at most 950 alongside others; a 980-token lease
+    must still run on an engine with nothing else (it used to wait forever)."""
+    idle = EngineLoad(capacity_tokens=1000, headroom=0.05)
+    assert idle.free_tokens() == 950
+    assert choose_engine("kv", [idle], 980) == 0
+    assert choose_engine("kv", [idle], 1001) is None  # more than it holds: never (refused up front)
+    busy = EngineLoad(capacity_tokens=1000, headroom=0.05, active=1, reserved_tokens=10)
+    assert choose_engine("kv", [busy], 980) is None  # beside another lease the margin holds

@@ -189,9 +189,9 @@ def _kv_by_future(
     scalar test)."""
 
     def fits(ld: EngineLoad) -> bool:
-        if ld.future_mean is None:
+        if ld.future_mean is None or _idle(ld):
             return _kv_fits(ld, reserve_tokens)
-        if not (ld.healthy and ld.has_slot()) or (ld.live_waiting and ld.active > 0):
+        if not (ld.healthy and ld.has_slot()) or ld.live_waiting:
             return False
         return ld.fits_future(*future)
 
@@ -207,12 +207,21 @@ def _kv_by_future(
     return None
 
 
+def _idle(ld: EngineLoad) -> bool:
+    """Nothing of ours runs or is booked there."""
+    return ld.active == 0 and ld.reserved_tokens <= 0
+
+
 def _kv_fits(ld: EngineLoad, reserve_tokens: int) -> bool:
     if not (ld.healthy and ld.has_slot()):
         return False
     if ld.live_waiting and ld.active > 0:  # queueing already: more would only queue
         return False
     if ld.capacity_tokens is None and ld.active == 0:  # never stuck behind the assumed capacity
+        return True
+    if _idle(ld) and reserve_tokens <= ld.capacity_tokens:
+        # an engine running nothing takes any lease it can hold: the margins guard what runs
+        # together, and a lease that needs more than capacity · (1 − headroom) would wait forever
         return True
     return ld.free_tokens() >= reserve_tokens
 
