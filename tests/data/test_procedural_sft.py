@@ -1,7 +1,7 @@
 import pytest
 
 from tirl.data.procedural import UNKNOWN_WORDS, generate, train_and_held_out
-from tirl.data.sft import answer_turn, load_sft_examples, tokenize_example, tool_format_examples
+from tirl.data.sft import REASON_ANSWER, load_sft_examples, tokenize_example, tool_format_examples
 from tirl.engines.tokenizer import build_tokenizer
 
 
@@ -101,7 +101,7 @@ def test_tool_recovery_material_has_30_to_50_percent_first_mistakes_that_get_fix
         (t1, r1), (t2, r2), (t3, r3) = e["turns"]
         assert t2.startswith(FIX_REASONS[e["mistake"]]) and not r3
         assert r1[0]["status"] == "error" or r1[0]["stdout"] == ""  # failed, or printed nothing
-        assert r2[0]["status"] == "ok" and t3 == answer_turn(r2[0]["stdout"].strip())
+        assert r2[0]["status"] == "ok" and t3 == f"{REASON_ANSWER}<answer>\\boxed{{{r2[0]['stdout'].strip()}}}</answer>"
     text = example_texts(mistakes[0], "short")
     assert "Traceback" in text or "(no output)" in text
     assert load_sft_examples("tool_recovery", 10, 0) == tool_recovery_examples(10, 0)

@@ -36,10 +36,8 @@ from tirl.data.procedural import SFT_RECOVERY_TASKS, SFT_TASKS, generate_one
 REASON_TOOL = "<reason>I will compute it with Python.</reason>"
 REASON_DIRECT = "<reason>The answer is given in the question.</reason>"
 # the turn after a tool result closes its reasoning too (the template opens every assistant
-# turn with <reason> in the rstar2 format, so an answer-only turn would leave it open); it
-# restates the printed result, which the answer then copies from close by
-def answer_turn(result: str) -> str:
-    return f"<reason>The tool printed {result}.</reason><answer>\\boxed{{{result}}}</answer>"
+# turn with <reason> in the rstar2 format, so an answer-only turn would leave it open)
+REASON_ANSWER = "<reason>The tool printed it.</reason>"
 
 # what the fixing turn says after each kind of first mistake (the model's "reflection")
 FIX_REASONS = {
@@ -123,7 +121,7 @@ def _tool_example(item: dict, rng: random.Random) -> dict:
         "turns": [
             [REASON_TOOL + format_tool_call(item["code"], item.get("input", "")),
              [{"stdout": out + "\n", "exec_ms": rng.choice([10.0, 20.0, 30.0])}]],
-            [answer_turn(out), []],
+            [f"{REASON_ANSWER}<answer>\\boxed{{{out}}}</answer>", []],
         ],
     }
 
@@ -147,7 +145,7 @@ def recovery_example(item: dict, kind: str, rng: random.Random) -> dict:
         "turns": [
             [REASON_TOOL + format_tool_call(bad_code, bad_stdin), [{**bad, "exec_ms": ms()}]],
             [FIX_REASONS[kind] + format_tool_call(code, stdin), [{**good, "exec_ms": ms()}]],
-            [answer_turn(item["answer"]), []],
+            [f"{REASON_ANSWER}<answer>\\boxed{{{item['answer']}}}</answer>", []],
         ],
     }
 
