@@ -81,12 +81,12 @@ def server_message(text: str) -> str:
     except ValueError:
         return text.strip()[:500]
     if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:500]
-        for key in ("error", "message", "detail"):
-            if isinstance(data.get(key), str):
-                return data[key][:500]
+        for key in ("error", "message", "detail"):  # OpenAI, vLLM/SGLang, FastAPI
+            val = data.get(key)
+            if isinstance(val, dict) and val.get("message"):
+                return str(val["message"])[:500]
+            if isinstance(val, str):
+                return val[:500]
     return text.strip()[:500]
 
 

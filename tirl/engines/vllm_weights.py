@@ -47,6 +47,7 @@ import json
 import time
 from typing import Any, Literal
 
+from tirl.engines.openai import server_message
 from tirl.engines.weight_sync import server_root
 
 PauseMode = Literal["wait", "keep", "abort"]
@@ -73,21 +74,6 @@ def pause_mode(in_flight: str) -> PauseMode:
                          "with the new ones; 'abort': they are cut off)") from None
 
 
-def _message(text: str) -> str:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text.strip()[:500]
-    if isinstance(data, dict):
-        for key in ("error", "detail", "message"):
-            val = data.get(key)
-            if isinstance(val, dict) and val.get("message"):
-                return str(val["message"])[:500]
-            if isinstance(val, str):
-                return val[:500]
-    return text.strip()[:500]
-
-
 async def _call(session: Any, method: str, base_url: str, path: str, *, timeout_s: float,
                 params: dict[str, str] | None = None, body: dict | None = None) -> Any:
     """One request to a dev route; the parsed JSON answer (None for an empty body)."""
@@ -105,7 +91,7 @@ async def _call(session: Any, method: str, base_url: str, path: str, *, timeout_
                     raise VLLMWeightError(f"{method} {url} answered 404: the server has no such "
                                           f"route; {DEV_MODE_HINT}")
                 if resp.status >= 400:
-                    raise VLLMWeightError(f"{method} {url} answered {resp.status}: {_message(text)}")
+                    raise VLLMWeightError(f"{method} {url} answered {resp.status}: {server_message(text)}")
             break
         except aiohttp.ServerDisconnectedError:
             # a kept-alive connection the server closed while idle (uvicorn does after 5 s):
