@@ -127,6 +127,15 @@ def truncate_metrics(path: str | Path, keep_until_step: int) -> None:
     p.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+def fmt_cell(v: Any) -> str:
+    """A metric as a report table cell: "–" for missing, 3 decimals for floats."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
 def plot_series(
     records: Sequence[Mapping[str, Any]],
     keys: Iterable[str],

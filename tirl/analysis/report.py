@@ -27,6 +27,7 @@ from tirl.analysis.entropy import exact_entropies, surprisal, topk_entropy
 from tirl.analysis.load import attach_eval_grades, find_files, latest_checkpoint_dir, read_records
 from tirl.analysis.tokens import EntropySplit, TokenSeq, split_high_entropy, steps_after_tool
 from tirl.analysis.tooluse import summarize, summarize_by_step, trajectory_stats
+from tirl.runs import fmt_cell
 
 TOOL_KEYS = ("calls_per_traj", "tool_error_ratio", "tool_error_ratio_pos", "recovery_rate",
              "call_recovery_rate", "turns_to_answer", "response_len", "accuracy")
@@ -195,19 +196,11 @@ def plot_entropy(seqs: list[TokenSeq], split: EntropySplit, window: int, path: P
 # the report
 
 
-def _f(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
 def _table(rows: list[tuple[Any, dict]], first: str) -> list[str]:
     keys = ["trajectories"] + list(TOOL_KEYS)
     out = ["| " + first + " | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for k, s in rows:
-        out.append(f"| {k} | " + " | ".join(_f(s.get(c)) for c in keys) + " |")
+        out.append(f"| {k} | " + " | ".join(fmt_cell(s.get(c)) for c in keys) + " |")
     return out
 
 
@@ -261,20 +254,16 @@ def analyze(path: str | Path, out_dir: str | Path | None = None, *, model: str |
               "call_recovery_rate: the fraction with a successful call after the first failure; "
               "tool_error_ratio_pos: failed calls / calls in correct trajectories.", ""]
     lines += _table([("all", overall)], "records") + [""]
-    by_step = summarize_by_step(train_stats)
-    if by_step:
-        p = plot_tool_use(by_step, out / "tool_use_by_step.png", "training step")
-        lines += ["### Over training steps", ""]
-        if p:
-            lines += [f"![tool use by step]({p.name})", ""]
-        lines += _table(by_step, "step") + [""]
-    by_eval = summarize_by_step(eval_stats)
-    if by_eval:
-        p = plot_tool_use(by_eval, out / "tool_use_by_eval.png", "evaluation")
-        lines += ["### Evaluations", ""]
-        if p:
-            lines += [f"![tool use by evaluation]({p.name})", ""]
-        lines += _table(by_eval, "evaluation") + [""]
+    for stats, file, label, heading, first in (
+            (train_stats, "tool_use_by_step.png", "training step", "Over training steps", "step"),
+            (eval_stats, "tool_use_by_eval.png", "evaluation", "Evaluations", "evaluation")):
+        rows = summarize_by_step(stats)
+        if rows:
+            p = plot_tool_use(rows, out / file, label)
+            lines += [f"### {heading}", ""]
+            if p:
+                lines += [f"![tool use by {label.split()[-1]}]({p.name})", ""]
+            lines += _table(rows, first) + [""]
     kinds = overall["error_kinds"]
     lines += ["### Failed calls by kind", ""]
     if kinds:

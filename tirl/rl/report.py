@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tirl.runs import RunDir, plot_series, read_metrics
+from tirl.runs import RunDir, fmt_cell, plot_series, read_metrics
 
 TRAIN_KEYS = ["reward", "pass_rate", "tool_error_ratio_pos", "tool_error_ratio", "response_len_mean",
               "tool_calls_per_traj", "groups_dropped", "clip_frac", "entropy", "grad_norm",
@@ -37,14 +37,6 @@ def write_plots(run: RunDir) -> list[Path]:
     return out
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
 def write_report(run: RunDir, cfg) -> Path:
     write_plots(run)
     recs = read_metrics(run.metrics_path)
@@ -69,16 +61,16 @@ def write_report(run: RunDir, cfg) -> Path:
                      f"{100 * (ev[-1]['held_out_acc'] - ev[0]['held_out_acc']):+.1f} points.")
     if sft:
         s = sft[-1]
-        lines += ["", f"SFT: {s.get('sft_examples')} examples, final loss {_fmt(s.get('sft_final_loss'))}, "
-                      f"{_fmt(s.get('sft_seconds'))} s."]
+        lines += ["", f"SFT: {s.get('sft_examples')} examples, final loss {fmt_cell(s.get('sft_final_loss'))}, "
+                      f"{fmt_cell(s.get('sft_seconds'))} s."]
     if rl:
         lines += ["", "## Training steps", "",
                   "| step | stage | reward | pass rate | kept/dropped groups | tool err (pos) | len | clip | s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rl:
-            lines.append(f"| {r['step']} | {r.get('stage')} | {_fmt(r.get('reward'))} | {_fmt(r.get('pass_rate'))} | "
-                         f"{r.get('groups_kept')}/{r.get('groups_dropped')} | {_fmt(r.get('tool_error_ratio_pos'))} | "
-                         f"{_fmt(r.get('response_len_mean'))} | {_fmt(r.get('clip_frac'))} | {_fmt(r.get('time_step'))} |")
+            lines.append(f"| {r['step']} | {r.get('stage')} | {fmt_cell(r.get('reward'))} | {fmt_cell(r.get('pass_rate'))} | "
+                         f"{r.get('groups_kept')}/{r.get('groups_dropped')} | {fmt_cell(r.get('tool_error_ratio_pos'))} | "
+                         f"{fmt_cell(r.get('response_len_mean'))} | {fmt_cell(r.get('clip_frac'))} | {fmt_cell(r.get('time_step'))} |")
         total = sum(r.get("time_step", 0) for r in rl)
         lines += ["", f"RL time: {total:.0f} s over {len(rl)} steps."]
     lines += ["", "## Pictures", ""]
