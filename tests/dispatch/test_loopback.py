@@ -14,6 +14,8 @@ from aiohttp import web
 from tirl.dispatch import Dispatcher
 from tirl.engines.base import Completion
 
+from tests.engines.serving import serve_app
+
 
 class FakeServer:
     def __init__(self, name: str, capacity_tokens: int, delay_s: float = 0.01):
@@ -220,17 +222,9 @@ async def test_new_llamacpp_capacity_comes_from_slots():
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/slots", slots)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with aiohttp.ClientSession() as s:
-            from tirl.dispatch.metrics import fetch_engine_metrics
+    async with serve_app(app) as url, aiohttp.ClientSession() as s:
+        from tirl.dispatch.metrics import fetch_engine_metrics
 
-            m = await fetch_engine_metrics(s, f"http://127.0.0.1:{port}/v1")
-        assert m.source == "llamacpp" and m.kv_capacity_tokens == 16384 and m.kv_used_tokens == 311
-        assert (m.running, m.waiting) == (1, 0)
-    finally:
-        await runner.cleanup()
+        m = await fetch_engine_metrics(s, url + "/v1")
+    assert m.source == "llamacpp" and m.kv_capacity_tokens == 16384 and m.kv_used_tokens == 311
+    assert (m.running, m.waiting) == (1, 0)

@@ -23,6 +23,22 @@ async def running(engine, tok, name="tiny", **kw):
             await task
 
 
+@contextlib.asynccontextmanager
+async def serve_app(app):
+    """An aiohttp application (a fake server) on a free loopback port for the block; yields
+    the base URL (no ``/v1``)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 class Recording(ScriptedEngine):
     """A scripted engine with the stats `tirl serve` reads; records each call's ``stop``."""
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from tirl.engines.openai import EngineError, EngineUnreachable, OpenAIEngine
 
 from tests.agent.tiny import tiny_tokenizer
+from tests.engines.serving import serve_app
 from tirl.engines.launch import free_port
 
 
@@ -47,14 +48,8 @@ class FakeServer:
     async def running(self):
         app = web.Application()
         app.add_routes([web.get("/v1/models", self.list_models), web.post("/v1/completions", self.completions)])
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            await runner.cleanup()
+        async with serve_app(app) as url:
+            yield url + "/v1"
 
 
 @contextlib.asynccontextmanager

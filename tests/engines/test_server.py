@@ -13,7 +13,7 @@ from tirl.engines.scripted import ScriptedEngine
 
 from tests.agent.fakes import FakeTools
 from tests.agent.tiny import tiny_model, tiny_tokenizer
-from tests.engines.serving import free_port, running
+from tests.engines.serving import free_port, running, serve_app
 
 
 class ScriptedWithStats(ScriptedEngine):
@@ -103,20 +103,14 @@ async def test_missing_logprobs_are_an_error_when_required():
 
     app = web.Application()
     app.add_routes([web.post("/v1/completions", completions)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        eng = OpenAIEngine(f"http://127.0.0.1:{port}/v1", "m", require_logprobs=True)
+    async with serve_app(app) as url:
+        eng = OpenAIEngine(url + "/v1", "m", require_logprobs=True)
         with pytest.raises(EngineError, match="no per-token logprobs"):
             await eng.generate([1], 4)
         eng.require_logprobs = False
         c = await eng.generate([1], 4)
         assert c.token_ids == [5, 6] and c.logprobs is None
         await eng.aclose()
-    finally:
-        await runner.cleanup()
 
 
 async def test_text_only_server_falls_back_to_text_prompts():
@@ -135,17 +129,11 @@ async def test_text_only_server_falls_back_to_text_prompts():
 
     app = web.Application()
     app.add_routes([web.post("/v1/completions", completions)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        eng = OpenAIEngine(f"http://127.0.0.1:{port}", "m", tokenizer=tok)
+    async with serve_app(app) as url:
+        eng = OpenAIEngine(url, "m", tokenizer=tok)
         ids = tok.encode("<|im_start|>user\nhi<|im_end|>")
         c = await eng.generate(ids, 4)
         assert seen[1:] == ["<|im_start|>user\nhi<|im_end|>"]  # after the start-up probe as text
         assert tok.decode(c.token_ids) == " answer" and not c.meta["token_exact"]
         assert eng.token_ids is False
         await eng.aclose()
-    finally:
-        await runner.cleanup()

@@ -5,19 +5,15 @@ of calls, the request shapes, the in-flight policy → pause mode, and what a fa
 import asyncio
 import contextlib
 import json
-import socket
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from tirl.engines import vllm_weights as vw
+from tirl.engines.launch import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.engines.serving import serve_app
 
 
 class FakeVLLM:
@@ -77,14 +73,8 @@ class FakeVLLM:
     async def running(self):
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            await runner.cleanup()
+        async with serve_app(app) as url:
+            yield url + "/v1"
 
 
 async def test_reload_pauses_reloads_flushes_versions_resumes_in_that_order():
