@@ -57,8 +57,7 @@ class LocalServers:
 
 def launch_servers(model_dir: str | Path, n: int, log_dir: str | Path, *, served_name: str = "tiny",
                    max_batch: int = 8, max_seq_len: int = 512, threads: int = 1,
-                   start_timeout_s: float = 300.0, extra_args: list[str] | None = None,
-                   cpus: set[int] | None = None) -> LocalServers:
+                   start_timeout_s: float = 300.0, cpus: set[int] | None = None) -> LocalServers:
     """Start ``n`` `tirl serve` processes of ``model_dir`` and wait until all accept
     connections; raise ``RuntimeError`` (with the end of its log) if one exits or the wait
     exceeds ``start_timeout_s`` — the started ones are stopped first. ``cpus``: run the
@@ -80,7 +79,7 @@ def launch_servers(model_dir: str | Path, n: int, log_dir: str | Path, *, served
                 servers.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "tirl.cli", "serve", "--model", str(model_dir), "--port", str(port),
                      "--served-model-name", served_name, "--max-batch", str(max_batch),
-                     "--max-seq-len", str(max_seq_len), "--threads", str(threads), *(extra_args or [])],
+                     "--max-seq-len", str(max_seq_len), "--threads", str(threads)],
                     stdout=out, stderr=subprocess.STDOUT,
                     preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))))
             servers.urls.append(f"http://127.0.0.1:{port}/v1")
